@@ -1,0 +1,59 @@
+"""Loads the compiled extension agd_kernels._C without ever failing the import.
+
+Importing `_C` only runs its static registrars (TORCH_LIBRARY_IMPL blocks): the C++ kernels attach
+themselves to the ops that agd_kernels.ops defined. When the module is missing or was built for
+another torch, the reason is kept here and reported once by the backend selection.
+"""
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+
+import torch
+
+_PKG_DIR = os.path.dirname(os.path.abspath(__file__))
+
+#: What setup.py recorded at build time (torch, CUDA, arch list, parts), or {} when unknown.
+BUILD_INFO: dict = {}
+#: The exception that stopped `_C` from loading, or None when it loaded.
+LOAD_ERROR: Exception | None = None
+#: True once `_C` is loaded.
+LOADED = False
+
+
+def _read_build_info() -> dict:
+    try:
+        with open(os.path.join(_PKG_DIR, "_build_info.json")) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return {}
+
+
+def load() -> None:
+    """Load `_C` once. Must run after agd_kernels.ops has defined the schemas (see ops.py)."""
+    global LOADED, LOAD_ERROR, BUILD_INFO
+    if LOADED or LOAD_ERROR is not None:
+        return
+    BUILD_INFO = _read_build_info()
+    if os.environ.get("AGD_KERNELS_NO_EXT", "0") == "1":
+        LOAD_ERROR = RuntimeError("loading skipped: AGD_KERNELS_NO_EXT=1")
+        return
+    spec = importlib.util.find_spec("agd_kernels._C")
+    if spec is None or spec.origin is None:
+        LOAD_ERROR = ImportError("agd_kernels._C is not built (install with "
+                                 "`pip install --no-build-isolation -e .`)")
+        return
+    built_for = BUILD_INFO.get("torch")
+    try:
+        torch.ops.load_library(spec.origin)
+    except (OSError, RuntimeError) as exc:
+        hint = f" (built for torch {built_for}, running torch {torch.__version__})" if built_for else ""
+        LOAD_ERROR = ImportError(f"agd_kernels._C failed to load{hint}: {exc}")
+        return
+    LOADED = True
+
+
+def has_cuda_part() -> bool:
+    """True when `_C` is loaded and was built with the CUDA sources."""
+    return LOADED and "cuda" in BUILD_INFO.get("parts", [])

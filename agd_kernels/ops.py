@@ -1,0 +1,245 @@
+"""The op table: one in-place multi-tensor op per algorithm, plus the per-slice sum of squares.
+
+Each op is a `torch.ops.agd_kernels.<name>` operator whose schema is defined here, once, so the op
+exists on every machine (the compiled extension may be absent). Implementations attach per backend:
+  torch  : agd_kernels.reference.*, also registered as the op's CompositeExplicitAutograd kernel, so
+           `torch.ops.agd_kernels.<name>` runs on any device even with nothing compiled;
+  cpu    : C++ kernels from agd_kernels._C, registered on the CPU dispatch key (csrc/cpu);
+  cuda   : C++/CUDA kernels from agd_kernels._C on the CUDA dispatch key (csrc/cuda);
+  triton : agd_kernels.triton_kernels, registered with `_backends.register_kernel`.
+The functions below (`adam_step_`, ...) pick the backend through `_backends.resolve` and call it;
+optimizers call only these functions.
+
+Conventions shared by every op (DESIGN.md rules 3 and 5):
+- Mutated lists carry `(x!)` annotations; ops return nothing unless stated.
+- Per-step scalars are tensors the kernel reads (lr, state_steps, grad_scale, found_inf): no host sync.
+- `grad_scale` (optional, 0-d): gradients are divided by it before any use; they are not written back.
+- `found_inf` (optional, 0-d): when nonzero the op changes nothing at all, state_steps included.
+- Math is fp32 for fp16/bf16 tensors (fp64 for fp64); state tensors have the parameter's dtype.
+- All tensors of one call live on one device and share the parameters' dtype, except the scalar
+  tensors and the fp32 buffers named in each schema.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from torch import Tensor
+
+from . import _backends, _ext
+from .reference import adagrad as _ref_adagrad
+from .reference import adam as _ref_adam
+from .reference import agd as _ref_agd
+from .reference import lamb as _ref_lamb
+from .reference import rmsprop as _ref_rmsprop
+from .reference import sgd as _ref_sgd
+from .reference import sumsq as _ref_sumsq
+from .reference import yellowfin as _ref_yellowfin
+
+NAMESPACE = "agd_kernels"
+
+_AMP = "Tensor? grad_scale, Tensor? found_inf"
+
+#: name -> (schema, reference implementation). The single source of every op's signature.
+SCHEMAS: dict[str, tuple[str, object]] = {
+    "slice_sumsq_": (
+        "(Tensor[] tensors, Tensor(a!) out) -> ()",
+        _ref_sumsq.slice_sumsq_),
+    "adam_step_": (
+        "(Tensor(a!)[] params, Tensor[] grads, Tensor(b!)[] exp_avgs, Tensor(c!)[] exp_avg_sqs, "
+        "Tensor(d!)[] max_exp_avg_sqs, Tensor(e!)[] state_steps, Tensor lr, float beta1, float beta2, "
+        f"float eps, float weight_decay, bool amsgrad, bool maximize, bool decoupled_weight_decay, {_AMP}) -> ()",
+        _ref_adam.adam_step_),
+    "sgd_step_": (
+        "(Tensor(a!)[] params, Tensor[] grads, Tensor(b!)[] momentum_buffers, Tensor lr, float momentum, "
+        f"float dampening, float weight_decay, bool nesterov, bool maximize, bool is_first_step, {_AMP}) -> ()",
+        _ref_sgd.sgd_step_),
+    "rmsprop_step_": (
+        "(Tensor(a!)[] params, Tensor[] grads, Tensor(b!)[] square_avgs, Tensor(c!)[] grad_avgs, "
+        "Tensor(d!)[] momentum_buffers, Tensor(e!)[] state_steps, Tensor lr, float alpha, float eps, "
+        f"float weight_decay, float momentum, bool centered, bool maximize, {_AMP}) -> ()",
+        _ref_rmsprop.rmsprop_step_),
+    "adagrad_step_": (
+        "(Tensor(a!)[] params, Tensor[] grads, Tensor(b!)[] state_sums, Tensor(c!)[] state_steps, Tensor lr, "
+        f"float lr_decay, float weight_decay, float eps, bool maximize, {_AMP}) -> ()",
+        _ref_adagrad.adagrad_step_),
+    "agd_step_": (
+        "(Tensor(a!)[] params, Tensor[] grads, Tensor sumsq, Tensor slice_sv, int[] slice_start, "
+        f"int[] slice_count, int depth, float gain, {_AMP}) -> (Tensor, Tensor)",
+        _ref_agd.agd_step_),
+    "lamb_step_": (
+        "(Tensor(a!)[] params, Tensor[] grads, Tensor(b!)[] exp_avgs, Tensor(c!)[] exp_avg_sqs, "
+        "Tensor(d!)[] state_steps, Tensor lr, Tensor grad_sumsq, float max_grad_norm, float beta1, "
+        "float beta2, float eps, float weight_decay, bool bias_correction, bool grad_averaging, "
+        f"bool adam_w_mode, bool use_trust_ratio, float phi_min, float phi_max, {_AMP}) -> ()",
+        _ref_lamb.lamb_step_),
+    "yellowfin_stats_": (
+        "(Tensor[] grads, Tensor[] grad_avgs, Tensor(a!) out) -> ()",
+        _ref_yellowfin.yellowfin_stats_),
+    "yellowfin_tune_": (
+        "(Tensor(a!) tuner, Tensor stats, float numel, float beta, int curv_win_width, bool zero_debias, "
+        "bool sparsity_debias, float clip_thresh, float auto_clip_fac, bool adapt_clip, float stat_protect_fac, "
+        "float catastrophic_move_thresh, bool force_non_inc_step, bool h_min_log_smooth, bool h_max_log_smooth, "
+        f"{_AMP}) -> ()",
+        _ref_yellowfin.yellowfin_tune_),
+    "yellowfin_apply_": (
+        "(Tensor(a!)[] params, Tensor[] grads, Tensor(b!)[] grad_avgs, Tensor(c!)[] momentum_buffers, "
+        f"Tensor tuner, float beta, float weight_decay, {_AMP}) -> ()",
+        _ref_yellowfin.yellowfin_apply_),
+}
+
+_LIB = torch.library.Library(NAMESPACE, "FRAGMENT")
+
+
+def _fake_agd_step(params, grads, sumsq, *rest):
+    return sumsq.new_empty(()), sumsq.new_empty(())
+
+
+def _define_all() -> None:
+    for name, (schema, reference) in SCHEMAS.items():
+        _LIB.define(name + schema)
+        _LIB.impl(name, reference, "CompositeExplicitAutograd")
+        fake = _fake_agd_step if name == "agd_step_" else (lambda *args, **kwargs: None)
+        torch.library.register_fake(f"{NAMESPACE}::{name}", fake, lib=_LIB)
+        _backends.register_kernel(name, "torch", reference)
+        op = getattr(torch.ops.agd_kernels, name).default
+        _backends.register_kernel(name, "cpu", op)
+        _backends.register_kernel(name, "cuda", op)
+
+
+_define_all()
+_ext.load()  # after the schemas: the C++ registrars attach kernels to the ops defined above
+
+
+def _kernel(op: str, params: Sequence[Tensor], backend: str | None):
+    return _backends.resolve(op, params[0].device, params[0].dtype, backend)[1]
+
+
+def slice_sumsq_(tensors: Sequence[Tensor], out: Tensor, *, backend: str | None = "auto") -> None:
+    """Per-slice sums of squares, accumulated in fp32, written into `out` (fp32, one slot per slice).
+
+    A tensor of rank >= 2 and shape (o, i, *k) has prod(k) slices (one per kernel tap, row-major over
+    k; 1 for a matrix), slice j being x[:, :, j]; a tensor of rank <= 1 is one slice. Slots follow the
+    order of `tensors`. Deterministic: the same bits for any thread count and from run to run.
+    """
+    if tensors:
+        _kernel("slice_sumsq_", tensors, backend)(list(tensors), out)
+
+
+def adam_step_(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, state_steps, lr: Tensor, *,
+               beta1: float, beta2: float, eps: float, weight_decay: float, amsgrad: bool, maximize: bool,
+               decoupled_weight_decay: bool, grad_scale: Tensor | None = None, found_inf: Tensor | None = None,
+               backend: str | None = "auto") -> None:
+    """Adam / AdamW / AMSGrad step with torch.optim semantics (torch-optim-semantics.md §5).
+
+    `max_exp_avg_sqs` is empty unless amsgrad. `state_steps` are 0-d fp32 tensors, incremented here.
+    """
+    if params:
+        _kernel("adam_step_", params, backend)(
+            params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, state_steps, lr, beta1, beta2, eps,
+            weight_decay, amsgrad, maximize, decoupled_weight_decay, grad_scale, found_inf)
+
+
+def sgd_step_(params, grads, momentum_buffers, lr: Tensor, *, momentum: float, dampening: float,
+              weight_decay: float, nesterov: bool, maximize: bool, is_first_step: bool,
+              grad_scale: Tensor | None = None, found_inf: Tensor | None = None,
+              backend: str | None = "auto") -> None:
+    """SGD step (momentum, dampening, Nesterov) with torch.optim semantics (§2).
+
+    `momentum_buffers` is empty when momentum == 0. With `is_first_step` the buffers are set to the
+    (decayed) gradient, as torch does when it creates them.
+    """
+    if params:
+        _kernel("sgd_step_", params, backend)(
+            params, grads, momentum_buffers, lr, momentum, dampening, weight_decay, nesterov, maximize,
+            is_first_step, grad_scale, found_inf)
+
+
+def rmsprop_step_(params, grads, square_avgs, grad_avgs, momentum_buffers, state_steps, lr: Tensor, *,
+                  alpha: float, eps: float, weight_decay: float, momentum: float, centered: bool, maximize: bool,
+                  grad_scale: Tensor | None = None, found_inf: Tensor | None = None,
+                  backend: str | None = "auto") -> None:
+    """RMSprop step with torch.optim semantics (§3). `grad_avgs` is empty unless centered,
+    `momentum_buffers` empty unless momentum > 0."""
+    if params:
+        _kernel("rmsprop_step_", params, backend)(
+            params, grads, square_avgs, grad_avgs, momentum_buffers, state_steps, lr, alpha, eps,
+            weight_decay, momentum, centered, maximize, grad_scale, found_inf)
+
+
+def adagrad_step_(params, grads, state_sums, state_steps, lr: Tensor, *, lr_decay: float, weight_decay: float,
+                  eps: float, maximize: bool, grad_scale: Tensor | None = None, found_inf: Tensor | None = None,
+                  backend: str | None = "auto") -> None:
+    """Adagrad step (dense gradients) with torch.optim semantics (§4)."""
+    if params:
+        _kernel("adagrad_step_", params, backend)(
+            params, grads, state_sums, state_steps, lr, lr_decay, weight_decay, eps, maximize,
+            grad_scale, found_inf)
+
+
+def agd_step_(params, grads, sumsq: Tensor, slice_sv: Tensor, slice_start: Sequence[int],
+              slice_count: Sequence[int], *, depth: int, gain: float, grad_scale: Tensor | None = None,
+              found_inf: Tensor | None = None, backend: str | None = "auto") -> tuple[Tensor, Tensor]:
+    """AGD update of one (device, dtype) group; returns (eta, G) as 0-d fp32 tensors (specs/agd.md §5).
+
+    `sumsq` holds the per-slice sums of squares of the matrix gradients of *all* groups (from
+    `slice_sumsq_`) and `slice_sv` the target scale sv of each slot's tensor, so
+    G = (1/depth)·Σ slice_sv·√sumsq (÷ grad_scale) and eta = log1p(2G/(1 + √(1 + 4G))).
+    Tensor i uses slots [slice_start[i], slice_start[i] + slice_count[i]): a matrix its own taps, each
+    tap j scaled by c_j = gain·(eta/depth)·sv/√sumsq_j; a follower (rank <= 1) its owner's taps, with
+    one coefficient gain·(eta/depth)·sv_owner/√(Σ owner sumsq). A zero sum gives a zero update.
+    With found_inf set nothing is written and (0, 0) is returned.
+    """
+    return _kernel("agd_step_", params, backend)(
+        params, grads, sumsq, slice_sv, list(slice_start), list(slice_count), depth, gain, grad_scale, found_inf)
+
+
+def lamb_step_(params, grads, exp_avgs, exp_avg_sqs, state_steps, lr: Tensor, grad_sumsq: Tensor, *,
+               max_grad_norm: float, beta1: float, beta2: float, eps: float, weight_decay: float,
+               bias_correction: bool, grad_averaging: bool, adam_w_mode: bool, use_trust_ratio: bool,
+               phi_min: float = 0.0, phi_max: float = float("inf"), grad_scale: Tensor | None = None,
+               found_inf: Tensor | None = None, backend: str | None = "auto") -> None:
+    """LAMB step of one group (specs/lamb-lars.md §3).
+
+    `grad_sumsq` holds sums of squares of the gradients of all groups (N² = its sum, ÷ grad_scale²);
+    gradients are divided by k = max(1, N/max_grad_norm) (max_grad_norm = inf disables the clip).
+    Per tensor, u = m̂/(√v̂ + eps) (+ weight_decay·p when adam_w_mode) and
+    p ← p − lr·r·u with r = φ(‖p‖)/‖u‖, φ(z) = clamp(z, phi_min, phi_max), r = 1 when a norm is 0
+    or use_trust_ratio is False.
+    """
+    if params:
+        _kernel("lamb_step_", params, backend)(
+            params, grads, exp_avgs, exp_avg_sqs, state_steps, lr, grad_sumsq, max_grad_norm, beta1, beta2,
+            eps, weight_decay, bias_correction, grad_averaging, adam_w_mode, use_trust_ratio, phi_min, phi_max,
+            grad_scale, found_inf)
+
+
+def yellowfin_stats_(grads, grad_avgs, out: Tensor, *, backend: str | None = "auto") -> None:
+    """YellowFin pass A of one group: out (fp64, 4) = [Σg², Σḡ·g, Σḡ², nnz(g)] on raw gradients."""
+    if grads:
+        _kernel("yellowfin_stats_", grads, backend)(grads, grad_avgs, out)
+
+
+def yellowfin_tune_(tuner: Tensor, stats: Tensor, *, numel: float, beta: float, curv_win_width: int,
+                    zero_debias: bool, sparsity_debias: bool, clip_thresh: float, auto_clip_fac: float,
+                    adapt_clip: bool, stat_protect_fac: float, catastrophic_move_thresh: float,
+                    force_non_inc_step: bool, h_min_log_smooth: bool, h_max_log_smooth: bool,
+                    grad_scale: Tensor | None = None, found_inf: Tensor | None = None,
+                    backend: str | None = "auto") -> None:
+    """YellowFin scalar step: statistics of all groups (`stats`, (groups, 4)) -> tuner state (fp64).
+
+    See agd_kernels.reference.yellowfin for the tuner layout. clip_thresh / auto_clip_fac <= 0 mean off.
+    """
+    _backends.resolve("yellowfin_tune_", tuner.device, torch.float32, backend)[1](
+        tuner, stats, numel, beta, curv_win_width, zero_debias, sparsity_debias, clip_thresh, auto_clip_fac,
+        adapt_clip, stat_protect_fac, catastrophic_move_thresh, force_non_inc_step, h_min_log_smooth,
+        h_max_log_smooth, grad_scale, found_inf)
+
+
+def yellowfin_apply_(params, grads, grad_avgs, momentum_buffers, tuner: Tensor, *, beta: float,
+                     weight_decay: float, grad_scale: Tensor | None = None, found_inf: Tensor | None = None,
+                     backend: str | None = "auto") -> None:
+    """YellowFin pass B of one group: ḡ EMA and the momentum-SGD step with the tuned lr and μ."""
+    if params:
+        _kernel("yellowfin_apply_", params, backend)(
+            params, grads, grad_avgs, momentum_buffers, tuner, beta, weight_decay, grad_scale, found_inf)

@@ -1,0 +1,209 @@
+"""What every agd_kernels optimizer shares: validation, grouping, device scalars, AMP, checkpoints.
+
+A subclass declares its torch.optim-compatible defaults, creates its per-parameter state, and
+implements `_launch` for one (param group, device, dtype) bucket by calling one op of
+agd_kernels.ops. Everything that could leave a half-updated model (sparse gradients, mixed
+devices, bad state shapes) is checked before the first kernel runs.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, Iterable
+
+import torch
+from torch import Tensor
+
+from .. import _backends
+from .._grouping import group_by_device_dtype
+
+
+def describe_param(group: dict[str, Any], group_index: int, position: int, p: Tensor) -> str:
+    """How errors name a parameter: its name when known (named_parameters()), else where it sits."""
+    names = group.get("param_names")
+    name = names[position] if names and position < len(names) else None
+    where = f"param_groups[{group_index}]['params'][{position}]"
+    return f"parameter {name!r} ({where}, shape {tuple(p.shape)})" if name else f"{where} (shape {tuple(p.shape)})"
+
+
+def check_non_negative(name: str, value: float) -> None:
+    """torch.optim's ValueError for a hyper-parameter that must be >= 0."""
+    if isinstance(value, Tensor):
+        if value.numel() != 1:
+            raise ValueError(f"Tensor {name} must be 1-element, got {value.numel()} elements")
+        value = float(value.detach().cpu())  # construction time only, never inside step()
+    if not 0.0 <= value:
+        raise ValueError(f"Invalid {name}: {value}")
+
+
+def check_betas(betas: tuple[float, float]) -> None:
+    if len(betas) != 2:
+        raise ValueError(f"betas must be a pair (beta1, beta2), got {betas!r}")
+    for i, b in enumerate(betas):
+        if not 0.0 <= float(b) < 1.0:
+            raise ValueError(f"Invalid beta parameter at index {i}: {b}")
+
+
+class FusedOptimizer(torch.optim.Optimizer):
+    """Base class. Subclasses set `_OP_STATE_KEYS` and implement `_init_state` and `_launch`."""
+
+    #: GradScaler hands over `grad_scale` and `found_inf` instead of unscaling (torch's fused contract).
+    _step_supports_amp_scaling = True
+    #: Group keys torch.optim's class of the same name has but our kernels do not use; accepted for
+    #: drop-in compatibility and kept so checkpoints round-trip.
+    _COMPAT_KEYS: dict[str, Any] = {}
+    #: Per-parameter state keys and whether each is a tensor shaped like the parameter.
+    _STATE_SHAPES: dict[str, bool] = {}
+
+    def __init__(self, params, defaults: dict[str, Any], backend: str = "auto"):
+        self.backend = _backends.validate(backend)
+        self._lr_cache: dict[tuple[int, torch.device], tuple[float, Tensor]] = {}
+        super().__init__(params, defaults)
+
+    # ---------------------------------------------------------------- param groups
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        for key, value in self._COMPAT_KEYS.items():
+            param_group.setdefault(key, value)
+        super().add_param_group(param_group)
+        index = len(self.param_groups) - 1
+        group = self.param_groups[index]
+        devices = {p.device for p in group["params"]}
+        if len(devices) > 1:
+            self.param_groups.pop()
+            raise ValueError(
+                f"param_groups[{index}] mixes devices {sorted(map(str, devices))}: agd_kernels runs one "
+                "multi-tensor kernel per group and device; put parameters of each device in their own group")
+        for pos, p in enumerate(group["params"]):
+            if not (p.is_floating_point() and not p.is_complex()):
+                self.param_groups.pop()
+                raise ValueError(f"{describe_param(group, index, pos, p)} has dtype {p.dtype}; "
+                                 "agd_kernels optimizers need real floating-point parameters")
+        self._check_group(group, index)
+
+    def _check_group(self, group: dict[str, Any], index: int) -> None:
+        """Subclass hook: validate per-group hyper-parameters (raise ValueError naming the key)."""
+
+    # ---------------------------------------------------------------- device scalars
+    def _lr_tensor(self, group_index: int, group: dict[str, Any], device: torch.device) -> Tensor:
+        """The group's lr as a 0-d fp32 tensor on `device`, without a host sync.
+
+        A tensor lr is used as given (fill_ it to change lr under CUDA graphs). A float lr (what LR
+        schedulers write) lives in a cached device tensor refilled only when the value changes.
+        """
+        lr = group["lr"]
+        if isinstance(lr, Tensor):
+            return lr if lr.device == device else lr.to(device, non_blocking=True)
+        key = (group_index, device)
+        cached = self._lr_cache.get(key)
+        if cached is None:
+            tensor = torch.full((), lr, dtype=torch.float32, device=device)
+            self._lr_cache[key] = (lr, tensor)
+            return tensor
+        value, tensor = cached
+        if value != lr:
+            tensor.fill_(lr)  # a fill kernel on the device: no host sync
+            self._lr_cache[key] = (lr, tensor)
+        return tensor
+
+    def _amp_scalars(self, device: torch.device) -> tuple[Tensor | None, Tensor | None]:
+        """grad_scale and found_inf that GradScaler attached for this step, on `device`."""
+        out = []
+        for name in ("grad_scale", "found_inf"):
+            t = getattr(self, name, None)
+            if t is not None and t.device != device:
+                t = t.to(device, non_blocking=True)
+            out.append(t)
+        return out[0], out[1]
+
+    # ---------------------------------------------------------------- step
+    def _collect(self) -> list[list[Tensor]]:
+        """Parameters with gradients, per group; raises (changing nothing) on unsupported gradients."""
+        collected = []
+        for gi, group in enumerate(self.param_groups):
+            params = []
+            for pos, p in enumerate(group["params"]):
+                g = p.grad
+                if g is None:
+                    continue
+                if g.is_sparse:
+                    raise RuntimeError(f"{type(self).__name__} does not support sparse gradients: "
+                                       f"{describe_param(group, gi, pos, p)} has a sparse .grad")
+                if g.device != p.device or g.dtype != p.dtype or g.shape != p.shape:
+                    raise RuntimeError(f"{describe_param(group, gi, pos, p)} has a gradient of "
+                                       f"{g.dtype}/{tuple(g.shape)} on {g.device}; expected the parameter's "
+                                       f"{p.dtype}/{tuple(p.shape)} on {p.device}")
+                params.append(p)
+            collected.append(params)
+        return collected
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], float] | None = None):
+        """One optimisation step. Returns the closure's loss, like torch.optim."""
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        collected = self._collect()
+        for gi, (group, params) in enumerate(zip(self.param_groups, collected)):
+            for (device, dtype), idx in group_by_device_dtype(params).items():
+                bucket = [params[i] for i in idx]
+                for p in bucket:
+                    if not self.state[p]:
+                        self._init_state(p, self.state[p], group)
+                grad_scale, found_inf = self._amp_scalars(device)
+                self._launch(group, bucket, [p.grad for p in bucket], self._lr_tensor(gi, group, device),
+                             grad_scale, found_inf)
+        return loss
+
+    def _init_state(self, p: Tensor, state: dict[str, Any], group: dict[str, Any]) -> None:
+        raise NotImplementedError
+
+    def _launch(self, group, params, grads, lr, grad_scale, found_inf) -> None:
+        raise NotImplementedError
+
+    @staticmethod
+    def _new_step(p: Tensor) -> Tensor:
+        """The torch.optim step counter: 0-d fp32, on the parameter's device so kernels read it there."""
+        return torch.zeros((), dtype=torch.float32, device=p.device)
+
+    # ---------------------------------------------------------------- checkpoints
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """torch.optim's load, after checking every state entry against its parameter (nothing is
+        changed when a check fails), then steps moved to the parameters' devices as 0-d fp32."""
+        self._check_loadable(state_dict)
+        super().load_state_dict(state_dict)
+        for group in self.param_groups:
+            for key, value in self._COMPAT_KEYS.items():
+                group.setdefault(key, value)
+        for p, state in self.state.items():
+            step = state.get("step")
+            if step is not None:
+                step = torch.as_tensor(step, dtype=torch.float32).reshape(())
+                state["step"] = step.to(p.device)
+        self._lr_cache.clear()
+
+    def _check_loadable(self, state_dict: dict[str, Any]) -> None:
+        saved_groups = state_dict.get("param_groups")
+        saved_state = state_dict.get("state")
+        if not isinstance(saved_groups, list) or not isinstance(saved_state, dict):
+            raise ValueError("state_dict must have a 'state' dict and a 'param_groups' list")
+        if len(saved_groups) != len(self.param_groups):
+            raise ValueError(f"loaded state dict has {len(saved_groups)} parameter groups; "
+                             f"this optimizer has {len(self.param_groups)}")
+        for gi, (saved, group) in enumerate(zip(saved_groups, self.param_groups)):
+            if len(saved["params"]) != len(group["params"]):
+                raise ValueError(f"loaded param_groups[{gi}] has {len(saved['params'])} parameters; "
+                                 f"this optimizer's has {len(group['params'])}")
+            for pos, (pid, p) in enumerate(zip(saved["params"], group["params"])):
+                entry = saved_state.get(pid)
+                if entry is None:
+                    continue
+                for key, value in entry.items():
+                    if key == "step":
+                        if isinstance(value, Tensor) and value.numel() != 1:
+                            raise ValueError(f"state 'step' of {describe_param(group, gi, pos, p)} has "
+                                             f"{value.numel()} elements; expected a scalar")
+                        continue
+                    if self._STATE_SHAPES.get(key) and (not isinstance(value, Tensor) or value.shape != p.shape):
+                        got = tuple(value.shape) if isinstance(value, Tensor) else type(value).__name__
+                        raise ValueError(f"state {key!r} of {describe_param(group, gi, pos, p)} has shape "
+                                         f"{got}; expected the parameter's shape {tuple(p.shape)}")
+

@@ -1,0 +1,51 @@
+"""Adagrad: drop-in replacement for torch.optim.Adagrad (dense gradients)."""
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from .. import ops
+from ._base import FusedOptimizer, check_non_negative
+
+
+class Adagrad(FusedOptimizer):
+    """torch.optim.Adagrad on one fused op per (group, device, dtype). State is created eagerly in
+    __init__ (step = 0, sum = initial_accumulator_value), as torch does."""
+
+    _COMPAT_KEYS = {"foreach": None, "differentiable": False, "fused": None}
+    _STATE_SHAPES = {"sum": True}
+
+    def __init__(self, params, lr: float | Tensor = 1e-2, lr_decay: float = 0, weight_decay: float = 0,
+                 initial_accumulator_value: float = 0, eps: float = 1e-10, foreach: bool | None = None, *,
+                 maximize: bool = False, differentiable: bool = False, fused: bool | None = None,
+                 backend: str = "auto"):
+        check_non_negative("learning rate", lr)
+        check_non_negative("lr_decay value", lr_decay)
+        check_non_negative("weight_decay value", weight_decay)
+        check_non_negative("initial_accumulator_value value", initial_accumulator_value)
+        check_non_negative("epsilon value", eps)
+        if differentiable:
+            raise ValueError("differentiable=True is not supported by agd_kernels optimizers")
+        defaults = dict(lr=lr, lr_decay=lr_decay, eps=eps, weight_decay=weight_decay,
+                        initial_accumulator_value=initial_accumulator_value, foreach=foreach, maximize=maximize,
+                        differentiable=differentiable, fused=fused)
+        super().__init__(params, defaults, backend)
+        for group in self.param_groups:
+            for p in group["params"]:
+                self._init_state(p, self.state[p], group)
+
+    def __setstate__(self, state):
+        super().__setstate__(state)
+        for group in self.param_groups:
+            group.setdefault("maximize", False)
+
+    def _init_state(self, p, state, group):
+        state["step"] = self._new_step(p)
+        state["sum"] = torch.full_like(p, group["initial_accumulator_value"], memory_format=torch.preserve_format)
+
+    def _launch(self, group, params, grads, lr, grad_scale, found_inf):
+        states = [self.state[p] for p in params]
+        ops.adagrad_step_(params, grads, [s["sum"] for s in states], [s["step"] for s in states], lr,
+                          lr_decay=group["lr_decay"], weight_decay=group["weight_decay"], eps=group["eps"],
+                          maximize=group["maximize"], grad_scale=grad_scale, found_inf=found_inf,
+                          backend=self.backend)

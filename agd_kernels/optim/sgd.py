@@ -1,0 +1,55 @@
+"""SGD: drop-in replacement for torch.optim.SGD (momentum, dampening, Nesterov, maximize)."""
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from .. import ops
+from ._base import FusedOptimizer, check_non_negative
+
+
+class SGD(FusedOptimizer):
+    """torch.optim.SGD on one fused op per (group, device, dtype); state `momentum_buffer` only."""
+
+    _COMPAT_KEYS = {"foreach": None, "differentiable": False, "fused": None}
+    _STATE_SHAPES = {"momentum_buffer": True}
+
+    def __init__(self, params, lr: float | Tensor = 1e-3, momentum: float = 0, dampening: float = 0,
+                 weight_decay: float = 0, nesterov: bool = False, *, maximize: bool = False,
+                 foreach: bool | None = None, differentiable: bool = False, fused: bool | None = None,
+                 backend: str = "auto"):
+        check_non_negative("learning rate", lr)
+        check_non_negative("momentum value", momentum)
+        check_non_negative("weight_decay value", weight_decay)
+        if nesterov and (momentum <= 0 or dampening != 0):
+            raise ValueError("Nesterov momentum requires a momentum and zero dampening")
+        if differentiable:
+            raise ValueError("differentiable=True is not supported by agd_kernels optimizers")
+        defaults = dict(lr=lr, momentum=momentum, dampening=dampening, weight_decay=weight_decay,
+                        nesterov=nesterov, maximize=maximize, foreach=foreach, differentiable=differentiable,
+                        fused=fused)
+        super().__init__(params, defaults, backend)
+
+    def __setstate__(self, state):
+        super().__setstate__(state)
+        for group in self.param_groups:
+            group.setdefault("nesterov", False)
+            group.setdefault("maximize", False)
+
+    def _init_state(self, p, state, group):
+        pass  # the momentum buffer is created on the first step with momentum, as in torch
+
+    def _launch(self, group, params, grads, lr, grad_scale, found_inf):
+        momentum = group["momentum"]
+        buffers, first = [], False
+        if momentum != 0:
+            states = [self.state[p] for p in params]
+            # torch: buffers are all None exactly on the first step (then created as clone(d)).
+            first = all(s.get("momentum_buffer") is None for s in states)
+            for p, s in zip(params, states):
+                if s.get("momentum_buffer") is None:
+                    s["momentum_buffer"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+            buffers = [s["momentum_buffer"] for s in states]
+        ops.sgd_step_(params, grads, buffers, lr, momentum=momentum, dampening=group["dampening"],
+                      weight_decay=group["weight_decay"], nesterov=group["nesterov"], maximize=group["maximize"],
+                      is_first_step=first, grad_scale=grad_scale, found_inf=found_inf, backend=self.backend)

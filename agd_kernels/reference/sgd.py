@@ -1,0 +1,25 @@
+"""SGD with momentum, dampening and Nesterov: torch.optim 2.14 semantics (torch-optim-semantics.md §2)."""
+from __future__ import annotations
+
+from torch import Tensor
+
+from ._common import commit, grad_in, skip_mask, upcast
+
+
+def sgd_step_(params: list[Tensor], grads: list[Tensor], momentum_buffers: list[Tensor], lr: Tensor,
+              momentum: float, dampening: float, weight_decay: float, nesterov: bool, maximize: bool,
+              is_first_step: bool, grad_scale: Tensor | None, found_inf: Tensor | None) -> None:
+    skip = skip_mask(found_inf)
+    bufs = momentum_buffers if momentum != 0 else [None] * len(params)
+    lr64 = lr.double()
+    for p, g, buf in zip(params, grads, bufs, strict=True):
+        p32 = upcast(p)
+        d = grad_in(g, grad_scale, maximize)
+        if weight_decay != 0:
+            d = d + weight_decay * p32
+        if buf is not None:
+            # torch creates the buffer as clone(d) on the first step: no dampening then.
+            b32 = d if is_first_step else upcast(buf) * momentum + (1 - dampening) * d
+            commit(buf, b32, skip)
+            d = d + momentum * b32 if nesterov else b32
+        commit(p, p32 - lr64 * d, skip)

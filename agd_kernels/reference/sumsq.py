@@ -1,0 +1,29 @@
+"""Per-slice sums of squares: the one reduction AGD, LAMB and YellowFin build on."""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+
+def num_slices(shape) -> int:
+    """Slices of a tensor: one per kernel tap (prod(shape[2:])) for rank >= 2, else 1."""
+    return math.prod(shape[2:]) if len(shape) >= 2 else 1
+
+
+def slice_sumsq_(tensors: list[Tensor], out: Tensor) -> None:
+    """out[k] = Σ x² over slice k, fp32 accumulation (see agd_kernels.ops.slice_sumsq_)."""
+    pos = 0
+    for t in tensors:
+        n = num_slices(t.shape)
+        x = t.float()
+        if t.dim() >= 2:
+            # (o, i, *k) -> sum over (o, i) at each tap, taps in row-major order
+            sums = x.square().sum(dim=(0, 1)).reshape(-1)
+        else:
+            sums = x.square().sum().reshape(1)
+        out[pos:pos + n].copy_(sums)
+        pos += n
+    if pos != out.numel():
+        raise ValueError(f"slice_sumsq_: out has {out.numel()} slots but the tensors have {pos} slices")
