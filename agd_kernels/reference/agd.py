@@ -28,17 +28,17 @@ def agd_step_(params: list[Tensor], grads: list[Tensor], sumsq: Tensor, slice_sv
               slice_count: list[int], depth: int, gain: float, grad_scale: Tensor | None,
               found_inf: Tensor | None) -> tuple[Tensor, Tensor]:
     skip = skip_mask(found_inf)
-    sumsq = sumsq.float()
+    sumsq, slice_sv = upcast(sumsq), upcast(slice_sv)
     norms = sumsq.sqrt()  # per-slice norms of the (possibly scaled) gradients
-    G = (slice_sv.float() * norms).sum() / depth
+    G = (slice_sv * norms).sum() / depth
     if grad_scale is not None:
         # Norms scale linearly with the loss scale; the coefficients below do not depend on it,
         # because sv/‖g‖ applied to g is scale-free: only G needs unscaling.
-        G = G / grad_scale.float()
+        G = G / grad_scale
     eta = eta_from_g(G)
     step = gain * eta / depth
     for p, g, start, count in zip(params, grads, slice_start, slice_count, strict=True):
-        sv = slice_sv[start].float()
+        sv = slice_sv[start]
         if p.dim() >= 2:
             n = norms[start:start + count]
             coef = torch.where(n > 0, step * sv / n, 0.0).reshape(1, 1, *p.shape[2:])
@@ -47,6 +47,6 @@ def agd_step_(params: list[Tensor], grads: list[Tensor], sumsq: Tensor, slice_sv
             coef = torch.where(n > 0, step * sv / n, 0.0)
         commit(p, upcast(p) - coef * upcast(g), skip)
     if skip is not None:
-        zero = torch.zeros((), dtype=torch.float32, device=G.device)
+        zero = torch.zeros((), dtype=G.dtype, device=G.device)
         eta, G = torch.where(skip, zero, eta), torch.where(skip, zero, G)
     return eta, G

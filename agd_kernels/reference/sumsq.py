@@ -3,8 +3,9 @@ from __future__ import annotations
 
 import math
 
-import torch
 from torch import Tensor
+
+from ._common import upcast
 
 
 def num_slices(shape) -> int:
@@ -13,11 +14,11 @@ def num_slices(shape) -> int:
 
 
 def slice_sumsq_(tensors: list[Tensor], out: Tensor) -> None:
-    """out[k] = Σ x² over slice k, fp32 accumulation (see agd_kernels.ops.slice_sumsq_)."""
+    """out[k] = Σ x² over slice k, fp32 accumulation (fp64 for fp64 tensors) (see agd_kernels.ops.slice_sumsq_)."""
     pos = 0
     for t in tensors:
         n = num_slices(t.shape)
-        x = t.float()
+        x = upcast(t)
         if t.dim() >= 2:
             # (o, i, *k) -> sum over (o, i) at each tap, taps in row-major order
             sums = x.square().sum(dim=(0, 1)).reshape(-1)

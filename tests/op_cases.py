@@ -1,0 +1,211 @@
+"""Inputs for every op of the table, and the backend-vs-reference comparison all backend tests use.
+
+`make_args(op, shapes, dtype, variant)` builds positional arguments in schema order for tensors of the
+given shapes; `check_backend(op, backend, ...)` runs the op three times on clones (backend in the
+dtype, reference in the dtype, reference in float64 as the oracle) and checks every mutated tensor
+and every returned tensor with the derived rule of tests/tolerance.py. Mutated arguments are read from
+the schema's (x!) annotations, so a kernel that writes what it should not is caught too.
+"""
+from __future__ import annotations
+
+import math
+import re
+
+import torch
+
+from agd_kernels import _backends, ops
+from agd_kernels.reference.agd import target_scale
+from agd_kernels.reference.sumsq import num_slices
+from tests.tolerance import assert_within_2x_reference
+
+# Sizes (elements) every backend is checked on: empty, one element, sizes that divide no block or
+# chunk size, and (CPU) one tensor larger than a million. MANY_SMALL: 300 tensors of mixed sizes.
+SIZES = [0, 1, 7, 4097, 1_000_003]
+MANY_SMALL = [((i * 37) % 2053) + 1 for i in range(300)]
+
+# Flag variants per op, as keyword overrides of the defaults in _DEFAULTS; ids are pytest ids.
+VARIANTS: dict[str, dict[str, dict]] = {
+    "slice_sumsq_": {"plain": {}},
+    "adam_step_": {
+        "adam": {},
+        "adamw-amsgrad": dict(decoupled_weight_decay=True, weight_decay=0.1, amsgrad=True),
+        "l2-maximize": dict(weight_decay=0.1, maximize=True),
+        "amp": dict(grad_scale=1024.0),
+        "found-inf": dict(found_inf=1.0),
+    },
+    "sgd_step_": {
+        "plain": dict(momentum=0.0),
+        "momentum-dampening": dict(momentum=0.9, dampening=0.1, weight_decay=0.01),
+        "nesterov-maximize": dict(momentum=0.9, nesterov=True, maximize=True),
+        "first-step": dict(momentum=0.9, is_first_step=True),
+        "amp": dict(momentum=0.9, grad_scale=512.0),
+        "found-inf": dict(momentum=0.9, found_inf=1.0),
+    },
+    "rmsprop_step_": {
+        "plain": {},
+        "centered-momentum": dict(centered=True, momentum=0.9, weight_decay=0.01),
+        "maximize": dict(maximize=True),
+        "amp": dict(centered=True, grad_scale=256.0),
+        "found-inf": dict(momentum=0.5, found_inf=1.0),
+    },
+    "adagrad_step_": {
+        "plain": {},
+        "decay-wd-maximize": dict(lr_decay=0.01, weight_decay=0.1, maximize=True),
+        "amp": dict(grad_scale=128.0),
+        "found-inf": dict(found_inf=1.0),
+    },
+    "agd_step_": {
+        "plain": {},
+        "gain": dict(gain=3.0),
+        "amp": dict(grad_scale=2048.0),
+        "found-inf": dict(found_inf=1.0),
+    },
+}
+
+_DEFAULTS = {
+    "adam_step_": dict(lr=1e-2, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.0, amsgrad=False, maximize=False,
+                       decoupled_weight_decay=False),
+    "sgd_step_": dict(lr=0.1, momentum=0.0, dampening=0.0, weight_decay=0.0, nesterov=False, maximize=False,
+                      is_first_step=False),
+    "rmsprop_step_": dict(lr=1e-2, alpha=0.99, eps=1e-8, weight_decay=0.0, momentum=0.0, centered=False,
+                          maximize=False),
+    "adagrad_step_": dict(lr=0.1, lr_decay=0.0, weight_decay=0.0, eps=1e-10, maximize=False),
+    "agd_step_": dict(gain=1.0),
+}
+
+
+def shapes_for(op: str, sizes: list[int]) -> list[tuple[int, ...]]:
+    """Tensor shapes for `sizes` elements. AGD normalises weights, so sizes become (n, 1) matrices
+    and a few convolution shapes (3x3, 1x1, non-square, Conv1d) are appended. (n, 1), not (1, n):
+    an empty (0, 1) weight has sv = 0 where (1, 0) would divide by zero."""
+    if op in ("agd_step_", "slice_sumsq_"):
+        return [(n, 1) for n in sizes] + [(4, 3, 3, 3), (6, 2, 1, 1), (3, 5, 2, 3), (5, 4, 3)]
+    return [(n,) for n in sizes]
+
+
+def mutated_positions(op: str) -> list[int]:
+    """Indices of the schema arguments annotated (x!)."""
+    schema = ops.SCHEMAS[op][0]
+    args = re.match(r"\((.*)\) ->", schema).group(1).split(", ")
+    return [i for i, a in enumerate(args) if "!" in a]
+
+
+def _scalar(value: float, device) -> torch.Tensor:
+    return torch.tensor(value, dtype=torch.float32, device=device)
+
+
+def make_args(op: str, shapes, dtype: torch.dtype, variant: str, seed: int = 0, device="cpu") -> tuple:
+    """Positional arguments for `op` in schema order (fresh tensors; deterministic in `seed`)."""
+    gen = torch.Generator().manual_seed(seed)
+
+    def rand(shape, scale=1.0, positive=False):
+        x = torch.randn(shape, generator=gen, dtype=torch.float64) * scale
+        return (x.abs() if positive else x).to(dtype=dtype, device=device)
+
+    hp = dict(_DEFAULTS.get(op, {}), **VARIANTS[op][variant])
+    scale = hp.pop("grad_scale", None)
+    grad_scale = None if scale is None else _scalar(scale, device)
+    found = hp.pop("found_inf", None)
+    found_inf = None if found is None else _scalar(found, device)
+    gmul = scale or 1.0  # gradients arrive multiplied by the loss scale
+    params = [rand(s) for s in shapes]
+    grads = [rand(s, gmul) for s in shapes]
+    steps = [_scalar(3.0, device) for _ in shapes]  # not the first step: bias corrections matter
+
+    if op == "slice_sumsq_":
+        out = torch.full((sum(num_slices(s) for s in shapes),), float("nan"), dtype=torch.float32, device=device)
+        return (grads, out)
+    if op == "adam_step_":
+        lr = _scalar(hp.pop("lr"), device)
+        m = [rand(s, 0.1) for s in shapes]
+        v = [rand(s, 0.01, positive=True) for s in shapes]
+        vmax = [x * 1.5 for x in v] if hp["amsgrad"] else []
+        return (params, grads, m, v, vmax, steps, lr, hp["beta1"], hp["beta2"], hp["eps"], hp["weight_decay"],
+                hp["amsgrad"], hp["maximize"], hp["decoupled_weight_decay"], grad_scale, found_inf)
+    if op == "sgd_step_":
+        lr = _scalar(hp.pop("lr"), device)
+        bufs = [rand(s, 0.1) for s in shapes] if hp["momentum"] != 0 else []
+        return (params, grads, bufs, lr, hp["momentum"], hp["dampening"], hp["weight_decay"], hp["nesterov"],
+                hp["maximize"], hp["is_first_step"], grad_scale, found_inf)
+    if op == "rmsprop_step_":
+        lr = _scalar(hp.pop("lr"), device)
+        gavg = [rand(s, 0.01) for s in shapes] if hp["centered"] else []
+        # square_avg above grad_avg² keeps the centered variance positive, as training guarantees
+        sq = [rand(s, 0.01, positive=True) + 0.01 for s in shapes]
+        bufs = [rand(s, 0.1) for s in shapes] if hp["momentum"] > 0 else []
+        return (params, grads, sq, gavg, bufs, steps, lr, hp["alpha"], hp["eps"], hp["weight_decay"],
+                hp["momentum"], hp["centered"], hp["maximize"], grad_scale, found_inf)
+    if op == "adagrad_step_":
+        lr = _scalar(hp.pop("lr"), device)
+        sums = [rand(s, 0.1, positive=True) for s in shapes]
+        return (params, grads, sums, steps, lr, hp["lr_decay"], hp["weight_decay"], hp["eps"], hp["maximize"],
+                grad_scale, found_inf)
+    if op == "agd_step_":
+        start, starts, counts, sv = 0, [], [], []
+        for s in shapes:
+            n = num_slices(s)
+            starts.append(start)
+            counts.append(n)
+            sv += [target_scale(s)] * n
+            start += n
+        sumsq = torch.empty(start, dtype=torch.float32, device=device)
+        ops.slice_sumsq_(grads, sumsq, backend="torch")
+        slice_sv = torch.tensor(sv, dtype=torch.float32, device=device)
+        return (params, grads, sumsq, slice_sv, starts, counts, len(shapes), hp["gain"], grad_scale, found_inf)
+    raise KeyError(f"no sample builder for {op}")
+
+
+def _clone_args(args, dtype=None):
+    """Deep-copies tensors (lists included); with `dtype`, floating tensors of the param dtype are cast
+    (fp32 buffers such as lr, step, sumsq keep their dtype unless dtype is float64)."""
+    def conv(x):
+        if isinstance(x, torch.Tensor):
+            y = x.clone()
+            return y.to(dtype) if dtype is not None and y.is_floating_point() else y
+        if isinstance(x, list):
+            return [conv(e) for e in x]
+        return x
+    return tuple(conv(a) for a in args)
+
+
+def run(op: str, backend: str, args) -> object:
+    """Run `op` on `args` with `backend` exactly as agd_kernels.ops would dispatch it."""
+    device, dtype = _first_tensor(args).device, _first_tensor(args).dtype
+    return _backends.resolve(op, device, dtype, backend)[1](*args)
+
+
+def _first_tensor(args) -> torch.Tensor:
+    first = args[0]
+    return first[0] if isinstance(first, list) else first
+
+
+def _flat(x) -> list[torch.Tensor]:
+    if isinstance(x, torch.Tensor):
+        return [x]
+    if isinstance(x, (list, tuple)):
+        return [t for e in x for t in _flat(e)]
+    return []
+
+
+def check_backend(op: str, backend: str, shapes, dtype: torch.dtype, variant: str, seed: int = 0) -> None:
+    """Backend vs reference vs float64 oracle on every mutated and returned tensor."""
+    args = make_args(op, shapes, dtype, variant, seed)
+    got_args, ref_args, oracle_args = _clone_args(args), _clone_args(args), _clone_args(args, torch.float64)
+    got = run(op, backend, got_args)
+    ref = run(op, "torch", ref_args)
+    oracle = run(op, "torch", oracle_args)
+    for pos in mutated_positions(op):
+        for i, (g, r, o) in enumerate(zip(_flat(got_args[pos]), _flat(ref_args[pos]), _flat(oracle_args[pos]))):
+            assert g.dtype == r.dtype and g.shape == r.shape
+            assert_within_2x_reference(g, r, o, name=f"{op}[{variant}] arg {pos} tensor {i} ({backend}, {dtype})")
+    for i, (g, r, o) in enumerate(zip(_flat(got), _flat(ref), _flat(oracle))):
+        assert_within_2x_reference(g, r, o, name=f"{op}[{variant}] output {i} ({backend}, {dtype})")
+    if VARIANTS[op][variant].get("found_inf"):
+        # found_inf set: nothing may change, to the bit.
+        for pos in mutated_positions(op):
+            for g, a in zip(_flat(got_args[pos]), _flat(args[pos])):
+                assert torch.equal(g, a) or (g.isnan() == a.isnan()).all() and torch.equal(g.nan_to_num(), a.nan_to_num())
+
+
+def numel(shapes) -> int:
+    return sum(math.prod(s) for s in shapes)
