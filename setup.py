@@ -97,8 +97,11 @@ def get_extensions():
     debug = _env_flag("DEBUG")
     opt = ["-O0", "-g"] if debug else ["-O3"]
     # -fno-math-errno: without it gcc does not vectorise loops containing sqrt (fused AdamW on 124M
-    # params: 60 ms with it, 180 ms without, BUILD-NOTES.md). No -march=native: the wheel must be portable.
-    cxx = opt + ["-fno-math-errno", "-fopenmp", "-Wall", "-Wno-unknown-pragmas"]
+    # params: 60 ms with it, 180 ms without, BUILD-NOTES.md). -fno-trapping-math: without it gcc keeps the
+    # selects of the fp16/bf16 conversions and of the element math as branches and vectorises none of
+    # them (torch itself builds with both). No -march: the wheel must be portable; csrc/cpu/isa.h adds an
+    # AVX2 build of the element loops chosen at run time instead.
+    cxx = opt + ["-fno-math-errno", "-fno-trapping-math", "-fopenmp", "-Wall", "-Wno-unknown-pragmas"]
     include_dirs = [os.path.join(ROOT, "csrc", "include")]
     sources = sorted(glob.glob(os.path.join("csrc", "**", "*.cpp"), recursive=True))
     info = {

@@ -33,7 +33,7 @@ _DTYPES = {
 }
 
 _KERNELS: dict[tuple[str, str], Callable] = {}
-_RESOLVED: dict[tuple, tuple[str, Callable]] = {}
+_RESOLVED: dict[tuple, str] = {}
 _WARNED: set[str] = set()
 
 
@@ -111,11 +111,20 @@ def _auto_order(device: torch.device) -> tuple[str, ...]:
 
 def resolve(op: str, device: torch.device, dtype: torch.dtype, backend: str | None = "auto") -> tuple[str, Callable]:
     """(backend name, kernel) that runs `op` on tensors of (device, dtype)."""
-    want = requested(backend)
+    chosen = _choose(op, device, dtype, requested(backend))
+    return chosen, _KERNELS[(op, chosen)]
+
+
+# The choice is a constant of the process, so torch.compile runs it while tracing instead of tracing
+# into it: dispatcher queries and warnings.warn cannot be traced, and fullgraph=True failed on the
+# first call of an op (a cold cache) before this.
+@torch.compiler.assume_constant_result
+def _choose(op: str, device: torch.device, dtype: torch.dtype, want: str) -> str:
+    """The backend name for `op` on (device, dtype) given the requested one; cached per key."""
     key = (op, device.type, dtype, want)
-    hit = _RESOLVED.get(key)
-    if hit is not None:
-        return hit
+    chosen = _RESOLVED.get(key)
+    if chosen is not None:
+        return chosen
     if want != "auto":
         reason = unavailable_reason(op, want, device, dtype)
         if reason is not None:
@@ -134,10 +143,9 @@ def resolve(op: str, device: torch.device, dtype: torch.dtype, backend: str | No
                        f"({'; '.join(skipped)})")
             if message not in _WARNED:
                 _WARNED.add(message)
-                warnings.warn(message, RuntimeWarning, stacklevel=3)
-    hit = (chosen, _KERNELS[(op, chosen)])
-    _RESOLVED[key] = hit
-    return hit
+                warnings.warn(message, RuntimeWarning, stacklevel=4)  # points at the agd_kernels.ops call
+    _RESOLVED[key] = chosen
+    return chosen
 
 
 def available(device_type: str = "cpu") -> dict[str, str | None]:

@@ -80,11 +80,11 @@ SCHEMAS: dict[str, tuple[str, object]] = {
         "(Tensor(a!) tuner, Tensor stats, float numel, float beta, int curv_win_width, bool zero_debias, "
         "bool sparsity_debias, float clip_thresh, float auto_clip_fac, bool adapt_clip, float stat_protect_fac, "
         "float catastrophic_move_thresh, bool force_non_inc_step, bool h_min_log_smooth, bool h_max_log_smooth, "
-        f"{_AMP}) -> ()",
+        f"{_AMP}) -> (Tensor, Tensor)",
         _ref_yellowfin.yellowfin_tune_),
     "yellowfin_apply_": (
         "(Tensor(a!)[] params, Tensor[] grads, Tensor(b!)[] grad_avgs, Tensor(c!)[] momentum_buffers, "
-        f"Tensor tuner, float beta, float weight_decay, {_AMP}) -> ()",
+        "Tensor tuner, Tensor stats, float beta, float weight_decay, Tensor? found_inf) -> ()",
         _ref_yellowfin.yellowfin_apply_),
 }
 
@@ -95,11 +95,23 @@ def _fake_agd_step(params, grads, sumsq, *rest):
     return sumsq.new_empty(()), sumsq.new_empty(())
 
 
+def _fake_yellowfin_tune(tuner, *rest):
+    return tuner.new_empty(()), tuner.new_empty(())
+
+
+#: Fake (meta) kernels of the ops that return tensors; the others return nothing.
+_FAKES = {"agd_step_": _fake_agd_step, "yellowfin_tune_": _fake_yellowfin_tune}
+
+#: Ops whose tensors are fp64 tuner state whatever the parameters' dtype: their backend is chosen
+#: as for this dtype (the cuda and triton backends take no fp64 parameters, but do run these ops).
+RESOLVE_DTYPE = {"yellowfin_tune_": torch.float32}
+
+
 def _define_all() -> None:
     for name, (schema, reference) in SCHEMAS.items():
         _LIB.define(name + schema)
         _LIB.impl(name, reference, "CompositeExplicitAutograd")
-        fake = _fake_agd_step if name == "agd_step_" else (lambda *args, **kwargs: None)
+        fake = _FAKES.get(name, lambda *args, **kwargs: None)
         torch.library.register_fake(f"{NAMESPACE}::{name}", fake, lib=_LIB)
         _backends.register_kernel(name, "torch", reference)
         op = getattr(torch.ops.agd_kernels, name).default
@@ -184,10 +196,12 @@ def agd_step_(params, grads, sumsq: Tensor, slice_sv: Tensor, slice_start: Seque
 
     `sumsq` holds the per-slice sums of squares of the matrix gradients of *all* groups (from
     `slice_sumsq_`) and `slice_sv` the target scale sv of each slot's tensor, so
-    G = (1/depth)·Σ slice_sv·√sumsq (÷ grad_scale) and eta = log1p(2G/(1 + √(1 + 4G))).
+    G = (1/depth)·Σ slice_sv·√sumsq (÷ grad_scale) and eta = log1p(G/(½ + √(¼ + G))) (the spec's
+    log1p(2G/(1 + √(1 + 4G))) without its fp32 overflow of 4G above 8.5e37; reference.agd.eta_from_g).
     Tensor i uses slots [slice_start[i], slice_start[i] + slice_count[i]): a matrix its own taps, each
     tap j scaled by c_j = gain·(eta/depth)·sv/√sumsq_j; a follower (rank <= 1) its owner's taps, with
-    one coefficient gain·(eta/depth)·sv_owner/√(Σ owner sumsq). A zero sum gives a zero update.
+    one coefficient gain·(eta/depth)·sv_owner/√(Σ owner sumsq). A sum of exactly 0 gives a zero update;
+    a NaN or inf sum is not guarded and propagates.
     With found_inf set nothing is written and (0, 0) is returned.
     """
     return _kernel("agd_step_", params, backend)(
@@ -201,11 +215,17 @@ def lamb_step_(params, grads, exp_avgs, exp_avg_sqs, state_steps, lr: Tensor, gr
                found_inf: Tensor | None = None, backend: str | None = "auto") -> None:
     """LAMB step of one group (specs/lamb-lars.md §3).
 
-    `grad_sumsq` holds sums of squares of the gradients of all groups (N² = its sum, ÷ grad_scale²);
-    gradients are divided by k = max(1, N/max_grad_norm) (max_grad_norm = inf disables the clip).
-    Per tensor, u = m̂/(√v̂ + eps) (+ weight_decay·p when adam_w_mode) and
-    p ← p − lr·r·u with r = φ(‖p‖)/‖u‖, φ(z) = clamp(z, phi_min, phi_max), r = 1 when a norm is 0
-    or use_trust_ratio is False.
+    `grad_sumsq` (fp32) holds sums of squares of the gradients of *all* groups, in any slicing (its
+    sum is N², N ÷ grad_scale being the global norm); gradients are divided by k = N/max_grad_norm
+    when N > max_grad_norm, else by 1 (as apex: a NaN N gives 1, an inf N gives inf; max_grad_norm =
+    inf never clips). Then, per tensor, with gs the clipped gradient (+ weight_decay·p unless
+    adam_w_mode):
+      m ← β1·m + β3·gs (β3 = 1 − β1 with grad_averaging, else 1); v ← β2·v + (1 − β2)·gs²;
+      u = (m/bc1)/(√(v/bc2) + eps) (+ weight_decay·p when adam_w_mode), bc = 1 − β^step or 1;
+      p ← p − lr·r·u with r = clamp(‖p‖, phi_min, phi_max)/‖u‖ (‖p‖ before the update),
+      r = 1 when either norm is 0 or use_trust_ratio is False.
+    `state_steps` (0-d fp32) are incremented first. Kernels may recompute u from the stored m and v
+    in a second pass (the gradient is never overwritten).
     """
     if params:
         _kernel("lamb_step_", params, backend)(
@@ -215,7 +235,9 @@ def lamb_step_(params, grads, exp_avgs, exp_avg_sqs, state_steps, lr: Tensor, gr
 
 
 def yellowfin_stats_(grads, grad_avgs, out: Tensor, *, backend: str | None = "auto") -> None:
-    """YellowFin pass A of one group: out (fp64, 4) = [Σg², Σḡ·g, Σḡ², nnz(g)] on raw gradients."""
+    """YellowFin pass A of one bucket: out (fp64, 4) = [Σg², Σḡ·g, Σḡ², nnz(g)] on the raw gradients
+    and the ḡ of the previous step. Products are rounded in fp32 (fp64 for fp64 tensors), sums
+    accumulate in fp64 (so the result does not depend on the reduction order beyond fp64 rounding)."""
     if grads:
         _kernel("yellowfin_stats_", grads, backend)(grads, grad_avgs, out)
 
@@ -225,21 +247,27 @@ def yellowfin_tune_(tuner: Tensor, stats: Tensor, *, numel: float, beta: float, 
                     adapt_clip: bool, stat_protect_fac: float, catastrophic_move_thresh: float,
                     force_non_inc_step: bool, h_min_log_smooth: bool, h_max_log_smooth: bool,
                     grad_scale: Tensor | None = None, found_inf: Tensor | None = None,
-                    backend: str | None = "auto") -> None:
-    """YellowFin scalar step: statistics of all groups (`stats`, (groups, 4)) -> tuner state (fp64).
+                    backend: str | None = "auto") -> tuple[Tensor, Tensor]:
+    """YellowFin scalar step (specs/yellowfin.md §2, §3, §8) in fp64 on the device.
 
-    See agd_kernels.reference.yellowfin for the tuner layout. clip_thresh / auto_clip_fac <= 0 mean off.
+    `stats` (fp64, (buckets, 4)) are the yellowfin_stats_ rows of every bucket; `numel` counts their
+    elements. Updates `tuner` (fp64; layout in agd_kernels.reference.yellowfin.SLOTS, then the
+    curv_win_width window) and returns the lr and μ the momentum step applies, as new 0-d fp64
+    tensors. With found_inf set or a non-finite Σg² nothing changes. clip_thresh / auto_clip_fac <= 0
+    mean off.
     """
-    _backends.resolve("yellowfin_tune_", tuner.device, torch.float32, backend)[1](
+    return _backends.resolve("yellowfin_tune_", tuner.device, RESOLVE_DTYPE["yellowfin_tune_"], backend)[1](
         tuner, stats, numel, beta, curv_win_width, zero_debias, sparsity_debias, clip_thresh, auto_clip_fac,
         adapt_clip, stat_protect_fac, catastrophic_move_thresh, force_non_inc_step, h_min_log_smooth,
         h_max_log_smooth, grad_scale, found_inf)
 
 
-def yellowfin_apply_(params, grads, grad_avgs, momentum_buffers, tuner: Tensor, *, beta: float,
-                     weight_decay: float, grad_scale: Tensor | None = None, found_inf: Tensor | None = None,
-                     backend: str | None = "auto") -> None:
-    """YellowFin pass B of one group: ḡ EMA and the momentum-SGD step with the tuned lr and μ."""
+def yellowfin_apply_(params, grads, grad_avgs, momentum_buffers, tuner: Tensor, stats: Tensor, *, beta: float,
+                     weight_decay: float, found_inf: Tensor | None = None, backend: str | None = "auto") -> None:
+    """YellowFin pass B of one bucket, reading lr, μ and the clip factors from `tuner`:
+    ḡ ← β·ḡ + (1 − β)·c1·g; d = c2·g + weight_decay·p; buf ← μ·buf + d and p ← p − lr·buf when μ ≠ 0,
+    else p ← p − lr·d with buf untouched (c1, c2 fold the clips and 1/grad_scale in). Skips, like
+    yellowfin_tune_, when found_inf is set or Σg² over `stats` is not finite."""
     if params:
         _kernel("yellowfin_apply_", params, backend)(
-            params, grads, grad_avgs, momentum_buffers, tuner, beta, weight_decay, grad_scale, found_inf)
+            params, grads, grad_avgs, momentum_buffers, tuner, stats, beta, weight_decay, found_inf)

@@ -14,6 +14,7 @@ import re
 import torch
 
 from agd_kernels import _backends, ops
+from agd_kernels.reference import yellowfin as ref_yellowfin
 from agd_kernels.reference.agd import target_scale
 from agd_kernels.reference.sumsq import num_slices
 from tests.tolerance import assert_within_2x_reference
@@ -60,6 +61,41 @@ VARIANTS: dict[str, dict[str, dict]] = {
         "amp": dict(grad_scale=2048.0),
         "found-inf": dict(found_inf=1.0),
     },
+    "lamb_step_": {
+        "apex-clipped": {},
+        "l2-no-bias-correction": dict(adam_w_mode=False, bias_correction=False),
+        "nvlamb-no-averaging": dict(weight_decay=0.0, grad_averaging=False),
+        "no-trust-ratio": dict(weight_decay=0.0, use_trust_ratio=False),
+        "paper-phi-unclipped": dict(max_grad_norm=math.inf, phi_min=0.5, phi_max=2.0),
+        "amp": dict(grad_scale=1024.0),
+        "found-inf": dict(found_inf=1.0),
+    },
+    "yellowfin_stats_": {
+        "plain": {},
+        "sparse": dict(zero_fraction=0.5),
+    },
+    # Tuner samples replay `history` reference steps on synthetic sums first (curv_win_width 5, so
+    # the window has wrapped and force_non_inc_step is past its start at the default 12).
+    "yellowfin_tune_": {
+        "default": {},
+        "first-step": dict(history=0),
+        "second-step": dict(history=1),
+        "manual-clip": dict(clip_thresh=0.5),
+        "auto-clip-spike": dict(auto_clip_fac=1.5, spike=1e4),
+        "raw-smoothing-no-adapt": dict(zero_debias=False, h_min_log_smooth=False, h_max_log_smooth=False,
+                                       adapt_clip=False),
+        "sparsity-force": dict(sparsity_debias=True, force_non_inc_step=True),
+        "amp": dict(grad_scale=1024.0),
+        "non-finite": dict(spike=math.inf),
+        "found-inf": dict(found_inf=1.0),
+    },
+    "yellowfin_apply_": {
+        "momentum": {},
+        "first-step-plain": dict(history=0, mu=0.0),
+        "weight-decay": dict(weight_decay=0.01),
+        "non-finite": dict(spike=math.inf),
+        "found-inf": dict(found_inf=1.0),
+    },
 }
 
 _DEFAULTS = {
@@ -71,6 +107,15 @@ _DEFAULTS = {
                           maximize=False),
     "adagrad_step_": dict(lr=0.1, lr_decay=0.0, weight_decay=0.0, eps=1e-10, maximize=False),
     "agd_step_": dict(gain=1.0),
+    "lamb_step_": dict(lr=1e-2, max_grad_norm=1.0, beta1=0.9, beta2=0.999, eps=1e-6, weight_decay=0.01,
+                       bias_correction=True, grad_averaging=True, adam_w_mode=True, use_trust_ratio=True,
+                       phi_min=0.0, phi_max=math.inf),
+    "yellowfin_stats_": dict(zero_fraction=0.0),
+    "yellowfin_tune_": dict(history=12, spike=1.0, beta=0.9, curv_win_width=5, zero_debias=True,
+                            sparsity_debias=False, clip_thresh=0.0, auto_clip_fac=0.0, adapt_clip=True,
+                            stat_protect_fac=100.0, catastrophic_move_thresh=100.0, force_non_inc_step=False,
+                            h_min_log_smooth=True, h_max_log_smooth=True),
+    "yellowfin_apply_": dict(history=12, mu=0.5, spike=1.0, beta=0.9, weight_decay=0.0),
 }
 
 
@@ -152,7 +197,63 @@ def make_args(op: str, shapes, dtype: torch.dtype, variant: str, seed: int = 0, 
         ops.slice_sumsq_(grads, sumsq, backend="torch")
         slice_sv = torch.tensor(sv, dtype=torch.float32, device=device)
         return (params, grads, sumsq, slice_sv, starts, counts, len(shapes), hp["gain"], grad_scale, found_inf)
+    if op == "lamb_step_":
+        lr = _scalar(hp.pop("lr"), device)
+        m = [rand(s, 0.1) for s in shapes]
+        v = [rand(s, 0.01, positive=True) for s in shapes]
+        sumsq = torch.empty(sum(num_slices(s) for s in shapes), dtype=torch.float32, device=device)
+        ops.slice_sumsq_(grads, sumsq, backend="torch")
+        return (params, grads, m, v, steps, lr, sumsq, hp["max_grad_norm"], hp["beta1"], hp["beta2"], hp["eps"],
+                hp["weight_decay"], hp["bias_correction"], hp["grad_averaging"], hp["adam_w_mode"],
+                hp["use_trust_ratio"], hp["phi_min"], hp["phi_max"], grad_scale, found_inf)
+    if op == "yellowfin_stats_":
+        keep = [torch.rand(s, generator=gen) >= hp["zero_fraction"] for s in shapes]
+        grads = [g * k.to(device) for g, k in zip(grads, keep)]
+        avgs = [rand(s, 0.1) for s in shapes]
+        return (grads, avgs, torch.full((4,), math.nan, dtype=torch.float64, device=device))
+    if op == "yellowfin_tune_":
+        tuner, stats, tune_hp = _yellowfin_tuner(hp, len(shapes), numel(shapes), gen, device, scale or 1.0)
+        return (tuner, stats, *tune_hp, grad_scale, found_inf)
+    if op == "yellowfin_apply_":
+        # The tuner has run this step's tune (on synthetic sums: apply reads only its lr, μ and clip
+        # factors, and the sums' finiteness).
+        tuner, stats, _ = _yellowfin_tuner(dict(_DEFAULTS["yellowfin_tune_"], **hp), len(shapes), numel(shapes),
+                                           gen, device, 1.0, current_step=True)
+        avgs = [rand(s, 0.1) for s in shapes]
+        bufs = [rand(s, 0.1) for s in shapes]
+        return (params, grads, avgs, bufs, tuner, stats, hp["beta"], hp["weight_decay"], found_inf)
     raise KeyError(f"no sample builder for {op}")
+
+
+def _yellowfin_tuner(hp: dict, rows: int, elements: int, gen: torch.Generator, device, scale: float,
+                     current_step: bool = False) -> tuple[torch.Tensor, torch.Tensor, tuple]:
+    """(tuner after hp["history"] reference steps, this step's sums (rows x 4, times the loss scale),
+    the tune op's scalar arguments). Sums are synthetic, of order 1 so the tuned lr is too (an apply
+    sample then moves parameters visibly): Σg² in [0.5, 1.5], Σḡ·g and Σḡ² fractions of it, 80%
+    nonzeros; hp["spike"] multiplies this step's Σg² (inf: a non-finite step). With `current_step`
+    the tune of this step has run too."""
+    names = ("beta", "curv_win_width", "zero_debias", "sparsity_debias", "clip_thresh", "auto_clip_fac",
+             "adapt_clip", "stat_protect_fac", "catastrophic_move_thresh", "force_non_inc_step",
+             "h_min_log_smooth", "h_max_log_smooth")
+    size = float(max(elements, 1))
+    tune_hp = (size, *(hp[k] for k in names))
+
+    def sums(spike: float) -> torch.Tensor:
+        u = torch.rand(rows, 3, generator=gen, dtype=torch.float64)
+        gg = (0.5 + u[:, 0]) / rows * spike
+        cols = [gg, (u[:, 1] - 0.3) * (0.3 * gg / rows).sqrt(), 0.3 * u[:, 2] / rows,
+                torch.full((rows,), 0.8 * size / rows, dtype=torch.float64)]
+        return torch.stack(cols, 1)
+
+    tuner = ref_yellowfin.new_tuner(0.01, hp.get("mu", 0.5), hp["curv_win_width"], "cpu")
+    for _ in range(hp["history"]):
+        ref_yellowfin.yellowfin_tune_(tuner, sums(1.0), *tune_hp, None, None)
+    stats = sums(hp["spike"])
+    stats[:, 0] *= scale * scale
+    stats[:, 1] *= scale
+    if current_step:
+        ref_yellowfin.yellowfin_tune_(tuner, stats, *tune_hp, None, None)
+    return tuner.to(device), stats.to(device), tune_hp
 
 
 def _clone_args(args, dtype=None):
@@ -171,7 +272,7 @@ def _clone_args(args, dtype=None):
 def run(op: str, backend: str, args) -> object:
     """Run `op` on `args` with `backend` exactly as agd_kernels.ops would dispatch it."""
     device, dtype = _first_tensor(args).device, _first_tensor(args).dtype
-    return _backends.resolve(op, device, dtype, backend)[1](*args)
+    return _backends.resolve(op, device, ops.RESOLVE_DTYPE.get(op, dtype), backend)[1](*args)
 
 
 def _first_tensor(args) -> torch.Tensor:
@@ -187,9 +288,10 @@ def _flat(x) -> list[torch.Tensor]:
     return []
 
 
-def check_backend(op: str, backend: str, shapes, dtype: torch.dtype, variant: str, seed: int = 0) -> None:
-    """Backend vs reference vs float64 oracle on every mutated and returned tensor."""
-    args = make_args(op, shapes, dtype, variant, seed)
+def check_backend(op: str, backend: str, shapes, dtype: torch.dtype, variant: str, seed: int = 0,
+                  device="cpu") -> None:
+    """Backend vs reference vs float64 oracle on every mutated and returned tensor (all on `device`)."""
+    args = make_args(op, shapes, dtype, variant, seed, device)
     got_args, ref_args, oracle_args = _clone_args(args), _clone_args(args), _clone_args(args, torch.float64)
     got = run(op, backend, got_args)
     ref = run(op, "torch", ref_args)

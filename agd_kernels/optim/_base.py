@@ -42,6 +42,12 @@ def check_betas(betas: tuple[float, float]) -> None:
             raise ValueError(f"Invalid beta parameter at index {i}: {b}")
 
 
+def check_not_differentiable(hparams: dict[str, Any]) -> None:
+    """The kernels update in place outside autograd, so torch's differentiable=True cannot be honoured."""
+    if hparams.get("differentiable"):
+        raise ValueError("differentiable=True is not supported by agd_kernels optimizers")
+
+
 class FusedOptimizer(torch.optim.Optimizer):
     """Base class. Subclasses set `_OP_STATE_KEYS` and implement `_init_state` and `_launch`."""
 
@@ -76,7 +82,16 @@ class FusedOptimizer(torch.optim.Optimizer):
                 self.param_groups.pop()
                 raise ValueError(f"{describe_param(group, index, pos, p)} has dtype {p.dtype}; "
                                  "agd_kernels optimizers need real floating-point parameters")
+        try:
+            self._check_hparams(group)
+        except ValueError as exc:
+            self.param_groups.pop()
+            raise ValueError(f"param_groups[{index}]: {exc}") from None
         self._check_group(group, index)
+
+    def _check_hparams(self, hparams: dict[str, Any]) -> None:
+        """Subclass hook: torch.optim's hyper-parameter checks, run on the constructor's defaults and
+        again on every group (add_param_group included), raising ValueError naming the parameter."""
 
     def _check_group(self, group: dict[str, Any], index: int) -> None:
         """Subclass hook: validate per-group hyper-parameters (raise ValueError naming the key)."""

@@ -5,7 +5,7 @@ import torch
 from torch import Tensor
 
 from .. import ops
-from ._base import FusedOptimizer, check_non_negative
+from ._base import FusedOptimizer, check_non_negative, check_not_differentiable
 
 
 class Adagrad(FusedOptimizer):
@@ -19,20 +19,22 @@ class Adagrad(FusedOptimizer):
                  initial_accumulator_value: float = 0, eps: float = 1e-10, foreach: bool | None = None, *,
                  maximize: bool = False, differentiable: bool = False, fused: bool | None = None,
                  backend: str = "auto"):
-        check_non_negative("learning rate", lr)
-        check_non_negative("lr_decay value", lr_decay)
-        check_non_negative("weight_decay value", weight_decay)
-        check_non_negative("initial_accumulator_value value", initial_accumulator_value)
-        check_non_negative("epsilon value", eps)
-        if differentiable:
-            raise ValueError("differentiable=True is not supported by agd_kernels optimizers")
         defaults = dict(lr=lr, lr_decay=lr_decay, eps=eps, weight_decay=weight_decay,
                         initial_accumulator_value=initial_accumulator_value, foreach=foreach, maximize=maximize,
                         differentiable=differentiable, fused=fused)
+        self._check_hparams(defaults)
         super().__init__(params, defaults, backend)
         for group in self.param_groups:
             for p in group["params"]:
                 self._init_state(p, self.state[p], group)
+
+    def _check_hparams(self, hparams):
+        check_non_negative("learning rate", hparams["lr"])
+        check_non_negative("lr_decay value", hparams["lr_decay"])
+        check_non_negative("weight_decay value", hparams["weight_decay"])
+        check_non_negative("initial_accumulator_value value", hparams["initial_accumulator_value"])
+        check_non_negative("epsilon value", hparams["eps"])
+        check_not_differentiable(hparams)
 
     def __setstate__(self, state):
         super().__setstate__(state)

@@ -5,7 +5,7 @@ import torch
 from torch import Tensor
 
 from .. import ops
-from ._base import FusedOptimizer, check_betas, check_non_negative
+from ._base import FusedOptimizer, check_betas, check_non_negative, check_not_differentiable
 
 
 class Adam(FusedOptimizer):
@@ -23,16 +23,19 @@ class Adam(FusedOptimizer):
                  eps: float = 1e-8, weight_decay: float = 0, amsgrad: bool = False, *, foreach: bool | None = None,
                  maximize: bool = False, capturable: bool = False, differentiable: bool = False,
                  fused: bool | None = None, decoupled_weight_decay: bool = False, backend: str = "auto"):
-        check_non_negative("learning rate", lr)
-        check_non_negative("epsilon value", eps)
         check_betas(betas)
-        check_non_negative("weight_decay value", weight_decay)
-        if differentiable:
-            raise ValueError("differentiable=True is not supported by agd_kernels optimizers")
         defaults = dict(lr=lr, betas=(float(betas[0]), float(betas[1])), eps=eps, weight_decay=weight_decay,
                         amsgrad=amsgrad, maximize=maximize, foreach=foreach, capturable=capturable,
                         differentiable=differentiable, fused=fused, decoupled_weight_decay=decoupled_weight_decay)
+        self._check_hparams(defaults)
         super().__init__(params, defaults, backend)
+
+    def _check_hparams(self, hparams):
+        check_non_negative("learning rate", hparams["lr"])
+        check_non_negative("epsilon value", hparams["eps"])
+        check_betas(hparams["betas"])
+        check_non_negative("weight_decay value", hparams["weight_decay"])
+        check_not_differentiable(hparams)
 
     def __setstate__(self, state):
         super().__setstate__(state)

@@ -64,7 +64,8 @@ class AGD(FusedOptimizer):
         devices = {p.device for g in self.param_groups for p in g["params"]}
         if len(devices) > 1:
             self.param_groups.pop()
-            raise ValueError(f"AGD needs all parameters on one device (G spans every layer); got {sorted(map(str, devices))}")
+            raise ValueError("AGD needs all parameters on one device (G spans every layer); got "
+                             f"{sorted(map(str, devices))}")
         seen_matrix = any(p.dim() >= 2 for g in self.param_groups[:-1] for p in g["params"])
         for pos, p in enumerate(group["params"]):
             if p.dim() >= 2:
@@ -82,10 +83,15 @@ class AGD(FusedOptimizer):
         pass  # AGD keeps no per-parameter state
 
     def _plan(self, collected: list[list[Tensor]]) -> _Plan:
-        key = tuple(tuple(map(id, params)) for params in collected)
+        # Shape, dtype and device are in the key because module.to()/.half() swap a parameter's data
+        # in place: the same object, but new buckets and (for a new device) a new sv table.
+        key = tuple(tuple((id(p), p.shape, p.dtype, p.device) for p in params) for params in collected)
         plan = self._plans.get(key)
         if plan is not None:
             return plan
+        # A tensor listed twice (torch.optim only warns about duplicates inside a group) is one
+        # weight: it counts once in L and G and is updated once (specs/agd.md §4 item 15).
+        collected = _first_occurrences(collected)
         matrices = [p for params in collected for p in params if p.dim() >= 2]
         # Slot layout: matrices bucketed by (device, dtype) so each bucket's norms fill one contiguous range.
         start, norm_buckets, slot_of, sv = 0, [], {}, []
@@ -113,8 +119,9 @@ class AGD(FusedOptimizer):
                 slots = [slot_of[id(owner_of[id(p)])] for p in bucket]
                 update_buckets.append((gi, bucket, [s for s, _ in slots], [n for _, n in slots]))
         device = matrices[0].device if matrices else torch.device("cpu")
+        # non_blocking: a pageable host-to-device copy is staged without waiting for the device.
         plan = _Plan(len(matrices), norm_buckets, update_buckets,
-                     torch.tensor(sv, dtype=torch.float32, device=device))
+                     torch.tensor(sv, dtype=torch.float32).to(device, non_blocking=True))
         if len(self._plans) >= 16:  # gradient patterns rarely vary; bound the cache anyway
             self._plans.clear()
         self._plans[key] = plan
@@ -122,7 +129,11 @@ class AGD(FusedOptimizer):
 
     @torch.no_grad()
     def step(self, closure=None) -> Tensor:
-        """One AGD step. Returns eta (0-d fp32 tensor on the parameters' device, without the gain)."""
+        """One AGD step. Returns eta (0-d fp32 tensor on the parameters' device, without the gain).
+
+        A closure, if given, is evaluated with gradients enabled before the step; its loss is not
+        returned (step() returns eta, specs/agd.md §5.6).
+        """
         if closure is not None:
             with torch.enable_grad():
                 closure()
@@ -159,14 +170,30 @@ class AGD(FusedOptimizer):
             names = group.get("param_names") or [None] * len(group["params"])
             for p, name in zip(group["params"], names):
                 if p.dim() >= 2:
-                    out_f, in_f = p.shape[0], p.shape[1]
-                    tap = torch.empty(out_f, in_f, dtype=torch.float32, device=p.device)
+                    # Drawn in fp32 (QR has no 16-bit kernels) and scaled before the one rounding
+                    # to p's dtype; fp64 weights get an fp64 draw.
+                    dtype = torch.float64 if p.dtype == torch.float64 else torch.float32
+                    tap = torch.empty(p.shape[0], p.shape[1], dtype=dtype, device=p.device)
+                    sv = target_scale(p.shape)
                     for index in _taps(p.shape[2:]):
                         torch.nn.init.orthogonal_(tap)
-                        p[(slice(None), slice(None), *index)] = tap
-                    p.mul_(target_scale(p.shape))
+                        p[(slice(None), slice(None), *index)] = tap.mul_(sv)
                 elif name is not None and name.endswith("bias"):
                     p.zero_()
+
+
+def _first_occurrences(collected: list[list[Tensor]]) -> list[list[Tensor]]:
+    """`collected` with every tensor after its first appearance (in any group) removed."""
+    seen: set[int] = set()
+    out = []
+    for params in collected:
+        kept = []
+        for p in params:
+            if id(p) not in seen:
+                seen.add(id(p))
+                kept.append(p)
+        out.append(kept)
+    return out
 
 
 def _taps(kernel_shape) -> list[tuple[int, ...]]:

@@ -5,7 +5,7 @@ import torch
 from torch import Tensor
 
 from .. import ops
-from ._base import FusedOptimizer, check_non_negative
+from ._base import FusedOptimizer, check_non_negative, check_not_differentiable
 
 
 class RMSprop(FusedOptimizer):
@@ -18,17 +18,19 @@ class RMSprop(FusedOptimizer):
                  weight_decay: float = 0, momentum: float = 0, centered: bool = False, capturable: bool = False,
                  foreach: bool | None = None, maximize: bool = False, differentiable: bool = False,
                  backend: str = "auto"):
-        check_non_negative("learning rate", lr)
-        check_non_negative("epsilon value", eps)
-        check_non_negative("momentum value", momentum)
-        check_non_negative("weight_decay value", weight_decay)
-        check_non_negative("alpha value", alpha)
-        if differentiable:
-            raise ValueError("differentiable=True is not supported by agd_kernels optimizers")
         defaults = dict(lr=lr, momentum=momentum, alpha=alpha, eps=eps, centered=centered,
                         weight_decay=weight_decay, capturable=capturable, foreach=foreach, maximize=maximize,
                         differentiable=differentiable)
+        self._check_hparams(defaults)
         super().__init__(params, defaults, backend)
+
+    def _check_hparams(self, hparams):
+        check_non_negative("learning rate", hparams["lr"])
+        check_non_negative("epsilon value", hparams["eps"])
+        check_non_negative("momentum value", hparams["momentum"])
+        check_non_negative("weight_decay value", hparams["weight_decay"])
+        check_non_negative("alpha value", hparams["alpha"])
+        check_not_differentiable(hparams)
 
     def __setstate__(self, state):
         super().__setstate__(state)

@@ -5,7 +5,7 @@ import torch
 from torch import Tensor
 
 from .. import ops
-from ._base import FusedOptimizer, check_non_negative
+from ._base import FusedOptimizer, check_non_negative, check_not_differentiable
 
 
 class SGD(FusedOptimizer):
@@ -18,17 +18,19 @@ class SGD(FusedOptimizer):
                  weight_decay: float = 0, nesterov: bool = False, *, maximize: bool = False,
                  foreach: bool | None = None, differentiable: bool = False, fused: bool | None = None,
                  backend: str = "auto"):
-        check_non_negative("learning rate", lr)
-        check_non_negative("momentum value", momentum)
-        check_non_negative("weight_decay value", weight_decay)
-        if nesterov and (momentum <= 0 or dampening != 0):
-            raise ValueError("Nesterov momentum requires a momentum and zero dampening")
-        if differentiable:
-            raise ValueError("differentiable=True is not supported by agd_kernels optimizers")
         defaults = dict(lr=lr, momentum=momentum, dampening=dampening, weight_decay=weight_decay,
                         nesterov=nesterov, maximize=maximize, foreach=foreach, differentiable=differentiable,
                         fused=fused)
+        self._check_hparams(defaults)
         super().__init__(params, defaults, backend)
+
+    def _check_hparams(self, hparams):
+        check_non_negative("learning rate", hparams["lr"])
+        check_non_negative("momentum value", hparams["momentum"])
+        check_non_negative("weight_decay value", hparams["weight_decay"])
+        if hparams["nesterov"] and (hparams["momentum"] <= 0 or hparams["dampening"] != 0):
+            raise ValueError("Nesterov momentum requires a momentum and zero dampening")
+        check_not_differentiable(hparams)
 
     def __setstate__(self, state):
         super().__setstate__(state)

@@ -15,6 +15,9 @@ def num_slices(shape) -> int:
 
 def slice_sumsq_(tensors: list[Tensor], out: Tensor) -> None:
     """out[k] = Σ x² over slice k, fp32 accumulation (fp64 for fp64 tensors) (see agd_kernels.ops.slice_sumsq_)."""
+    slots = sum(num_slices(t.shape) for t in tensors)
+    if slots != out.numel():  # checked before the first write, so a bad call changes nothing
+        raise ValueError(f"slice_sumsq_: out has {out.numel()} slots but the tensors have {slots} slices")
     pos = 0
     for t in tensors:
         n = num_slices(t.shape)
@@ -26,5 +29,3 @@ def slice_sumsq_(tensors: list[Tensor], out: Tensor) -> None:
             sums = x.square().sum().reshape(1)
         out[pos:pos + n].copy_(sums)
         pos += n
-    if pos != out.numel():
-        raise ValueError(f"slice_sumsq_: out has {out.numel()} slots but the tensors have {pos} slices")

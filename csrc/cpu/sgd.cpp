@@ -1,35 +1,62 @@
-// CPU backend of agd_kernels::sgd_step_ (schema in agd_kernels/ops.py).
+// CPU backend of agd_kernels::sgd_step_ (schema in agd_kernels/ops.py): one parallel pass over all tensors.
 #include <torch/library.h>
 
 #include "agd_kernels/sgd.h"
+#include "isa.h"
 #include "multi_tensor.h"
 
 namespace agd_kernels::cpu {
+namespace {
+
+// Kernel of one chunk: 2 streams without momentum (p, g), 3 with (p, g, buf).
+template <typename T, bool kWeightDecay, bool kMomentum>
+struct SgdChunk {
+  template <Isa I>
+  static void run(T* p, const T* g, T* buf, int64_t n, SgdScalars<math_t<T>> s) {
+    using M = math_t<T>;
+    if constexpr (kMomentum) {
+      map_elements<I>(n, [&](M& pv, M gv, M& bv) { sgd_element<kWeightDecay, true>(pv, gv, bv, s); }, p, g, buf);
+    } else {
+      map_elements<I>(n, [&](M& pv, M gv) {
+        M unused = 0;
+        sgd_element<kWeightDecay, false>(pv, gv, unused, s);
+      }, p, g);
+    }
+  }
+};
+
+}  // namespace
 
 void sgd_step_cpu(at::TensorList params, at::TensorList grads, at::TensorList momentum_buffers, const at::Tensor& lr,
                   double momentum, double dampening, double weight_decay, bool nesterov, bool maximize,
                   bool is_first_step, const std::optional<at::Tensor>& grad_scale,
                   const std::optional<at::Tensor>& found_inf) {
+  constexpr const char* op = "sgd_step_";
   const bool has_momentum = momentum != 0.0;
-  check_like("sgd_step_", "params", params, params);
-  check_like("sgd_step_", "grads", params, grads);
-  if (has_momentum) check_like("sgd_step_", "momentum_buffers", params, momentum_buffers);
-  if (params.empty() || should_skip(found_inf)) return;
+  check_params(op, params);
+  check_like(op, "grads", params, grads);
+  if (has_momentum) check_like(op, "momentum_buffers", params, momentum_buffers);
+  const double lr_value = read_scalar(op, "lr", lr);
+  const double grad_mul = grad_multiplier(op, grad_scale, maximize);
+  if (params.empty() || found_inf_set(op, found_inf)) return;
+  const Isa isa = active_isa();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, params[0].scalar_type(), "sgd_step_cpu", [&] {
     using M = math_t<scalar_t>;
-    const SgdArgs<M> a{static_cast<M>(lr.item<double>()), static_cast<M>(momentum), static_cast<M>(dampening),
-                       static_cast<M>(weight_decay), static_cast<M>(inv_scale(grad_scale)), nesterov, maximize,
-                       is_first_step, has_momentum};
-    for_each_chunk(params, [&](int64_t t, int64_t begin, int64_t end) {
-      scalar_t* p = params[t].data_ptr<scalar_t>();
-      const scalar_t* g = grads[t].data_ptr<scalar_t>();
-      scalar_t* b = has_momentum ? momentum_buffers[t].data_ptr<scalar_t>() : nullptr;
-      for (int64_t i = begin; i < end; ++i) {
-        M pv = load(p, i), bv = b ? load(b, i) : M(0);
-        sgd_element(pv, load(g, i), bv, a);
-        store(p, i, pv);
-        if (b) store(b, i, bv);
-      }
+    const SgdScalars<M> s{static_cast<M>(grad_mul), static_cast<M>(weight_decay), static_cast<M>(momentum),
+                          static_cast<M>(1.0 - dampening), static_cast<M>(lr_value), is_first_step, nesterov};
+    const auto p = data_ptrs<scalar_t>(params);
+    const auto g = data_ptrs<const scalar_t>(grads);
+    const auto b = has_momentum ? data_ptrs<scalar_t>(momentum_buffers) : std::vector<scalar_t*>(params.size());
+    const auto chunks = make_chunks(params);
+    dispatch_bool(weight_decay != 0.0, [&](auto wd) {
+      dispatch_bool(has_momentum, [&](auto mom) {
+        constexpr bool kWeightDecay = decltype(wd)::value, kMomentum = decltype(mom)::value;
+        parallel_over_chunks(chunks, [&](const Chunk& c) {
+          const int64_t t = c.tensor, i = c.begin;
+          run_isa<SgdChunk<scalar_t, kWeightDecay, kMomentum>>(isa, p[t] + i, g[t] + i,
+                                                               kMomentum ? b[t] + i : nullptr, c.numel(), s);
+        });
+      });
     });
   });
 }

@@ -4,25 +4,28 @@
 
 namespace agd_kernels {
 
+// Per-call scalars, rounded once from the fp64 hyper-parameters.
 template <typename M>
-struct SgdArgs {
-  M lr, momentum, dampening, weight_decay;
-  M inv_grad_scale;  // 1 / grad_scale, or 1 without AMP
-  bool nesterov, maximize, first_step, has_momentum;
+struct SgdScalars {
+  M grad_mul;      // 1/grad_scale (1 without AMP), negated when maximizing
+  M weight_decay;  // L2 coefficient (used only when kWeightDecay)
+  M momentum;
+  M keep;          // 1 - dampening
+  M lr;
+  bool first_step;  // torch creates the buffer as clone(d) on the first step: no dampening then
+  bool nesterov;
 };
 
-// One element: p and (when has_momentum) buf are updated in place; g is the raw gradient.
-template <typename M>
-AGDK_HOST_DEVICE void sgd_element(M& p, M g, M& buf, const SgdArgs<M>& a) {
-  M d = g * a.inv_grad_scale;
-  if (a.maximize) d = -d;
-  if (a.weight_decay != M(0)) d += a.weight_decay * p;
-  if (a.has_momentum) {
-    // torch creates the buffer as clone(d) on the first step: no dampening then.
-    buf = a.first_step ? d : a.momentum * buf + (M(1) - a.dampening) * d;
-    d = a.nesterov ? d + a.momentum * buf : buf;
+// One element: p and (when kMomentum) buf are updated in place; g is the raw (scaled) gradient.
+template <bool kWeightDecay, bool kMomentum, typename M>
+AGDK_HOST_DEVICE void sgd_element(M& p, M g, M& buf, const SgdScalars<M>& s) {
+  M d = g * s.grad_mul;
+  if (kWeightDecay) d = d + s.weight_decay * p;
+  if (kMomentum) {
+    buf = s.first_step ? d : buf * s.momentum + s.keep * d;
+    d = s.nesterov ? d + s.momentum * buf : buf;
   }
-  p -= a.lr * d;
+  p = p - s.lr * d;
 }
 
 }  // namespace agd_kernels

@@ -1,0 +1,191 @@
+"""LAMB: apex FusedLAMB semantics by default, the paper/TF-addons algorithm with variant="paper".
+
+Follows specs/lamb-lars.md §3. A step is the global gradient-norm pass (`slice_sumsq_` over every
+group's gradients into one fp32 buffer, one launch per (device, dtype) bucket) and one `lamb_step_`
+per (group, device, dtype) bucket: <= 3 launches per bucket, no host sync.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from .. import ops
+from .._grouping import group_by_device_dtype
+from ..reference.sumsq import num_slices
+from ._base import FusedOptimizer, check_betas, check_non_negative
+
+VARIANTS = ("apex", "paper")
+#: Group keys that exist in one variant only; the other variant rejects them instead of ignoring them.
+_VARIANT_KEYS = {"apex": ("adam_w_mode", "use_nvlamb"),
+                 "paper": ("exclude_from_weight_decay", "exclude_from_layer_adaptation", "phi_min", "phi_max")}
+
+
+def _check_max_grad_norm(value: Any) -> None:
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+        raise ValueError(f"Invalid max_grad_norm: {value!r}; expected a number > 0, or None to disable the "
+                         "global gradient clip")
+
+
+class LAMB(FusedOptimizer):
+    """Layer-wise adaptive moments (arXiv 1904.00962) as apex FusedLAMB computes it.
+
+    Args (apex names and defaults):
+        lr, betas, eps (added outside √v̂), weight_decay, bias_correction, grad_averaging (β3 = 1 − β1,
+            else 1): per group.
+        adam_w_mode: True adds weight_decay·p to the update u; False adds it to the clipped gradient
+            before the moments (L2). Per group, variant="apex" only.
+        use_nvlamb: apply the trust ratio to weight_decay = 0 groups too (apex skips them). Per
+            group, variant="apex" only.
+        max_grad_norm: the global clip over all groups, k = max(1, N/max_grad_norm) with N the norm of
+            every gradient. One value for the whole optimizer (a group with another value raises);
+            None disables it. Default "auto": 1.0 for variant="apex", None for variant="paper".
+        amsgrad: accepted for apex's signature; True raises.
+        variant: "apex" (default) or "paper": no global clip by default, the trust ratio on every
+            group except those with exclude_from_layer_adaptation=True, weight_decay·p in u except for
+            groups with exclude_from_weight_decay=True, and φ(z) = clamp(z, phi_min, phi_max) on ‖p‖
+            (default: identity). Exclusions are per-group flags, never name matching.
+        backend: "auto" | "cuda" | "triton" | "cpu" | "torch".
+
+    State per parameter: `step` (0-d fp32, advanced only when the parameter has a gradient; apex
+    keeps one per group), `exp_avg`, `exp_avg_sq`. Gradients are not overwritten (apex writes u
+    into them). All parameters must live on one device: the clip needs one global norm.
+    """
+
+    _STATE_SHAPES = {"exp_avg": True, "exp_avg_sq": True}
+
+    def __init__(self, params, lr: float | Tensor = 1e-3, bias_correction: bool = True,
+                 betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-6, weight_decay: float = 0.01,
+                 amsgrad: bool = False, adam_w_mode: bool = True, grad_averaging: bool = True, *,
+                 max_grad_norm: float | None | str = "auto", use_nvlamb: bool = False, variant: str = "apex",
+                 phi_min: float = 0.0, phi_max: float = math.inf, backend: str = "auto"):
+        if variant not in VARIANTS:
+            raise ValueError(f"variant must be one of {VARIANTS}; got {variant!r}")
+        if amsgrad:
+            raise ValueError("amsgrad=True is not supported by LAMB (apex FusedLAMB rejects it too)")
+        check_betas(betas)
+        if max_grad_norm == "auto":
+            max_grad_norm = 1.0 if variant == "apex" else None
+        self.variant = variant
+        defaults = dict(lr=lr, betas=(float(betas[0]), float(betas[1])), eps=eps,
+                        weight_decay=weight_decay, bias_correction=bias_correction, grad_averaging=grad_averaging,
+                        max_grad_norm=max_grad_norm)
+        if variant == "apex":
+            if phi_min != 0.0 or phi_max != math.inf:
+                raise ValueError("phi_min/phi_max (the trust-ratio clamp) are options of variant='paper'; "
+                                 "apex applies no clamp")
+            defaults.update(adam_w_mode=adam_w_mode, use_nvlamb=use_nvlamb)
+        else:
+            if not adam_w_mode or use_nvlamb:
+                raise ValueError("adam_w_mode=False and use_nvlamb=True are options of variant='apex'; the paper "
+                                 "variant adds weight decay to u and adapts every group not excluded per group")
+            defaults.update(exclude_from_weight_decay=False, exclude_from_layer_adaptation=False,
+                            phi_min=phi_min, phi_max=phi_max)
+        self._check_hparams(defaults)
+        self._grad_sumsq: Tensor | None = None  # this step's global-norm buffer (see _collect)
+        self._clip_at = math.inf
+        super().__init__(params, defaults, backend)
+
+    def _check_hparams(self, hparams):
+        check_non_negative("learning rate", hparams["lr"])
+        check_non_negative("epsilon value", hparams["eps"])
+        check_betas(hparams["betas"])
+        check_non_negative("weight_decay value", hparams["weight_decay"])
+        if hparams.get("amsgrad"):
+            raise ValueError("amsgrad=True is not supported by LAMB (apex FusedLAMB rejects it too)")
+        _check_max_grad_norm(hparams.get("max_grad_norm"))
+        other = VARIANTS[1 - VARIANTS.index(self.variant)]
+        for key in _VARIANT_KEYS[other]:
+            if key in hparams:
+                raise ValueError(f"{key} is an option of LAMB variant={other!r}; this optimizer is "
+                                 f"variant={self.variant!r}")
+        if self.variant == "paper":
+            lo, hi = hparams["phi_min"], hparams["phi_max"]
+            if not 0.0 <= lo <= hi:
+                raise ValueError(f"Invalid phi_min/phi_max: ({lo!r}, {hi!r}); expected 0 <= phi_min <= phi_max")
+
+    def _check_group(self, group, index):
+        mine, everyone = group["max_grad_norm"], self.defaults["max_grad_norm"]
+        if mine != everyone:
+            self.param_groups.pop()
+            raise ValueError(f"param_groups[{index}] sets max_grad_norm={mine!r}, but max_grad_norm is global "
+                             f"(one clip over all groups, as in apex): pass it to the constructor (now {everyone!r})")
+        devices = {p.device for g in self.param_groups for p in g["params"]}
+        if len(devices) > 1:
+            self.param_groups.pop()
+            raise ValueError(f"LAMB needs all parameters on one device (the clip uses one global gradient "
+                             f"norm); got {sorted(map(str, devices))}")
+
+    def _init_state(self, p, state, group):
+        state["step"] = self._new_step(p)
+        state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+        state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+
+    def _collect(self):
+        """Parameters with gradients, per group, and then the global-norm pass over all of them: it
+        must finish before the first lamb_step_ of any group reads it."""
+        collected = super()._collect()
+        values = {g["max_grad_norm"] for g in self.param_groups}
+        if len(values) > 1:
+            raise ValueError(f"max_grad_norm is global, but the param groups hold {sorted(values, key=str)}; "
+                             "set one value in every group")
+        grads = [p.grad for params in collected for p in params]
+        self._clip_at = math.inf if None in values else values.pop()
+        if self._clip_at == math.inf or not grads:
+            # No clip: nothing reads the norm, so the pass is skipped (an empty sum is 0).
+            device = grads[0].device if grads else torch.device("cpu")
+            self._grad_sumsq = torch.zeros(0, dtype=torch.float32, device=device)
+            return collected
+        buckets = list(group_by_device_dtype(grads).values())
+        sizes = [sum(num_slices(grads[i].shape) for i in idx) for idx in buckets]
+        self._grad_sumsq = torch.empty(sum(sizes), dtype=torch.float32, device=grads[0].device)
+        start = 0
+        for idx, size in zip(buckets, sizes):
+            ops.slice_sumsq_([grads[i] for i in idx], self._grad_sumsq.narrow(0, start, size), backend=self.backend)
+            start += size
+        return collected
+
+    def _launch(self, group, params, grads, lr, grad_scale, found_inf):
+        states = [self.state[p] for p in params]
+        weight_decay = group["weight_decay"]
+        if self.variant == "paper":
+            if group["exclude_from_weight_decay"]:
+                weight_decay = 0.0
+            adam_w_mode, use_trust_ratio = True, not group["exclude_from_layer_adaptation"]
+            phi_min, phi_max = group["phi_min"], group["phi_max"]
+        else:
+            # apex: layer adaptation only where weight decay is on, unless NVLAMB.
+            adam_w_mode, use_trust_ratio = group["adam_w_mode"], group["use_nvlamb"] or weight_decay != 0
+            phi_min, phi_max = 0.0, math.inf
+        beta1, beta2 = group["betas"]
+        ops.lamb_step_(
+            params, grads, [s["exp_avg"] for s in states], [s["exp_avg_sq"] for s in states],
+            [s["step"] for s in states], lr, self._grad_sumsq, max_grad_norm=self._clip_at, beta1=beta1,
+            beta2=beta2, eps=group["eps"], weight_decay=weight_decay, bias_correction=group["bias_correction"],
+            grad_averaging=group["grad_averaging"], adam_w_mode=adam_w_mode, use_trust_ratio=use_trust_ratio,
+            phi_min=phi_min, phi_max=phi_max, grad_scale=grad_scale, found_inf=found_inf, backend=self.backend)
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """torch.optim's load (checked first, see FusedOptimizer), after checking the saved groups'
+        hyper-parameters as add_param_group would; the saved max_grad_norm becomes the optimizer's."""
+        groups = state_dict.get("param_groups") if isinstance(state_dict, dict) else None
+        if isinstance(groups, list):
+            merged = [{**self.defaults, **g} for g in groups if isinstance(g, dict)]
+            for i, group in enumerate(merged):
+                try:
+                    self._check_hparams(group)
+                except ValueError as exc:
+                    raise ValueError(f"loaded param_groups[{i}]: {exc}") from None
+            values = {g["max_grad_norm"] for g in merged}
+            if len(values) > 1:
+                raise ValueError(f"loaded param groups hold different max_grad_norm values "
+                                 f"{sorted(values, key=str)}; LAMB's clip is global")
+        super().load_state_dict(state_dict)
+        for group in self.param_groups:
+            for key, value in self.defaults.items():
+                group.setdefault(key, value)
+        self.defaults["max_grad_norm"] = self.param_groups[0]["max_grad_norm"]

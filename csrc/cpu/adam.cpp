@@ -1,0 +1,82 @@
+// CPU backend of agd_kernels::adam_step_ (Adam, AdamW, AMSGrad; schema in agd_kernels/ops.py): one
+// parallel pass over all tensors, 4 streams (5 with amsgrad), fp32 Adam moving 16 B read + 12 B written
+// per element.
+#include <torch/library.h>
+
+#include "agd_kernels/adam.h"
+#include "isa.h"
+#include "multi_tensor.h"
+
+namespace agd_kernels::cpu {
+namespace {
+
+template <typename T, bool kL2, bool kAmsgrad, bool kLerpFromEnd>
+struct AdamChunk {
+  template <Isa I>
+  static void run(T* p, const T* g, T* m, T* v, T* vmax, int64_t n, AdamScalars<math_t<T>> s) {
+    using M = math_t<T>;
+    if constexpr (kAmsgrad) {
+      map_elements<I>(n, [&](M& pv, M gv, M& mv, M& vv, M& xv) {
+        adam_element<kL2, true, kLerpFromEnd>(pv, gv, mv, vv, xv, s);
+      }, p, g, m, v, vmax);
+    } else {
+      map_elements<I>(n, [&](M& pv, M gv, M& mv, M& vv) {
+        M unused = 0;
+        adam_element<kL2, false, kLerpFromEnd>(pv, gv, mv, vv, unused, s);
+      }, p, g, m, v);
+    }
+  }
+};
+
+}  // namespace
+
+void adam_step_cpu(at::TensorList params, at::TensorList grads, at::TensorList exp_avgs, at::TensorList exp_avg_sqs,
+                   at::TensorList max_exp_avg_sqs, at::TensorList state_steps, const at::Tensor& lr, double beta1,
+                   double beta2, double eps, double weight_decay, bool amsgrad, bool maximize,
+                   bool decoupled_weight_decay, const std::optional<at::Tensor>& grad_scale,
+                   const std::optional<at::Tensor>& found_inf) {
+  constexpr const char* op = "adam_step_";
+  check_params(op, params);
+  check_like(op, "grads", params, grads);
+  check_like(op, "exp_avgs", params, exp_avgs);
+  check_like(op, "exp_avg_sqs", params, exp_avg_sqs);
+  if (amsgrad) check_like(op, "max_exp_avg_sqs", params, max_exp_avg_sqs);
+  check_steps(op, params, state_steps);
+  const double lr_value = read_scalar(op, "lr", lr);
+  const double grad_mul = grad_multiplier(op, grad_scale, maximize);
+  if (params.empty() || found_inf_set(op, found_inf)) return;
+  const Isa isa = active_isa();
+  const std::vector<double> steps = advance_steps(state_steps);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, params[0].scalar_type(), "adam_step_cpu", [&] {
+    using M = math_t<scalar_t>;
+    std::vector<AdamScalars<M>> scalars;
+    scalars.reserve(params.size());
+    for (const double t : steps) {
+      scalars.push_back(adam_scalars<M>(lr_value, t, beta1, beta2, eps, weight_decay, decoupled_weight_decay,
+                                        grad_mul));
+    }
+    const auto p = data_ptrs<scalar_t>(params);
+    const auto g = data_ptrs<const scalar_t>(grads);
+    const auto m = data_ptrs<scalar_t>(exp_avgs);
+    const auto v = data_ptrs<scalar_t>(exp_avg_sqs);
+    const auto x = amsgrad ? data_ptrs<scalar_t>(max_exp_avg_sqs) : std::vector<scalar_t*>(params.size());
+    const auto chunks = make_chunks(params);
+    dispatch_bool(!decoupled_weight_decay && weight_decay != 0.0, [&](auto l2) {
+      dispatch_bool(amsgrad, [&](auto ams) {
+        dispatch_bool(lerp_from_end(1.0 - beta1), [&](auto from_end) {
+          constexpr bool kL2 = decltype(l2)::value, kAmsgrad = decltype(ams)::value;
+          using Kernel = AdamChunk<scalar_t, kL2, kAmsgrad, decltype(from_end)::value>;
+          parallel_over_chunks(chunks, [&](const Chunk& c) {
+            const int64_t t = c.tensor, i = c.begin;
+            run_isa<Kernel>(isa, p[t] + i, g[t] + i, m[t] + i, v[t] + i, kAmsgrad ? x[t] + i : nullptr, c.numel(),
+                            scalars[t]);
+          });
+        });
+      });
+    });
+  });
+}
+
+TORCH_LIBRARY_IMPL(agd_kernels, CPU, m) { m.impl("adam_step_", &adam_step_cpu); }
+
+}  // namespace agd_kernels::cpu

@@ -1,0 +1,99 @@
+// CPU backend of agd_kernels::rmsprop_step_ (schema in agd_kernels/ops.py): one parallel pass over all
+// tensors, 3 to 5 streams (p, g, square_avg, grad_avg when centered, buffer with momentum).
+#include <torch/library.h>
+
+#include "agd_kernels/rmsprop.h"
+#include "isa.h"
+#include "multi_tensor.h"
+
+namespace agd_kernels::cpu {
+namespace {
+
+template <typename T, bool kWeightDecay, int kCentering, bool kMomentum>
+struct RmspropChunk {
+  template <Isa I>
+  static void run(T* p, const T* g, T* v, T* gavg, T* buf, int64_t n, RmspropScalars<math_t<T>> s) {
+    using M = math_t<T>;
+    constexpr auto element = rmsprop_element<kWeightDecay, kCentering, kMomentum, M>;
+    constexpr bool kCentered = kCentering != kNotCentered;
+    if constexpr (kCentered && kMomentum) {
+      map_elements<I>(n, [&](M& pv, M gv, M& vv, M& av, M& bv) { element(pv, gv, vv, av, bv, s); },
+                      p, g, v, gavg, buf);
+    } else if constexpr (kCentered) {
+      map_elements<I>(n, [&](M& pv, M gv, M& vv, M& av) {
+        M unused = 0;
+        element(pv, gv, vv, av, unused, s);
+      }, p, g, v, gavg);
+    } else if constexpr (kMomentum) {
+      map_elements<I>(n, [&](M& pv, M gv, M& vv, M& bv) {
+        M unused = 0;
+        element(pv, gv, vv, unused, bv, s);
+      }, p, g, v, buf);
+    } else {
+      map_elements<I>(n, [&](M& pv, M gv, M& vv) {
+        M unused = 0, unused2 = 0;
+        element(pv, gv, vv, unused, unused2, s);
+      }, p, g, v);
+    }
+  }
+};
+
+template <class Fn>
+void dispatch_centering(RmspropCentering centering, Fn&& fn) {
+  switch (centering) {
+    case kNotCentered: return fn(std::integral_constant<int, kNotCentered>{});
+    case kCenteredLerpFromStart: return fn(std::integral_constant<int, kCenteredLerpFromStart>{});
+    case kCenteredLerpFromEnd: return fn(std::integral_constant<int, kCenteredLerpFromEnd>{});
+  }
+}
+
+}  // namespace
+
+void rmsprop_step_cpu(at::TensorList params, at::TensorList grads, at::TensorList square_avgs,
+                      at::TensorList grad_avgs, at::TensorList momentum_buffers, at::TensorList state_steps,
+                      const at::Tensor& lr, double alpha, double eps, double weight_decay, double momentum,
+                      bool centered, bool maximize, const std::optional<at::Tensor>& grad_scale,
+                      const std::optional<at::Tensor>& found_inf) {
+  constexpr const char* op = "rmsprop_step_";
+  const bool has_momentum = momentum > 0.0;
+  check_params(op, params);
+  check_like(op, "grads", params, grads);
+  check_like(op, "square_avgs", params, square_avgs);
+  if (centered) check_like(op, "grad_avgs", params, grad_avgs);
+  if (has_momentum) check_like(op, "momentum_buffers", params, momentum_buffers);
+  check_steps(op, params, state_steps);
+  const double lr_value = read_scalar(op, "lr", lr);
+  const double grad_mul = grad_multiplier(op, grad_scale, maximize);
+  if (params.empty() || found_inf_set(op, found_inf)) return;
+  const Isa isa = active_isa();
+  advance_steps(state_steps);  // counted for checkpoints; the math does not use it
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, params[0].scalar_type(), "rmsprop_step_cpu", [&] {
+    using M = math_t<scalar_t>;
+    const RmspropScalars<M> s{static_cast<M>(grad_mul), static_cast<M>(weight_decay), static_cast<M>(alpha),
+                              static_cast<M>(1.0 - alpha), static_cast<M>(eps), static_cast<M>(momentum),
+                              static_cast<M>(lr_value)};
+    const auto none = std::vector<scalar_t*>(params.size());
+    const auto p = data_ptrs<scalar_t>(params);
+    const auto g = data_ptrs<const scalar_t>(grads);
+    const auto v = data_ptrs<scalar_t>(square_avgs);
+    const auto a = centered ? data_ptrs<scalar_t>(grad_avgs) : none;
+    const auto b = has_momentum ? data_ptrs<scalar_t>(momentum_buffers) : none;
+    const auto chunks = make_chunks(params);
+    dispatch_bool(weight_decay != 0.0, [&](auto wd) {
+      dispatch_centering(rmsprop_centering(centered, alpha), [&](auto cen) {
+        dispatch_bool(has_momentum, [&](auto mom) {
+          using Kernel = RmspropChunk<scalar_t, decltype(wd)::value, decltype(cen)::value, decltype(mom)::value>;
+          parallel_over_chunks(chunks, [&](const Chunk& c) {
+            const int64_t t = c.tensor, i = c.begin;
+            run_isa<Kernel>(isa, p[t] + i, g[t] + i, v[t] + i, a[t] ? a[t] + i : nullptr, b[t] ? b[t] + i : nullptr,
+                            c.numel(), s);
+          });
+        });
+      });
+    });
+  });
+}
+
+TORCH_LIBRARY_IMPL(agd_kernels, CPU, m) { m.impl("rmsprop_step_", &rmsprop_step_cpu); }
+
+}  // namespace agd_kernels::cpu

@@ -1,0 +1,258 @@
+"""The CPU backend (csrc/cpu, C++/OpenMP) against the reference, op by op, on both of its builds.
+
+Matrix: every op of the table x every flag variant of tests/op_cases.py x fp32/bf16/fp16 on tensors of
+0, 1, 7 and 4097 elements in one call (sizes that divide no chunk or vector width); per op and dtype also
+with a 1_000_003-element tensor among them (62 chunks over both threads) and on 300 tensors of mixed
+sizes; all with the derived tolerance of tests/tolerance.py. The AVX2 build of the element loops runs
+wherever the CPU has it; the baseline build (AGD_KERNELS_CPU_ISA=base) runs the same matrix on the small
+sizes, so both builds are executed in CI. Then: reductions are bit-identical for 1 and 2 threads and from
+run to run; found_inf changes no bit; bad input raises naming the argument and changes nothing;
+channels_last layouts give the contiguous result; torch.lerp's end-anchored formula (weights >= 0.5).
+"""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from agd_kernels import _backends, ops
+from tests.op_cases import (MANY_SMALL, SIZES, VARIANTS, _clone_args, _flat, check_backend, make_args,
+                            mutated_positions, run, shapes_for)
+from tests.tolerance import DTYPE_IDS, assert_within_2x_reference
+
+OPS = list(ops.SCHEMAS)
+DTYPES = [torch.float32, torch.bfloat16, torch.float16]
+SMALL = SIZES[:-1]  # 0, 1, 7, 4097 elements
+
+
+def _cases(ops_, dtypes, all_variants=True):
+    return [pytest.param(op, variant, dtype, id=f"{op}-{variant}-{DTYPE_IDS[dtype]}")
+            for op in ops_ for variant in (VARIANTS[op] if all_variants else list(VARIANTS[op])[:1])
+            for dtype in dtypes]
+
+
+def _bits(t: torch.Tensor) -> torch.Tensor:
+    """The tensor's bytes, so NaNs compare equal to identical NaNs and nothing else."""
+    return t.detach().reshape(-1).contiguous().view(torch.uint8)
+
+
+def _assert_same_bits(got: list[torch.Tensor], want: list[torch.Tensor], what: str) -> None:
+    assert len(got) == len(want)
+    for i, (g, w) in enumerate(zip(got, want)):
+        assert g.dtype == w.dtype and g.shape == w.shape, f"{what}: tensor {i} changed dtype or shape"
+        assert torch.equal(_bits(g), _bits(w)), f"{what}: tensor {i} differs"
+
+
+def _mutated(op: str, args) -> list[torch.Tensor]:
+    return [t for pos in mutated_positions(op) for t in _flat(args[pos])]
+
+
+@pytest.fixture
+def baseline_isa(monkeypatch):
+    monkeypatch.setenv("AGD_KERNELS_CPU_ISA", "base")
+
+
+@pytest.fixture
+def restore_threads():
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_auto_picks_cpu_for_every_op_and_dtype(monkeypatch):
+    monkeypatch.delenv(_backends.ENV_VAR, raising=False)
+    for op in OPS:
+        for dtype in DTYPES + [torch.float64]:
+            assert _backends.resolve(op, torch.device("cpu"), dtype, "auto")[0] == "cpu", (op, dtype)
+
+
+@pytest.mark.parametrize("op, variant, dtype", _cases(OPS, DTYPES))
+def test_op_matches_reference(op, variant, dtype):
+    check_backend(op, "cpu", shapes_for(op, SMALL), dtype, variant)
+
+
+# The big tensor and the many small ones exercise chunking and thread balance, which no flag changes:
+# one variant per op keeps the matrix at a few seconds per dtype.
+@pytest.mark.parametrize("op, variant, dtype", _cases(OPS, DTYPES, all_variants=False))
+def test_million_elements_next_to_small_ones(op, variant, dtype):
+    check_backend(op, "cpu", shapes_for(op, SIZES), dtype, variant)
+
+
+@pytest.mark.parametrize("op, variant, dtype", _cases(OPS, DTYPES, all_variants=False))
+def test_many_small_tensors(op, variant, dtype):
+    check_backend(op, "cpu", shapes_for(op, MANY_SMALL), dtype, variant)
+
+
+@pytest.mark.parametrize("op, variant, dtype", _cases(OPS, DTYPES))
+def test_baseline_build_matches_reference(op, variant, dtype, baseline_isa):
+    check_backend(op, "cpu", shapes_for(op, SMALL), dtype, variant)
+
+
+def _check_args(op: str, args, name: str) -> None:
+    """check_backend's comparison for hand-made arguments: cpu vs reference vs float64 oracle."""
+    got, ref, oracle = _clone_args(args), _clone_args(args), _clone_args(args, torch.float64)
+    run(op, "cpu", got), run(op, "torch", ref), run(op, "torch", oracle)
+    for pos in mutated_positions(op):
+        for i, (g, r, o) in enumerate(zip(_flat(got[pos]), _flat(ref[pos]), _flat(oracle[pos]))):
+            assert_within_2x_reference(g, r, o, name=f"{name} arg {pos} tensor {i}")
+
+
+# torch.lerp anchors at `end` for weights >= 0.5: Adam with beta1 <= 0.5, centered RMSprop with alpha <= 0.5.
+# The tables' variants all use small weights, so this path (a template parameter of the kernels) is here.
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS.get)
+@pytest.mark.parametrize("op, variant, position, value", [
+    ("adam_step_", "adam", 7, 0.3), ("adam_step_", "adamw-amsgrad", 7, 0.0),
+    ("rmsprop_step_", "centered-momentum", 7, 0.4)],
+    ids=["adam-beta1-0.3", "adamw-amsgrad-beta1-0", "rmsprop-alpha-0.4"])
+def test_lerp_weights_from_one_half_up(op, variant, position, value, dtype):
+    args = list(make_args(op, shapes_for(op, SMALL), dtype, variant))
+    args[position] = value
+    _check_args(op, tuple(args), f"{op}[{variant}, {value}]")
+
+
+def test_adam_beta1_zero_copies_the_gradient_into_exp_avg():
+    """lerp(m, g, 1) is g to the bit (torch's end-anchored formula), whatever m was."""
+    args = list(make_args("adam_step_", shapes_for("adam_step_", SMALL), torch.float32, "adam"))
+    args[7] = 0.0
+    run("adam_step_", "cpu", tuple(args))
+    _assert_same_bits(args[2], args[1], "exp_avgs after beta1 = 0")
+
+
+@pytest.mark.parametrize("op", [op for op in OPS if op != "yellowfin_tune_"])
+def test_float64(op):
+    """fp64 parameters run with fp64 math; the reference in fp64 is the oracle itself, so the bound is
+    the floor of tests/tolerance.py: 2 fp64 ulps of the largest magnitude."""
+    check_backend(op, "cpu", shapes_for(op, SMALL), torch.float64, list(VARIANTS[op])[0])
+
+
+@pytest.mark.parametrize("op", ["slice_sumsq_", "agd_step_", "lamb_step_", "yellowfin_stats_", "adam_step_"])
+def test_same_bits_for_one_and_two_threads_and_every_run(op, restore_threads):
+    """Reductions cut the work into fixed blocks whatever the thread count and add the block partials
+    in block order, so sums (and what is computed from them) have one possible value."""
+    args = make_args(op, shapes_for(op, [1_000_003, 70_001, 3]), torch.float32, list(VARIANTS[op])[0])
+    results = []
+    for threads in (1, 2, 2, 1):
+        torch.set_num_threads(threads)
+        work = _clone_args(args)
+        out = run(op, "cpu", work)
+        results.append(_mutated(op, work) + _flat(out))
+    for i, result in enumerate(results[1:], 1):
+        _assert_same_bits(result, results[0], f"{op} run {i}")
+
+
+@pytest.mark.parametrize("op, variant", [(op, v) for op in OPS for v, hp in VARIANTS[op].items()
+                                         if hp.get("found_inf") or v == "non-finite"])
+def test_skipped_step_changes_no_bit(op, variant):
+    """found_inf (and, for YellowFin, a non-finite sum of squares) skips the step: parameters, state
+    and step counters keep every bit, NaNs included."""
+    args = make_args(op, shapes_for(op, [1, 4097, 7]), torch.bfloat16, variant)
+    for t in _mutated(op, args):
+        if t.numel():
+            t.reshape(-1)[0] = float("nan")
+    before = [t.clone() for t in _mutated(op, args)]
+    run(op, "cpu", args)
+    _assert_same_bits(_mutated(op, args), before, f"{op}[{variant}]")
+
+
+def _set(seq_pos: int, index: int, value):
+    def corrupt(args):
+        args[seq_pos][index] = value(args[seq_pos][index])
+    return corrupt
+
+
+def _replace(pos: int, value):
+    def corrupt(args):
+        args[pos] = value(args[pos])
+    return corrupt
+
+
+# (op, variant, corruption of the positional args, exception, message pattern)
+BAD_INPUT = [
+    ("adam_step_", "adam", _set(2, 1, lambda t: torch.zeros(t.numel() + 1)), ValueError,
+     r"adam_step_: exp_avgs\[1\] has shape \[8\], params\[1\] has \[7\]"),
+    ("adam_step_", "adam", _set(1, 0, lambda t: t.double()), TypeError,
+     r"adam_step_: grads\[0\] is Double, params\[0\] is Float"),
+    ("adam_step_", "adam", _set(5, 2, lambda t: torch.zeros(2)), ValueError,
+     r"adam_step_: state_steps\[2\] must be a one-element float32 or float64 CPU tensor"),
+    ("adam_step_", "adam", _replace(6, lambda t: torch.ones(2)), ValueError,
+     r"adam_step_: lr must hold exactly one element"),
+    ("adam_step_", "adamw-amsgrad", _replace(4, lambda ts: ts[:2]), ValueError,
+     r"adam_step_: max_exp_avg_sqs has 2 tensors, params has 3"),
+    ("adam_step_", "adam", _set(0, 1, lambda t: torch.zeros(14)[::2]), ValueError,
+     r"adam_step_: params\[1\] must be dense and non-overlapping"),
+    ("adam_step_", "adam", _set(0, 0, lambda t: t.int()), TypeError,
+     r"adam_step_: params\[0\] has dtype Int; expected float32, float64, float16 or bfloat16"),
+    ("sgd_step_", "momentum-dampening", _replace(2, lambda ts: []), ValueError,
+     r"sgd_step_: momentum_buffers has 0 tensors, params has 3"),
+    ("rmsprop_step_", "centered-momentum", _set(3, 2, lambda t: t.half()), TypeError,
+     r"rmsprop_step_: grad_avgs\[2\] is Half, params\[2\] is Float"),
+    ("adagrad_step_", "amp", _replace(9, lambda t: torch.ones(3)), ValueError,
+     r"adagrad_step_: grad_scale must hold exactly one element"),
+    ("slice_sumsq_", "plain", _replace(1, lambda t: torch.zeros(t.numel() + 1)), ValueError,
+     r"slice_sumsq_: out has \d+ slots but the tensors have \d+ slices"),
+    ("agd_step_", "plain", _replace(5, lambda counts: [c + 1 for c in counts]), ValueError,
+     r"agd_step_: params\[0\] of shape \[5, 1\] has 1 taps but slice_count\[0\] is 2"),
+    ("agd_step_", "plain", _replace(6, lambda depth: 0), ValueError, r"agd_step_: depth must be >= 1"),
+    ("lamb_step_", "apex-clipped", _replace(6, lambda t: t.int()), TypeError,
+     r"lamb_step_: grad_sumsq must be float32 \(or float64\); got Int"),
+    ("yellowfin_tune_", "default", _replace(0, lambda t: t[:-1].clone()), ValueError,
+     r"yellowfin_tune_: tuner must be a contiguous 1-D tensor of 23 slots \+ curv_win_width = 28 values"),
+    ("yellowfin_apply_", "momentum", _replace(5, lambda t: t.reshape(-1)[:3].clone()), ValueError,
+     r"yellowfin_apply_: stats must hold rows of 4 values"),
+]
+
+
+@pytest.mark.parametrize("op, variant, corrupt, error, match", [pytest.param(*case, id=f"{case[0]}-{i}")
+                                                                 for i, case in enumerate(BAD_INPUT)])
+def test_bad_input_raises_naming_the_argument_and_changes_nothing(op, variant, corrupt, error, match):
+    args = list(make_args(op, shapes_for(op, [5, 7, 3]), torch.float32, variant))
+    corrupt(args)
+    before = [t.clone() for t in _mutated(op, args)]
+    with pytest.raises(error, match=match):
+        getattr(torch.ops.agd_kernels, op)(*args)  # the dispatcher's CPU kernel, whatever the dtypes
+    _assert_same_bits(_mutated(op, args), before, f"{op} after a rejected call")
+
+
+def test_unknown_isa_override_is_rejected(monkeypatch):
+    monkeypatch.setenv("AGD_KERNELS_CPU_ISA", "avx9")
+    args = make_args("sgd_step_", [(5,)], torch.float32, "plain")
+    with pytest.raises(RuntimeError, match=r"AGD_KERNELS_CPU_ISA must be 'base' or 'avx2'.*'avx9'"):
+        run("sgd_step_", "cpu", args)
+
+
+@pytest.mark.parametrize("op", ["adam_step_", "agd_step_", "slice_sumsq_"])
+def test_channels_last_gives_the_contiguous_result(op):
+    """Elementwise ops walk memory order (fine for any shared dense layout); per-tap reductions and AGD's
+    per-tap update need logical order and work on contiguous copies."""
+    shapes = [(8, 6, 3, 3), (5, 4, 1, 1), (7, 1)]
+    args = make_args(op, shapes, torch.float32, list(VARIANTS[op])[0])
+    plain = _clone_args(args)
+    out_plain = run(op, "cpu", plain)
+
+    def channels_last(x):
+        if isinstance(x, torch.Tensor) and x.dim() == 4:
+            return x.contiguous(memory_format=torch.channels_last)
+        return [channels_last(e) for e in x] if isinstance(x, list) else x
+
+    strided = tuple(channels_last(a) for a in _clone_args(args))
+    assert not strided[0][0].is_contiguous()
+    out_strided = run(op, "cpu", strided)
+    _assert_same_bits([t.contiguous() for t in _mutated(op, strided) + _flat(out_strided)],
+                      _mutated(op, plain) + _flat(out_plain), f"{op} channels_last")
+
+
+def test_mixed_layouts_of_one_parameter_are_rejected():
+    args = list(make_args("adam_step_", [(8, 6, 3, 3)], torch.float32, "adam"))
+    args[0] = [args[0][0].contiguous(memory_format=torch.channels_last)]
+    with pytest.raises(ValueError, match=r"grads\[0\] has strides .*params\[0\] has .*same memory layout"):
+        run("adam_step_", "cpu", tuple(args))
+
+
+# AGD needs depth >= 1 and the YellowFin tuner samples need a bucket: neither has an empty call.
+@pytest.mark.parametrize("op", [op for op in OPS if op not in ("agd_step_", "yellowfin_tune_", "yellowfin_apply_")])
+def test_empty_lists_are_a_no_op(op):
+    """Called directly (agd_kernels.ops returns before calling with no tensors): nothing to do, no error;
+    yellowfin_stats_ writes zero sums."""
+    args = make_args(op, [], torch.float32, list(VARIANTS[op])[0])
+    getattr(torch.ops.agd_kernels, op)(*args)
+    if op == "yellowfin_stats_":
+        assert torch.equal(args[2], torch.zeros(4, dtype=torch.float64))
