@@ -1,0 +1,94 @@
+"""Adagrad, dense gradients (`adagrad_step_`, torch-optim-semantics.md §4): one launch.
+
+clr = lr / (1 + (step − 1)·lr_decay) is an fp64 scalar per program, as torch computes it on the host.
+"""
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+from torch import Tensor
+from torch.library import wrap_triton
+
+from . import multi_tensor as mt
+from ._common import last_to_arrive, load, program_chunk, row_pointer, scalar
+
+# rows payload columns
+_P = tl.constexpr(mt.HEAD + 0)
+_SUM = tl.constexpr(mt.HEAD + 1)
+_STEP = tl.constexpr(mt.HEAD + 2)
+_NCOL = tl.constexpr(mt.HEAD + 3)
+
+
+@triton.jit
+def _adagrad_tile(p, g, acc, offs, mask, clr, scale, weight_decay, eps, maximize):
+    gv = load(g + offs, mask) / scale
+    if maximize:
+        gv = -gv
+    pv = load(p + offs, mask)
+    if weight_decay != 0:
+        gv = gv + weight_decay * pv
+    sv = load(acc + offs, mask) + gv * gv
+    tl.store(acc + offs, sv.to(acc.dtype.element_ty), mask=mask)
+    tl.store(p + offs, (pv - clr * (gv / (tl.sqrt(sv) + eps))).to(p.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _adagrad_chunk(p, g, acc, step_ptr, counter, numel, start, n_blocks, lr_ptr, scale_ptr, inf_ptr, lr_decay,
+                   weight_decay, eps, maximize, BLOCK: tl.constexpr, CHUNK: tl.constexpr):
+    live = tl.load(inf_ptr) == 0
+    t = tl.load(step_ptr).to(tl.float64) + 1.0
+    clr = (tl.load(lr_ptr).to(tl.float64) / (1.0 + (t - 1.0) * scalar(lr_decay, tl.float64))).to(tl.float32)
+    scalars = (clr, tl.load(scale_ptr).to(tl.float32), scalar(weight_decay, tl.float32), scalar(eps, tl.float32))
+    limit = tl.where(live, numel, 0)  # found_inf set: every element masked
+    for off in range(0, CHUNK, BLOCK):
+        offs = start + off + tl.arange(0, BLOCK)
+        if start + off + BLOCK <= limit:
+            _adagrad_tile(p, g, acc, offs, None, *scalars, maximize)
+        else:
+            _adagrad_tile(p, g, acc, offs, offs < limit, *scalars, maximize)
+    if last_to_arrive(counter, n_blocks, live):
+        tl.store(step_ptr, t.to(tl.float32))
+
+
+@triton.jit
+def _adagrad_kernel(rows, grads, blocks, counters, lr_ptr, scale_ptr, inf_ptr, lr_decay: "fp64", weight_decay,
+                    eps, maximize, DTYPE: tl.constexpr, ALIGN: tl.constexpr, BLOCK: tl.constexpr,
+                    CHUNK: tl.constexpr):
+    t, start = program_chunk(blocks, CHUNK)
+    row = rows + t * _NCOL
+    _adagrad_chunk(row_pointer(row, _P, DTYPE, ALIGN), row_pointer(grads, t, DTYPE, ALIGN),
+                   row_pointer(row, _SUM, DTYPE, ALIGN), row_pointer(row, _STEP, tl.float32, 4), counters + t,
+                   tl.load(row + mt.NUMEL), start, tl.load(row + mt.NBLOCKS), lr_ptr, scale_ptr, inf_ptr, lr_decay,
+                   weight_decay, eps, maximize, BLOCK, CHUNK)
+
+
+@triton.jit
+def _adagrad_tensor_kernel(p, g, acc, step_ptr, counter, numel, lr_ptr, scale_ptr, inf_ptr, lr_decay: "fp64",
+                           weight_decay, eps, maximize, BLOCK: tl.constexpr, CHUNK: tl.constexpr):
+    block = tl.program_id(0)
+    _adagrad_chunk(p, g, acc, step_ptr, counter, numel, block.to(tl.int64) * CHUNK, tl.num_programs(0), lr_ptr,
+                   scale_ptr, inf_ptr, lr_decay, weight_decay, eps, maximize, BLOCK, CHUNK)
+
+
+def adagrad_step_triton(params: list[Tensor], grads: list[Tensor], state_sums: list[Tensor],
+                        state_steps: list[Tensor], lr: Tensor, lr_decay: float, weight_decay: float, eps: float,
+                        maximize: bool, grad_scale: Tensor | None, found_inf: Tensor | None) -> None:
+    """Triton `adagrad_step_` (see agd_kernels.ops.adagrad_step_)."""
+    if not params:
+        return
+    op = "adagrad_step_"
+    states = [state_sums]
+    mt.check_lists(op, params, {"grads": grads, "state_sums": state_sums}, steps=state_steps)
+    device = params[0].device
+    mt.check_scalar(op, "lr", lr, device)
+    scale, inf = mt.amp_scalars(grad_scale, found_inf, device, op)
+    hyper = (lr, scale, inf, lr_decay, weight_decay, eps, int(maximize))
+    cfg = mt.config(device)
+    meta = dict(BLOCK=cfg.block, CHUNK=cfg.chunk, num_warps=cfg.num_warps)
+    if mt.traced(params[0]):
+        for grid, args in mt.tensor_launches(params, grads, states, state_steps, cfg.chunk):
+            wrap_triton(_adagrad_tensor_kernel)[grid](*args, *hyper, **meta)
+        return
+    tab, grad_ptrs, align = mt.elementwise_table(op, params, grads, states, state_steps, cfg.chunk)
+    wrap_triton(_adagrad_kernel)[(tab.n_blocks,)](tab.rows, grad_ptrs, tab.blocks, tab.counters, *hyper,
+                                                  DTYPE=mt.TL_DTYPE[params[0].dtype], ALIGN=align, **meta)

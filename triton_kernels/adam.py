@@ -1,0 +1,123 @@
+"""Adam / AdamW / AMSGrad (`adam_step_`, torch-optim-semantics.md §5): one launch per step.
+
+Bytes per fp32 element: p, g, m, v read (16 B) and p, m, v written (12 B), plus vmax (4 + 4 B) with
+amsgrad. Bias corrections are fp64 scalars computed per program from the step counter, as torch computes
+them from its host-side step; the step counter advances in the last program of each tensor.
+"""
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+from torch import Tensor
+from torch.library import wrap_triton
+
+from . import multi_tensor as mt
+from ._common import last_to_arrive, lerp, load, pow_f64, program_chunk, row_pointer, scalar
+
+# rows payload columns
+_P = tl.constexpr(mt.HEAD + 0)
+_M = tl.constexpr(mt.HEAD + 1)
+_V = tl.constexpr(mt.HEAD + 2)
+_VMAX = tl.constexpr(mt.HEAD + 3)
+_STEP = tl.constexpr(mt.HEAD + 4)
+_NCOL = tl.constexpr(mt.HEAD + 5)
+
+
+@triton.jit
+def _adam_tile(p, g, m, v, vmax, offs, mask, scale, step_size, bc2_sqrt, decay, wd, w1, b2, w2, eps, amsgrad,
+               maximize, decoupled, l2):
+    gv = load(g + offs, mask) / scale
+    if maximize:
+        gv = -gv
+    pv = load(p + offs, mask)
+    if decoupled:
+        pv = pv * decay
+    if l2:
+        gv = gv + wd * pv
+    mv = lerp(load(m + offs, mask), gv, w1)
+    vv = load(v + offs, mask) * b2 + w2 * gv * gv
+    second = vv
+    if amsgrad:
+        second = tl.maximum(load(vmax + offs, mask), vv, propagate_nan=tl.PropagateNan.ALL)
+        tl.store(vmax + offs, second.to(vmax.dtype.element_ty), mask=mask)
+    pv = pv - step_size * (mv / (tl.sqrt(second) / bc2_sqrt + eps))
+    tl.store(m + offs, mv.to(m.dtype.element_ty), mask=mask)
+    tl.store(v + offs, vv.to(v.dtype.element_ty), mask=mask)
+    tl.store(p + offs, pv.to(p.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _adam_chunk(p, g, m, v, vmax, step_ptr, counter, numel, start, n_blocks, lr_ptr, scale_ptr, inf_ptr,
+                beta1, beta2, eps, weight_decay, amsgrad, maximize, decoupled,
+                BLOCK: tl.constexpr, CHUNK: tl.constexpr):
+    beta1 = scalar(beta1, tl.float64)
+    beta2 = scalar(beta2, tl.float64)
+    weight_decay = scalar(weight_decay, tl.float64)
+    eps = scalar(eps, tl.float32)
+    live = tl.load(inf_ptr) == 0
+    t = tl.load(step_ptr).to(tl.float64) + 1.0
+    lr = tl.load(lr_ptr).to(tl.float64)
+    step_size = (lr / (1.0 - pow_f64(beta1, t))).to(tl.float32)
+    bc2_sqrt = tl.sqrt(1.0 - pow_f64(beta2, t)).to(tl.float32)
+    decay = (1.0 - lr * weight_decay).to(tl.float32)  # AdamW: lr·wd, not bias-corrected
+    l2 = (decoupled == 0) & (weight_decay != 0)
+    scalars = (tl.load(scale_ptr).to(tl.float32), step_size, bc2_sqrt, decay, weight_decay.to(tl.float32),
+               (1.0 - beta1).to(tl.float32), beta2.to(tl.float32), (1.0 - beta2).to(tl.float32), eps)
+    limit = tl.where(live, numel, 0)  # found_inf set: every element masked, nothing read or written
+    for off in range(0, CHUNK, BLOCK):
+        offs = start + off + tl.arange(0, BLOCK)
+        if start + off + BLOCK <= limit:
+            _adam_tile(p, g, m, v, vmax, offs, None, *scalars, amsgrad, maximize, decoupled, l2)
+        else:
+            _adam_tile(p, g, m, v, vmax, offs, offs < limit, *scalars, amsgrad, maximize, decoupled, l2)
+    if last_to_arrive(counter, n_blocks, live):
+        tl.store(step_ptr, t.to(tl.float32))
+
+
+@triton.jit
+def _adam_kernel(rows, grads, blocks, counters, lr_ptr, scale_ptr, inf_ptr, beta1: "fp64", beta2: "fp64", eps,
+                 weight_decay: "fp64", amsgrad, maximize, decoupled, DTYPE: tl.constexpr, ALIGN: tl.constexpr,
+                 BLOCK: tl.constexpr, CHUNK: tl.constexpr):
+    t, start = program_chunk(blocks, CHUNK)
+    row = rows + t * _NCOL
+    _adam_chunk(row_pointer(row, _P, DTYPE, ALIGN), row_pointer(grads, t, DTYPE, ALIGN),
+                row_pointer(row, _M, DTYPE, ALIGN), row_pointer(row, _V, DTYPE, ALIGN),
+                row_pointer(row, _VMAX, DTYPE, ALIGN), row_pointer(row, _STEP, tl.float32, 4), counters + t,
+                tl.load(row + mt.NUMEL), start, tl.load(row + mt.NBLOCKS), lr_ptr, scale_ptr, inf_ptr, beta1, beta2,
+                eps, weight_decay, amsgrad, maximize, decoupled, BLOCK, CHUNK)
+
+
+@triton.jit
+def _adam_tensor_kernel(p, g, m, v, vmax, step_ptr, counter, numel, lr_ptr, scale_ptr, inf_ptr, beta1: "fp64",
+                        beta2: "fp64", eps, weight_decay: "fp64", amsgrad, maximize, decoupled,
+                        BLOCK: tl.constexpr, CHUNK: tl.constexpr):
+    block = tl.program_id(0)
+    _adam_chunk(p, g, m, v, vmax, step_ptr, counter, numel, block.to(tl.int64) * CHUNK, tl.num_programs(0),
+                lr_ptr, scale_ptr, inf_ptr, beta1, beta2, eps, weight_decay, amsgrad, maximize, decoupled,
+                BLOCK, CHUNK)
+
+
+def adam_step_triton(params: list[Tensor], grads: list[Tensor], exp_avgs: list[Tensor], exp_avg_sqs: list[Tensor],
+                     max_exp_avg_sqs: list[Tensor], state_steps: list[Tensor], lr: Tensor, beta1: float,
+                     beta2: float, eps: float, weight_decay: float, amsgrad: bool, maximize: bool,
+                     decoupled_weight_decay: bool, grad_scale: Tensor | None, found_inf: Tensor | None) -> None:
+    """Triton `adam_step_` (see agd_kernels.ops.adam_step_)."""
+    if not params:
+        return
+    op = "adam_step_"
+    states = [exp_avgs, exp_avg_sqs, max_exp_avg_sqs if amsgrad else None]
+    mt.check_lists(op, params, {"grads": grads, "exp_avgs": exp_avgs, "exp_avg_sqs": exp_avg_sqs,
+                                **({"max_exp_avg_sqs": max_exp_avg_sqs} if amsgrad else {})}, steps=state_steps)
+    device = params[0].device
+    mt.check_scalar(op, "lr", lr, device)
+    scale, inf = mt.amp_scalars(grad_scale, found_inf, device, op)
+    hyper = (lr, scale, inf, beta1, beta2, eps, weight_decay, int(amsgrad), int(maximize), int(decoupled_weight_decay))
+    cfg = mt.config(device)
+    meta = dict(BLOCK=cfg.block, CHUNK=cfg.chunk, num_warps=cfg.num_warps)
+    if mt.traced(params[0]):
+        for grid, args in mt.tensor_launches(params, grads, states, state_steps, cfg.chunk):
+            wrap_triton(_adam_tensor_kernel)[grid](*args, *hyper, **meta)
+        return
+    tab, grad_ptrs, align = mt.elementwise_table(op, params, grads, states, state_steps, cfg.chunk)
+    wrap_triton(_adam_kernel)[(tab.n_blocks,)](tab.rows, grad_ptrs, tab.blocks, tab.counters, *hyper,
+                                               DTYPE=mt.TL_DTYPE[params[0].dtype], ALIGN=align, **meta)

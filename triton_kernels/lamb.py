@@ -1,0 +1,231 @@
+"""LAMB (`lamb_step_`, specs/lamb-lars.md §3): two launches per group after the global grad-norm pass.
+
+  moments (launch 1)  clip the gradient by the global norm, update m and v, and reduce per tensor ‖p‖² and
+                      ‖u‖² (u the Adam direction, + weight_decay·p in adam_w_mode): each program stores fp64
+                      partial sums, the last program of a tensor adds them in chunk order;
+  update (launch 2)   trust ratio from those two sums, u recomputed from the stored m, v and the not yet
+                      updated p (the gradient is never overwritten), p ← p − lr·ratio·u.
+With the grad-norm pass (`slice_sumsq_`, run by the optimizer over every group) that is 3 launches per step.
+Bytes per fp32 element: 16 read + 8 written, then 12 read + 4 written (apex: 6 reads + 4 writes + the
+‖p‖ and ‖u‖ passes).
+"""
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+from torch import Tensor
+from torch.library import wrap_triton
+
+from . import multi_tensor as mt
+from ._common import last_to_arrive, load, pow_f64, program_chunk, row_pointer, scalar
+
+# rows payload columns
+_P = tl.constexpr(mt.HEAD + 0)
+_M = tl.constexpr(mt.HEAD + 1)
+_V = tl.constexpr(mt.HEAD + 2)
+_STEP = tl.constexpr(mt.HEAD + 3)
+_NCOL = tl.constexpr(mt.HEAD + 4)
+
+# Slots of grad_sumsq summed per iteration of the global-norm loop.
+_SLOTS = 1024
+
+
+@triton.jit
+def _lamb_direction(mv, vv, pv, bc1, bc2, eps, weight_decay, adam_w_mode):
+    """u = (m/bc1)/(√(v/bc2) + eps) (+ weight_decay·p in adam_w_mode): the same arithmetic in both launches."""
+    u = (mv / bc1) / (tl.sqrt(vv / bc2) + eps)
+    if adam_w_mode & (weight_decay != 0):
+        u = u + weight_decay * pv
+    return u
+
+
+@triton.jit
+def _bias_corrections(step_ptr, beta1, beta2, bias_correction):
+    t = tl.load(step_ptr).to(tl.float64) + 1.0
+    bc1 = tl.where(bias_correction != 0, 1.0 - pow_f64(beta1, t), 1.0).to(tl.float32)
+    bc2 = tl.where(bias_correction != 0, 1.0 - pow_f64(beta2, t), 1.0).to(tl.float32)
+    return t, bc1, bc2
+
+
+@triton.jit
+def _lamb_moments_tile(p, g, m, v, offs, mask, clip, scale, beta1, beta3, beta2, one_minus_beta2, bc1, bc2, eps,
+                       weight_decay, adam_w_mode):
+    gv = load(g + offs, mask) / scale / clip
+    pv = load(p + offs, mask)
+    if (adam_w_mode == 0) & (weight_decay != 0):
+        gv = gv + weight_decay * pv  # L2 mode: the decay enters the moments, after the clip
+    mv = load(m + offs, mask) * beta1 + beta3 * gv
+    vv = load(v + offs, mask) * beta2 + one_minus_beta2 * gv * gv
+    u = _lamb_direction(mv, vv, pv, bc1, bc2, eps, weight_decay, adam_w_mode)
+    tl.store(m + offs, mv.to(m.dtype.element_ty), mask=mask)
+    tl.store(v + offs, vv.to(v.dtype.element_ty), mask=mask)
+    return tl.sum(pv * pv, axis=0).to(tl.float64), tl.sum(u * u, axis=0).to(tl.float64)
+
+
+@triton.jit
+def _lamb_moments_chunk(p, g, m, v, step_ptr, counter, numel, start, n_blocks, block, first_block, partials,
+                        grad_sumsq, n_slots, scale_ptr, inf_ptr, max_grad_norm, beta1, beta2, eps, weight_decay,
+                        bias_correction, grad_averaging, adam_w_mode, SLOTS: tl.constexpr, BLOCK: tl.constexpr,
+                        CHUNK: tl.constexpr):
+    beta1 = scalar(beta1, tl.float64)
+    beta2 = scalar(beta2, tl.float64)
+    live = tl.load(inf_ptr) == 0
+    scale = tl.load(scale_ptr).to(tl.float32)
+    # Global clip k = N/max_grad_norm when N > max_grad_norm else 1, N = √Σ grad_sumsq ÷ grad_scale (fp64).
+    acc = tl.zeros([SLOTS], dtype=tl.float64)
+    for s in range(0, n_slots, SLOTS):
+        k = s + tl.arange(0, SLOTS)
+        acc += tl.load(grad_sumsq + k, mask=k < n_slots, other=0.0).to(tl.float64)
+    norm = tl.sqrt(tl.sum(acc, axis=0)) / scale.to(tl.float64)
+    max_grad_norm = scalar(max_grad_norm, tl.float64)
+    clip = tl.where(norm > max_grad_norm, norm / max_grad_norm, 1.0).to(tl.float32)
+    t, bc1, bc2 = _bias_corrections(step_ptr, beta1, beta2, bias_correction)
+    scalars = (clip, scale, beta1.to(tl.float32), tl.where(grad_averaging != 0, (1.0 - beta1).to(tl.float32), 1.0),
+               beta2.to(tl.float32), (1.0 - beta2).to(tl.float32), bc1, bc2, scalar(eps, tl.float32),
+               scalar(weight_decay, tl.float32))
+    p_sq = tl.zeros([], dtype=tl.float64)
+    u_sq = tl.zeros([], dtype=tl.float64)
+    limit = tl.where(live, numel, 0)  # found_inf set: every element masked
+    for off in range(0, CHUNK, BLOCK):
+        offs = start + off + tl.arange(0, BLOCK)
+        if start + off + BLOCK <= limit:
+            dp, du = _lamb_moments_tile(p, g, m, v, offs, None, *scalars, adam_w_mode)
+        else:
+            dp, du = _lamb_moments_tile(p, g, m, v, offs, offs < limit, *scalars, adam_w_mode)
+        p_sq += dp
+        u_sq += du
+    tl.store(partials + 2 * block, p_sq)
+    tl.store(partials + 2 * block + 1, u_sq)
+    if last_to_arrive(counter, n_blocks, live):
+        p_total = tl.zeros([], dtype=tl.float64)
+        u_total = tl.zeros([], dtype=tl.float64)
+        for b in range(first_block, first_block + n_blocks):
+            p_total += tl.load(partials + 2 * b, cache_modifier=".cg")
+            u_total += tl.load(partials + 2 * b + 1, cache_modifier=".cg")
+        # the tensor's ‖p‖² and ‖u‖² go to its first partial slot, where the update launch reads them
+        tl.store(partials + 2 * first_block, p_total)
+        tl.store(partials + 2 * first_block + 1, u_total)
+
+
+@triton.jit
+def _lamb_update_tile(p, m, v, offs, mask, step_size, bc1, bc2, eps, weight_decay, adam_w_mode):
+    pv = load(p + offs, mask)
+    u = _lamb_direction(load(m + offs, mask), load(v + offs, mask), pv, bc1, bc2, eps, weight_decay, adam_w_mode)
+    tl.store(p + offs, (pv - step_size * u).to(p.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _lamb_update_chunk(p, m, v, step_ptr, counter, numel, start, n_blocks, norms, lr_ptr, inf_ptr, beta1, beta2,
+                       eps, weight_decay, bias_correction, adam_w_mode, use_trust_ratio, phi_min, phi_max,
+                       BLOCK: tl.constexpr, CHUNK: tl.constexpr):
+    live = tl.load(inf_ptr) == 0
+    t, bc1, bc2 = _bias_corrections(step_ptr, scalar(beta1, tl.float64), scalar(beta2, tl.float64), bias_correction)
+    # ratio = clamp(‖p‖, phi_min, phi_max)/‖u‖, 1 when either norm is 0 (a NaN norm gives a NaN ratio)
+    p_norm = tl.sqrt(tl.load(norms)).to(tl.float32)
+    u_norm = tl.sqrt(tl.load(norms + 1)).to(tl.float32)
+    phi = tl.minimum(tl.maximum(p_norm, scalar(phi_min, tl.float32), propagate_nan=tl.PropagateNan.ALL),
+                     scalar(phi_max, tl.float32), propagate_nan=tl.PropagateNan.ALL)
+    ratio = tl.where((p_norm != 0) & (u_norm != 0), phi / tl.where(u_norm == 0, 1.0, u_norm), 1.0)
+    ratio = tl.where(use_trust_ratio != 0, ratio, 1.0)
+    step_size = (tl.load(lr_ptr).to(tl.float64) * ratio.to(tl.float64)).to(tl.float32)
+    scalars = (step_size, bc1, bc2, scalar(eps, tl.float32), scalar(weight_decay, tl.float32))
+    limit = tl.where(live, numel, 0)  # found_inf set: every element masked
+    for off in range(0, CHUNK, BLOCK):
+        offs = start + off + tl.arange(0, BLOCK)
+        if start + off + BLOCK <= limit:
+            _lamb_update_tile(p, m, v, offs, None, *scalars, adam_w_mode)
+        else:
+            _lamb_update_tile(p, m, v, offs, offs < limit, *scalars, adam_w_mode)
+    if last_to_arrive(counter, n_blocks, live):
+        tl.store(step_ptr, t.to(tl.float32))
+
+
+@triton.jit
+def _lamb_moments_kernel(rows, grads, blocks, counters, partials, grad_sumsq, n_slots, scale_ptr, inf_ptr,
+                         max_grad_norm: "fp64", beta1: "fp64", beta2: "fp64", eps, weight_decay, bias_correction,
+                         grad_averaging, adam_w_mode, DTYPE: tl.constexpr, ALIGN: tl.constexpr,
+                         SLOTS: tl.constexpr, BLOCK: tl.constexpr, CHUNK: tl.constexpr):
+    t, start = program_chunk(blocks, CHUNK)
+    row = rows + t * _NCOL
+    _lamb_moments_chunk(row_pointer(row, _P, DTYPE, ALIGN), row_pointer(grads, t, DTYPE, ALIGN),
+                        row_pointer(row, _M, DTYPE, ALIGN), row_pointer(row, _V, DTYPE, ALIGN),
+                        row_pointer(row, _STEP, tl.float32, 4), counters + t, tl.load(row + mt.NUMEL), start,
+                        tl.load(row + mt.NBLOCKS), tl.program_id(0), tl.load(row + mt.FIRST), partials, grad_sumsq,
+                        n_slots, scale_ptr, inf_ptr, max_grad_norm, beta1, beta2, eps, weight_decay,
+                        bias_correction, grad_averaging, adam_w_mode, SLOTS, BLOCK, CHUNK)
+
+
+@triton.jit
+def _lamb_update_kernel(rows, blocks, counters, partials, lr_ptr, inf_ptr, beta1: "fp64", beta2: "fp64", eps,
+                        weight_decay, bias_correction, adam_w_mode, use_trust_ratio, phi_min, phi_max,
+                        DTYPE: tl.constexpr, ALIGN: tl.constexpr, BLOCK: tl.constexpr, CHUNK: tl.constexpr):
+    t, start = program_chunk(blocks, CHUNK)
+    row = rows + t * _NCOL
+    _lamb_update_chunk(row_pointer(row, _P, DTYPE, ALIGN), row_pointer(row, _M, DTYPE, ALIGN),
+                       row_pointer(row, _V, DTYPE, ALIGN), row_pointer(row, _STEP, tl.float32, 4), counters + t,
+                       tl.load(row + mt.NUMEL), start, tl.load(row + mt.NBLOCKS),
+                       partials + 2 * tl.load(row + mt.FIRST), lr_ptr, inf_ptr, beta1, beta2, eps, weight_decay,
+                       bias_correction, adam_w_mode, use_trust_ratio, phi_min, phi_max, BLOCK, CHUNK)
+
+
+@triton.jit
+def _lamb_moments_tensor_kernel(p, g, m, v, step_ptr, counter, numel, partials, grad_sumsq, n_slots, scale_ptr,
+                                inf_ptr, max_grad_norm: "fp64", beta1: "fp64", beta2: "fp64", eps, weight_decay,
+                                bias_correction, grad_averaging, adam_w_mode, SLOTS: tl.constexpr,
+                                BLOCK: tl.constexpr, CHUNK: tl.constexpr):
+    block = tl.program_id(0)
+    _lamb_moments_chunk(p, g, m, v, step_ptr, counter, numel, block.to(tl.int64) * CHUNK, tl.num_programs(0),
+                        block, 0, partials, grad_sumsq, n_slots, scale_ptr, inf_ptr, max_grad_norm, beta1, beta2,
+                        eps, weight_decay, bias_correction, grad_averaging, adam_w_mode, SLOTS, BLOCK, CHUNK)
+
+
+@triton.jit
+def _lamb_update_tensor_kernel(p, m, v, step_ptr, counter, numel, partials, lr_ptr, inf_ptr, beta1: "fp64",
+                               beta2: "fp64", eps, weight_decay, bias_correction, adam_w_mode, use_trust_ratio,
+                               phi_min, phi_max, BLOCK: tl.constexpr, CHUNK: tl.constexpr):
+    block = tl.program_id(0)
+    _lamb_update_chunk(p, m, v, step_ptr, counter, numel, block.to(tl.int64) * CHUNK, tl.num_programs(0),
+                       partials, lr_ptr, inf_ptr, beta1, beta2, eps, weight_decay, bias_correction, adam_w_mode,
+                       use_trust_ratio, phi_min, phi_max, BLOCK, CHUNK)
+
+
+def lamb_step_triton(params: list[Tensor], grads: list[Tensor], exp_avgs: list[Tensor], exp_avg_sqs: list[Tensor],
+                     state_steps: list[Tensor], lr: Tensor, grad_sumsq: Tensor, max_grad_norm: float, beta1: float,
+                     beta2: float, eps: float, weight_decay: float, bias_correction: bool, grad_averaging: bool,
+                     adam_w_mode: bool, use_trust_ratio: bool, phi_min: float, phi_max: float,
+                     grad_scale: Tensor | None, found_inf: Tensor | None) -> None:
+    """Triton `lamb_step_` (see agd_kernels.ops.lamb_step_)."""
+    if not params:
+        return
+    op = "lamb_step_"
+    mt.check_lists(op, params, {"grads": grads, "exp_avgs": exp_avgs, "exp_avg_sqs": exp_avg_sqs}, steps=state_steps)
+    device = params[0].device
+    mt.check_scalar(op, "lr", lr, device)
+    if grad_sumsq.dtype != torch.float32 or grad_sumsq.device != device or not grad_sumsq.is_contiguous():
+        raise ValueError(f"{op}: grad_sumsq must be a contiguous float32 tensor on {device}; got "
+                         f"{grad_sumsq.dtype} on {grad_sumsq.device}")
+    scale, inf = mt.amp_scalars(grad_scale, found_inf, device, op)
+    flags = (int(bias_correction), int(grad_averaging), int(adam_w_mode))
+    moments_hyper = (grad_sumsq, grad_sumsq.numel(), scale, inf, max_grad_norm, beta1, beta2, eps, weight_decay, *flags)
+    update_hyper = (lr, inf, beta1, beta2, eps, weight_decay, int(bias_correction), int(adam_w_mode),
+                    int(use_trust_ratio), phi_min, phi_max)
+    cfg = mt.config(device)
+    meta = dict(BLOCK=cfg.block, CHUNK=cfg.chunk, num_warps=cfg.num_warps)
+    if mt.traced(params[0]):
+        for p, g, m, v, s in zip(params, grads, exp_avgs, exp_avg_sqs, state_steps):
+            grid = (mt.n_programs(p.numel(), cfg.chunk),)
+            partials = torch.empty(2 * grid[0], dtype=torch.float64, device=device)
+            counter = torch.zeros(1, dtype=torch.int32, device=device)
+            wrap_triton(_lamb_moments_tensor_kernel)[grid](p, g, m, v, s, counter, p.numel(), partials,
+                                                           *moments_hyper, SLOTS=_SLOTS, **meta)
+            wrap_triton(_lamb_update_tensor_kernel)[grid](p, m, v, s, counter, p.numel(), partials, *update_hyper,
+                                                          **meta)
+        return
+    tab, grad_ptrs, align = mt.elementwise_table(op, params, grads, [exp_avgs, exp_avg_sqs], state_steps, cfg.chunk,
+                                                 scratch_per_block=2)
+    dtype = mt.TL_DTYPE[params[0].dtype]
+    wrap_triton(_lamb_moments_kernel)[(tab.n_blocks,)](tab.rows, grad_ptrs, tab.blocks, tab.counters, tab.scratch,
+                                                       *moments_hyper, DTYPE=dtype, ALIGN=align, SLOTS=_SLOTS, **meta)
+    wrap_triton(_lamb_update_kernel)[(tab.n_blocks,)](tab.rows, tab.blocks, tab.counters, tab.scratch, *update_hyper,
+                                                      DTYPE=dtype, ALIGN=align, **meta)

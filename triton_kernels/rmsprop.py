@@ -1,0 +1,117 @@
+"""RMSprop, centered and with momentum (`rmsprop_step_`, torch-optim-semantics.md §3): one launch.
+
+eps is added outside the square root (torch, unlike TensorFlow); the momentum buffer starts at zeros.
+"""
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+from torch import Tensor
+from torch.library import wrap_triton
+
+from . import multi_tensor as mt
+from ._common import last_to_arrive, lerp, load, program_chunk, row_pointer, scalar
+
+# rows payload columns
+_P = tl.constexpr(mt.HEAD + 0)
+_SQ = tl.constexpr(mt.HEAD + 1)
+_GAVG = tl.constexpr(mt.HEAD + 2)
+_BUF = tl.constexpr(mt.HEAD + 3)
+_STEP = tl.constexpr(mt.HEAD + 4)
+_NCOL = tl.constexpr(mt.HEAD + 5)
+
+
+@triton.jit
+def _rmsprop_tile(p, g, sq, gavg, buf, offs, mask, lr, scale, alpha, w, eps, weight_decay, momentum, centered,
+                  maximize):
+    gv = load(g + offs, mask) / scale
+    if maximize:
+        gv = -gv
+    pv = load(p + offs, mask)
+    if weight_decay != 0:
+        gv = gv + weight_decay * pv
+    vv = load(sq + offs, mask) * alpha + w * gv * gv
+    if centered:
+        av = lerp(load(gavg + offs, mask), gv, w)
+        tl.store(gavg + offs, av.to(gavg.dtype.element_ty), mask=mask)
+        denom = tl.sqrt(vv - av * av) + eps  # eps outside the square root, as torch
+    else:
+        denom = tl.sqrt(vv) + eps
+    tl.store(sq + offs, vv.to(sq.dtype.element_ty), mask=mask)
+    if momentum > 0:
+        bv = load(buf + offs, mask) * momentum + gv / denom
+        tl.store(buf + offs, bv.to(buf.dtype.element_ty), mask=mask)
+        pv = pv - lr * bv
+    else:
+        pv = pv - lr * (gv / denom)
+    tl.store(p + offs, pv.to(p.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _rmsprop_chunk(p, g, sq, gavg, buf, step_ptr, counter, numel, start, n_blocks, lr_ptr, scale_ptr, inf_ptr,
+                   alpha, eps, weight_decay, momentum, centered, maximize, BLOCK: tl.constexpr, CHUNK: tl.constexpr):
+    alpha = scalar(alpha, tl.float64)
+    scalars = (tl.load(lr_ptr).to(tl.float32), tl.load(scale_ptr).to(tl.float32), alpha.to(tl.float32),
+               (1.0 - alpha).to(tl.float32), scalar(eps, tl.float32), scalar(weight_decay, tl.float32),
+               scalar(momentum, tl.float32))
+    live = tl.load(inf_ptr) == 0
+    step = tl.load(step_ptr)  # counted for checkpoints, unused by the math
+    limit = tl.where(live, numel, 0)  # found_inf set: every element masked
+    for off in range(0, CHUNK, BLOCK):
+        offs = start + off + tl.arange(0, BLOCK)
+        if start + off + BLOCK <= limit:
+            _rmsprop_tile(p, g, sq, gavg, buf, offs, None, *scalars, centered, maximize)
+        else:
+            _rmsprop_tile(p, g, sq, gavg, buf, offs, offs < limit, *scalars, centered, maximize)
+    if last_to_arrive(counter, n_blocks, live):
+        tl.store(step_ptr, step + 1.0)
+
+
+@triton.jit
+def _rmsprop_kernel(rows, grads, blocks, counters, lr_ptr, scale_ptr, inf_ptr, alpha: "fp64", eps, weight_decay,
+                    momentum, centered, maximize, DTYPE: tl.constexpr, ALIGN: tl.constexpr, BLOCK: tl.constexpr,
+                    CHUNK: tl.constexpr):
+    t, start = program_chunk(blocks, CHUNK)
+    row = rows + t * _NCOL
+    _rmsprop_chunk(row_pointer(row, _P, DTYPE, ALIGN), row_pointer(grads, t, DTYPE, ALIGN),
+                   row_pointer(row, _SQ, DTYPE, ALIGN), row_pointer(row, _GAVG, DTYPE, ALIGN),
+                   row_pointer(row, _BUF, DTYPE, ALIGN), row_pointer(row, _STEP, tl.float32, 4), counters + t,
+                   tl.load(row + mt.NUMEL), start, tl.load(row + mt.NBLOCKS), lr_ptr, scale_ptr, inf_ptr, alpha,
+                   eps, weight_decay, momentum, centered, maximize, BLOCK, CHUNK)
+
+
+@triton.jit
+def _rmsprop_tensor_kernel(p, g, sq, gavg, buf, step_ptr, counter, numel, lr_ptr, scale_ptr, inf_ptr,
+                           alpha: "fp64", eps, weight_decay, momentum, centered, maximize,
+                           BLOCK: tl.constexpr, CHUNK: tl.constexpr):
+    block = tl.program_id(0)
+    _rmsprop_chunk(p, g, sq, gavg, buf, step_ptr, counter, numel, block.to(tl.int64) * CHUNK, tl.num_programs(0),
+                   lr_ptr, scale_ptr, inf_ptr, alpha, eps, weight_decay, momentum, centered, maximize, BLOCK, CHUNK)
+
+
+def rmsprop_step_triton(params: list[Tensor], grads: list[Tensor], square_avgs: list[Tensor],
+                        grad_avgs: list[Tensor], momentum_buffers: list[Tensor], state_steps: list[Tensor],
+                        lr: Tensor, alpha: float, eps: float, weight_decay: float, momentum: float, centered: bool,
+                        maximize: bool, grad_scale: Tensor | None, found_inf: Tensor | None) -> None:
+    """Triton `rmsprop_step_` (see agd_kernels.ops.rmsprop_step_)."""
+    if not params:
+        return
+    op = "rmsprop_step_"
+    states = [square_avgs, grad_avgs if centered else None, momentum_buffers if momentum > 0 else None]
+    mt.check_lists(op, params, {"grads": grads, "square_avgs": square_avgs,
+                                **({"grad_avgs": grad_avgs} if centered else {}),
+                                **({"momentum_buffers": momentum_buffers} if momentum > 0 else {})},
+                   steps=state_steps)
+    device = params[0].device
+    mt.check_scalar(op, "lr", lr, device)
+    scale, inf = mt.amp_scalars(grad_scale, found_inf, device, op)
+    hyper = (lr, scale, inf, alpha, eps, weight_decay, momentum, int(centered), int(maximize))
+    cfg = mt.config(device)
+    meta = dict(BLOCK=cfg.block, CHUNK=cfg.chunk, num_warps=cfg.num_warps)
+    if mt.traced(params[0]):
+        for grid, args in mt.tensor_launches(params, grads, states, state_steps, cfg.chunk):
+            wrap_triton(_rmsprop_tensor_kernel)[grid](*args, *hyper, **meta)
+        return
+    tab, grad_ptrs, align = mt.elementwise_table(op, params, grads, states, state_steps, cfg.chunk)
+    wrap_triton(_rmsprop_kernel)[(tab.n_blocks,)](tab.rows, grad_ptrs, tab.blocks, tab.counters, *hyper,
+                                                  DTYPE=mt.TL_DTYPE[params[0].dtype], ALIGN=align, **meta)

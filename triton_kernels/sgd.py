@@ -1,0 +1,102 @@
+"""SGD with momentum, dampening and Nesterov (`sgd_step_`, torch-optim-semantics.md §2): one launch.
+
+Bytes per fp32 element: p and g read, p written (12 B); with momentum the buffer adds 4 + 4 B (on the first
+step the buffer is only written: torch creates it as a copy of the gradient).
+"""
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+from torch import Tensor
+from torch.library import wrap_triton
+
+from . import multi_tensor as mt
+from ._common import load, program_chunk, row_pointer, scalar
+
+# rows payload columns
+_P = tl.constexpr(mt.HEAD + 0)
+_BUF = tl.constexpr(mt.HEAD + 1)
+_NCOL = tl.constexpr(mt.HEAD + 2)
+
+
+@triton.jit
+def _sgd_tile(p, g, buf, offs, mask, lr, scale, momentum, one_minus_dampening, weight_decay, has_momentum, nesterov,
+              maximize, is_first_step):
+    d = load(g + offs, mask) / scale
+    if maximize:
+        d = -d
+    pv = load(p + offs, mask)
+    if weight_decay != 0:
+        d = d + weight_decay * pv
+    if has_momentum:
+        if is_first_step:
+            b = d
+        else:
+            b = load(buf + offs, mask) * momentum + one_minus_dampening * d
+        tl.store(buf + offs, b.to(buf.dtype.element_ty), mask=mask)
+        if nesterov:
+            d = d + momentum * b
+        else:
+            d = b
+    tl.store(p + offs, (pv - lr * d).to(p.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _sgd_chunk(p, g, buf, numel, start, lr_ptr, scale_ptr, inf_ptr, momentum, one_minus_dampening, weight_decay,
+               has_momentum, nesterov, maximize, is_first_step, BLOCK: tl.constexpr, CHUNK: tl.constexpr):
+    scalars = (tl.load(lr_ptr).to(tl.float32), tl.load(scale_ptr).to(tl.float32), scalar(momentum, tl.float32),
+               scalar(one_minus_dampening, tl.float32), scalar(weight_decay, tl.float32))
+    flags = (has_momentum, nesterov, maximize, is_first_step)
+    limit = tl.where(tl.load(inf_ptr) == 0, numel, 0)  # found_inf set: every element masked
+    for off in range(0, CHUNK, BLOCK):
+        offs = start + off + tl.arange(0, BLOCK)
+        if start + off + BLOCK <= limit:
+            _sgd_tile(p, g, buf, offs, None, *scalars, *flags)
+        else:
+            _sgd_tile(p, g, buf, offs, offs < limit, *scalars, *flags)
+
+
+@triton.jit
+def _sgd_kernel(rows, grads, blocks, lr_ptr, scale_ptr, inf_ptr, momentum, one_minus_dampening, weight_decay,
+                has_momentum, nesterov, maximize, is_first_step, DTYPE: tl.constexpr, ALIGN: tl.constexpr,
+                BLOCK: tl.constexpr, CHUNK: tl.constexpr):
+    t, start = program_chunk(blocks, CHUNK)
+    row = rows + t * _NCOL
+    _sgd_chunk(row_pointer(row, _P, DTYPE, ALIGN), row_pointer(grads, t, DTYPE, ALIGN),
+               row_pointer(row, _BUF, DTYPE, ALIGN), tl.load(row + mt.NUMEL), start, lr_ptr, scale_ptr, inf_ptr,
+               momentum, one_minus_dampening, weight_decay, has_momentum, nesterov, maximize, is_first_step,
+               BLOCK, CHUNK)
+
+
+@triton.jit
+def _sgd_tensor_kernel(p, g, buf, numel, lr_ptr, scale_ptr, inf_ptr, momentum, one_minus_dampening, weight_decay,
+                       has_momentum, nesterov, maximize, is_first_step, BLOCK: tl.constexpr, CHUNK: tl.constexpr):
+    _sgd_chunk(p, g, buf, numel, tl.program_id(0).to(tl.int64) * CHUNK, lr_ptr, scale_ptr, inf_ptr, momentum,
+               one_minus_dampening, weight_decay, has_momentum, nesterov, maximize, is_first_step, BLOCK, CHUNK)
+
+
+def sgd_step_triton(params: list[Tensor], grads: list[Tensor], momentum_buffers: list[Tensor], lr: Tensor,
+                    momentum: float, dampening: float, weight_decay: float, nesterov: bool, maximize: bool,
+                    is_first_step: bool, grad_scale: Tensor | None, found_inf: Tensor | None) -> None:
+    """Triton `sgd_step_` (see agd_kernels.ops.sgd_step_)."""
+    if not params:
+        return
+    op = "sgd_step_"
+    has_momentum = momentum != 0
+    states = [momentum_buffers if has_momentum else None]
+    mt.check_lists(op, params, {"grads": grads, **({"momentum_buffers": momentum_buffers} if has_momentum else {})})
+    device = params[0].device
+    mt.check_scalar(op, "lr", lr, device)
+    scale, inf = mt.amp_scalars(grad_scale, found_inf, device, op)
+    # 1 - dampening in double, then fp32 like every Python scalar torch multiplies an fp32 tensor by
+    hyper = (lr, scale, inf, momentum, 1.0 - dampening, weight_decay, int(has_momentum), int(nesterov),
+             int(maximize), int(is_first_step))
+    cfg = mt.config(device)
+    meta = dict(BLOCK=cfg.block, CHUNK=cfg.chunk, num_warps=cfg.num_warps)
+    if mt.traced(params[0]):
+        for grid, args in mt.tensor_launches(params, grads, states, None, cfg.chunk):
+            wrap_triton(_sgd_tensor_kernel)[grid](*args, *hyper, **meta)
+        return
+    tab, grad_ptrs, align = mt.elementwise_table(op, params, grads, states, None, cfg.chunk)
+    wrap_triton(_sgd_kernel)[(tab.n_blocks,)](tab.rows, grad_ptrs, tab.blocks, *hyper,
+                                              DTYPE=mt.TL_DTYPE[params[0].dtype], ALIGN=align, **meta)
