@@ -62,6 +62,7 @@ class FusedOptimizer(torch.optim.Optimizer):
     def __init__(self, params, defaults: dict[str, Any], backend: str = "auto"):
         self.backend = _backends.validate(backend)
         self._lr_cache: dict[tuple[int, torch.device], tuple[float, Tensor]] = {}
+        self._bucket_cache: dict[tuple, tuple[list[Tensor], list]] = {}
         super().__init__(params, defaults)
 
     # ---------------------------------------------------------------- param groups
@@ -130,24 +131,43 @@ class FusedOptimizer(torch.optim.Optimizer):
 
     # ---------------------------------------------------------------- step
     def _collect(self) -> list[list[Tensor]]:
-        """Parameters with gradients, per group; raises (changing nothing) on unsupported gradients."""
+        """Parameters with gradients, per group; raises (changing nothing) on unsupported gradients.
+
+        torch's .grad setter already enforces the parameter's shape and device; a different dtype is
+        possible (Tensor.grad_dtype), so that and sparsity are what is checked here.
+        """
         collected = []
         for gi, group in enumerate(self.param_groups):
-            params = []
-            for pos, p in enumerate(group["params"]):
+            params = [p for p in group["params"] if p.grad is not None]
+            for p in params:
                 g = p.grad
-                if g is None:
-                    continue
-                if g.is_sparse:
-                    raise RuntimeError(f"{type(self).__name__} does not support sparse gradients: "
-                                       f"{describe_param(group, gi, pos, p)} has a sparse .grad")
-                if g.device != p.device or g.dtype != p.dtype or g.shape != p.shape:
-                    raise RuntimeError(f"{describe_param(group, gi, pos, p)} has a gradient of "
-                                       f"{g.dtype}/{tuple(g.shape)} on {g.device}; expected the parameter's "
-                                       f"{p.dtype}/{tuple(p.shape)} on {p.device}")
-                params.append(p)
+                if g.is_sparse or g.dtype != p.dtype:
+                    self._reject_grad(gi, group, p)
             collected.append(params)
         return collected
+
+    def _reject_grad(self, gi: int, group: dict[str, Any], p: Tensor) -> None:
+        where = describe_param(group, gi, next(i for i, q in enumerate(group["params"]) if q is p), p)
+        g = p.grad
+        if g.is_sparse:
+            raise RuntimeError(f"{type(self).__name__} does not support sparse gradients: {where} has a sparse .grad")
+        raise RuntimeError(f"{where} has a gradient of {g.dtype}/{tuple(g.shape)} on {g.device}; expected the "
+                           f"parameter's {p.dtype}/{tuple(p.shape)} on {p.device}")
+
+    def _buckets(self, params: list[Tensor]) -> list[tuple[torch.device, list[Tensor]]]:
+        """(device, parameters) per (device, dtype) bucket, cached on the identity of `params`: the
+        grouping costs ~0.3 ms per step for 640 tensors, about a third of a fused Adam step on them."""
+        # The cache holds the parameters, so their ids stay unique while cached; dtypes and devices are
+        # in the key because module.to() changes them in place.
+        key = tuple((id(p), p.dtype, p.device) for p in params)
+        hit = self._bucket_cache.get(key)
+        if hit is None:
+            buckets = [(device, [params[i] for i in idx])
+                       for (device, _), idx in group_by_device_dtype(params).items()]
+            if len(self._bucket_cache) >= 16:  # gradient patterns rarely vary; bound the cache anyway
+                self._bucket_cache.clear()
+            hit = self._bucket_cache[key] = (list(params), buckets)
+        return hit[1]
 
     @torch.no_grad()
     def step(self, closure: Callable[[], float] | None = None):
@@ -158,11 +178,11 @@ class FusedOptimizer(torch.optim.Optimizer):
                 loss = closure()
         collected = self._collect()
         for gi, (group, params) in enumerate(zip(self.param_groups, collected)):
-            for (device, dtype), idx in group_by_device_dtype(params).items():
-                bucket = [params[i] for i in idx]
+            for device, bucket in self._buckets(params):
+                state = self.state
                 for p in bucket:
-                    if not self.state[p]:
-                        self._init_state(p, self.state[p], group)
+                    if not state[p]:
+                        self._init_state(p, state[p], group)
                 grad_scale, found_inf = self._amp_scalars(device)
                 self._launch(group, bucket, [p.grad for p in bucket], self._lr_tensor(gi, group, device),
                              grad_scale, found_inf)
