@@ -1,4 +1,8 @@
 """The package imports, exposes its public names, and every op of the table exists with its schema."""
+import os
+import pathlib
+import re
+import shutil
 import subprocess
 import sys
 
@@ -32,3 +36,36 @@ def test_import_without_extension_falls_back_to_reference():
     env = {"AGD_KERNELS_NO_EXT": "1", "PATH": "/usr/bin:/bin"}
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
+
+
+def test_triton_sources_install_only_inside_the_package(tmp_path):
+    # From outside the repo the top-level name must not resolve to our folder (it belongs to Triton's
+    # own repository and to the triton-kernels PyPI package); ours is agd_kernels.triton_kernels.
+    code = ("import importlib.util, agd_kernels.triton_kernels as t\n"
+            "spec = importlib.util.find_spec('triton_kernels')\n"
+            "assert spec is None or 'agd_kernels' not in (spec.origin or ''), spec\n"
+            "print(t.__name__)\n")
+    out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True)
+    assert out.returncode == 0 and out.stdout.strip() == "agd_kernels.triton_kernels", out.stderr
+
+
+def test_no_code_imports_top_level_triton_kernels():
+    root = pathlib.Path(__file__).resolve().parents[1]
+    offenders = [str(p) for folder in ("agd_kernels", "triton_kernels", "bench", "tests")
+                 for p in (root / folder).rglob("*.py")
+                 if re.search(r"^\s*(import triton_kernels|from triton_kernels)", p.read_text(), re.MULTILINE)]
+    assert not offenders, offenders
+
+
+def test_build_is_recorded():
+    from agd_kernels import _ext
+    info = _ext.BUILD_INFO
+    assert _ext.LOADED, _ext.LOAD_ERROR
+    assert info["torch"] == torch.__version__ and "cpu" in info["parts"], info
+    if shutil.which("nvcc") and torch.version.cuda and "cuda" not in info["parts"] \
+            and info.get("cuda_reason") != "AGD_KERNELS_NO_CUDA=1":
+        raise AssertionError(f"nvcc is on PATH and torch has CUDA, but the CUDA part was not built: {info}")
+    if "cuda" in info["parts"] and not os.environ.get("TORCH_CUDA_ARCH_LIST") and not torch.cuda.is_available():
+        assert info["cuda_arch_list"] == "8.0;9.0", info
+        # The .cu probe was compiled, linked and loads here even without a GPU.
+        assert torch.ops.agd_kernels.cuda_runtime_info().startswith("runtime ")
