@@ -48,7 +48,7 @@ def reference_ops():
     lib._destroy()
 
 
-@pytest.mark.parametrize("op, variant, dtype", _samples())
+@pytest.mark.parametrize("op, variant, dtype", list(_samples()))
 def test_opcheck_cpu_dispatch(op, variant, dtype):
     args = make_args(op, shapes_for(op, SIZES), dtype, variant)
     torch.library.opcheck(getattr(torch.ops.agd_kernels, op).default, args)
