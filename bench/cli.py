@@ -29,7 +29,7 @@ from .timing import BandwidthProbe, clock_for, interleaved, summary
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 DEFAULT_OUT = Path(__file__).resolve().parent / "results"
-BACKENDS = ("cpu", "cuda", "triton", "torch")
+BACKENDS = _backends.BACKENDS[1:]  # every backend but "auto": a row names the one it ran
 PEERS = [name for name in PROVIDERS if not name.startswith("agd_kernels[")]
 # --quick: the two bar-setting sets, 1 warmup + 3 timed steps per provider, and torch-foreach only
 # where torch has no fused=True (RMSprop): on gpt2-small a foreach Adam step took 0.3-2.8 s on the

@@ -4,8 +4,8 @@ An algorithm names its agd_kernels class, its torch.optim class (if any), the hy
 get, and the minimum bytes one step must move per parameter. A provider is one implementation
 (agd_kernels on a backend, torch.optim foreach or fused, the authors' reference). A provider either
 applies to an algorithm or not (torch.optim has no LAMB: not listed), and an applicable one is
-either available here or unavailable with a reason (agd_kernels.LAMB not written yet, the cpu
-backend not built): unavailable ones are reported, never dropped.
+either available here or unavailable with a reason (the agd_kernels class missing from this build,
+the cpu backend not built): unavailable ones are reported, never dropped.
 """
 from __future__ import annotations
 
@@ -140,9 +140,6 @@ PROVIDERS: dict[str, Provider] = {p.name: p for p in (
     _authors_provider(),
 )}
 
-#: backends that cannot run on a device type are not listed there at all
-_DEVICE_BACKENDS = {"cpu": ("cpu", "torch"), "cuda": ("cuda", "triton", "torch")}
-
 
 def default_providers(device: torch.device) -> list[str]:
     return [name for name in select_providers(device, PROVIDERS) if PROVIDERS[name].default]
@@ -153,7 +150,8 @@ def select_providers(device: torch.device, names) -> list[str]:
     keep = []
     for name in names:
         backend = name[len("agd_kernels["):-1] if name.startswith("agd_kernels[") else None
-        if backend is None or backend in _DEVICE_BACKENDS.get(device.type, ("torch",)):
+        # auto's order lists exactly the backends that can run on the device type
+        if backend is None or backend in _backends._auto_order(device):
             keep.append(name)
     return keep
 

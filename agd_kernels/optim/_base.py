@@ -7,7 +7,7 @@ devices, bad state shapes) is checked before the first kernel runs.
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Iterable
+from typing import Any, Callable
 
 import torch
 from torch import Tensor
@@ -24,12 +24,17 @@ def describe_param(group: dict[str, Any], group_index: int, position: int, p: Te
     return f"parameter {name!r} ({where}, shape {tuple(p.shape)})" if name else f"{where} (shape {tuple(p.shape)})"
 
 
-def check_non_negative(name: str, value: float) -> None:
+def is_number(value: Any) -> bool:
+    """A Python int or float: not a bool (isinstance(True, int) holds) and not a tensor."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def check_non_negative(name: str, value: float | Tensor) -> None:
     """torch.optim's ValueError for a hyper-parameter that must be >= 0."""
     if isinstance(value, Tensor):
         if value.numel() != 1:
             raise ValueError(f"Tensor {name} must be 1-element, got {value.numel()} elements")
-        value = float(value.detach().cpu())  # construction time only, never inside step()
+        value = float(value.detach().cpu())  # construction, add_param_group and load only, never in step()
     if not 0.0 <= value:
         raise ValueError(f"Invalid {name}: {value}")
 
@@ -49,7 +54,9 @@ def check_not_differentiable(hparams: dict[str, Any]) -> None:
 
 
 class FusedOptimizer(torch.optim.Optimizer):
-    """Base class. Subclasses set `_OP_STATE_KEYS` and implement `_init_state` and `_launch`."""
+    """Base class. Subclasses set the class attributes below that apply, check their
+    hyper-parameters in `_check_hparams`, and implement `_init_state` and `_launch` (or their own
+    `step`, as AGD and YellowFin do)."""
 
     #: GradScaler hands over `grad_scale` and `found_inf` instead of unscaling (torch's fused contract).
     _step_supports_amp_scaling = True
@@ -58,11 +65,15 @@ class FusedOptimizer(torch.optim.Optimizer):
     _COMPAT_KEYS: dict[str, Any] = {}
     #: Per-parameter state keys and whether each is a tensor shaped like the parameter.
     _STATE_SHAPES: dict[str, bool] = {}
+    #: Why every parameter must share one device (a statistic spans all groups), or None when each
+    #: group may sit on its own device.
+    _ONE_DEVICE_BECAUSE: str | None = None
 
     def __init__(self, params, defaults: dict[str, Any], backend: str = "auto"):
+        self._check_hparams(defaults)
         self.backend = _backends.validate(backend)
         self._lr_cache: dict[tuple[int, torch.device], tuple[float, Tensor]] = {}
-        self._bucket_cache: dict[tuple, tuple[list[Tensor], list]] = {}
+        self._bucket_cache: dict[Any, tuple[tuple, list]] = {}
         super().__init__(params, defaults)
 
     # ---------------------------------------------------------------- param groups
@@ -71,31 +82,40 @@ class FusedOptimizer(torch.optim.Optimizer):
             param_group.setdefault(key, value)
         super().add_param_group(param_group)
         index = len(self.param_groups) - 1
-        group = self.param_groups[index]
+        try:
+            self._validate_group(self.param_groups[index], index)
+        except ValueError:
+            self.param_groups.pop()  # a rejected group leaves the optimizer as it was
+            raise
+
+    def _validate_group(self, group: dict[str, Any], index: int) -> None:
         devices = {p.device for p in group["params"]}
         if len(devices) > 1:
-            self.param_groups.pop()
             raise ValueError(
                 f"param_groups[{index}] mixes devices {sorted(map(str, devices))}: agd_kernels runs one "
                 "multi-tensor kernel per group and device; put parameters of each device in their own group")
+        if self._ONE_DEVICE_BECAUSE is not None:
+            devices = {p.device for g in self.param_groups for p in g["params"]}
+            if len(devices) > 1:
+                raise ValueError(f"{type(self).__name__} needs all parameters on one device "
+                                 f"({self._ONE_DEVICE_BECAUSE}); got {sorted(map(str, devices))}")
         for pos, p in enumerate(group["params"]):
             if not (p.is_floating_point() and not p.is_complex()):
-                self.param_groups.pop()
                 raise ValueError(f"{describe_param(group, index, pos, p)} has dtype {p.dtype}; "
                                  "agd_kernels optimizers need real floating-point parameters")
         try:
             self._check_hparams(group)
         except ValueError as exc:
-            self.param_groups.pop()
             raise ValueError(f"param_groups[{index}]: {exc}") from None
         self._check_group(group, index)
 
     def _check_hparams(self, hparams: dict[str, Any]) -> None:
-        """Subclass hook: torch.optim's hyper-parameter checks, run on the constructor's defaults and
-        again on every group (add_param_group included), raising ValueError naming the parameter."""
+        """Subclass hook: torch.optim's hyper-parameter checks, run on the constructor's defaults, on
+        every added group and on every loaded group, raising ValueError naming the parameter."""
 
     def _check_group(self, group: dict[str, Any], index: int) -> None:
-        """Subclass hook: validate per-group hyper-parameters (raise ValueError naming the key)."""
+        """Subclass hook: checks of a new group that need its parameters or the other groups (raise
+        ValueError naming the key; add_param_group then drops the group)."""
 
     # ---------------------------------------------------------------- device scalars
     def _lr_tensor(self, group_index: int, group: dict[str, Any], device: torch.device) -> Tensor:
@@ -154,20 +174,29 @@ class FusedOptimizer(torch.optim.Optimizer):
         raise RuntimeError(f"{where} has a gradient of {g.dtype}/{tuple(g.shape)} on {g.device}; expected the "
                            f"parameter's {p.dtype}/{tuple(p.shape)} on {p.device}")
 
-    def _buckets(self, params: list[Tensor]) -> list[tuple[torch.device, list[Tensor]]]:
-        """(device, parameters) per (device, dtype) bucket, cached on the identity of `params`: the
-        grouping costs ~0.3 ms per step for 640 tensors, about a third of a fused Adam step on them."""
-        # The cache holds the parameters, so their ids stay unique while cached; dtypes and devices are
-        # in the key because module.to() changes them in place.
+    def _buckets(self, slot: Any, params: list[Tensor]) -> list[tuple[torch.device, list[Tensor]]]:
+        """(device, parameters) per (device, dtype) bucket of `params`: the grouping costs ~0.3 ms per
+        step for 640 tensors, about a third of a fused Adam step on them, so it is cached.
+
+        `slot` names the list (a group index, or a subclass's own key for all groups): one entry per
+        slot, replaced when its parameters change, so any number of groups stays cached.
+        """
+        # The entry holds the parameters (in its buckets), so their ids stay unique while cached;
+        # dtypes and devices are in the key because module.to() changes them in place.
         key = tuple((id(p), p.dtype, p.device) for p in params)
-        hit = self._bucket_cache.get(key)
-        if hit is None:
+        hit = self._bucket_cache.get(slot)
+        if hit is None or hit[0] != key:
             buckets = [(device, [params[i] for i in idx])
                        for (device, _), idx in group_by_device_dtype(params).items()]
-            if len(self._bucket_cache) >= 16:  # gradient patterns rarely vary; bound the cache anyway
-                self._bucket_cache.clear()
-            hit = self._bucket_cache[key] = (list(params), buckets)
+            hit = self._bucket_cache[slot] = (key, buckets)
         return hit[1]
+
+    def _ensure_state(self, group: dict[str, Any], params: list[Tensor]) -> None:
+        """Creates the state of parameters stepped for the first time."""
+        for p in params:
+            state = self.state[p]
+            if not state:
+                self._init_state(p, state, group)
 
     @torch.no_grad()
     def step(self, closure: Callable[[], float] | None = None):
@@ -178,11 +207,8 @@ class FusedOptimizer(torch.optim.Optimizer):
                 loss = closure()
         collected = self._collect()
         for gi, (group, params) in enumerate(zip(self.param_groups, collected)):
-            for device, bucket in self._buckets(params):
-                state = self.state
-                for p in bucket:
-                    if not state[p]:
-                        self._init_state(p, state[p], group)
+            for device, bucket in self._buckets(gi, params):
+                self._ensure_state(group, bucket)
                 grad_scale, found_inf = self._amp_scalars(device)
                 self._launch(group, bucket, [p.grad for p in bucket], self._lr_tensor(gi, group, device),
                              grad_scale, found_inf)
@@ -201,8 +227,9 @@ class FusedOptimizer(torch.optim.Optimizer):
 
     # ---------------------------------------------------------------- checkpoints
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """torch.optim's load, after checking every state entry against its parameter (nothing is
-        changed when a check fails), then steps moved to the parameters' devices as 0-d fp32."""
+        """torch.optim's load, after checking every group's hyper-parameters and every state entry
+        against its parameter (nothing is changed when a check fails), then steps moved to the
+        parameters' devices as 0-d fp32."""
         self._check_loadable(state_dict)
         super().load_state_dict(state_dict)
         for group in self.param_groups:
@@ -224,6 +251,10 @@ class FusedOptimizer(torch.optim.Optimizer):
             raise ValueError(f"loaded state dict has {len(saved_groups)} parameter groups; "
                              f"this optimizer has {len(self.param_groups)}")
         for gi, (saved, group) in enumerate(zip(saved_groups, self.param_groups)):
+            try:
+                self._check_hparams({**self.defaults, **saved})  # as add_param_group would
+            except ValueError as exc:
+                raise ValueError(f"loaded param_groups[{gi}]: {exc}") from None
             if len(saved["params"]) != len(group["params"]):
                 raise ValueError(f"loaded param_groups[{gi}] has {len(saved['params'])} parameters; "
                                  f"this optimizer's has {len(group['params'])}")

@@ -22,7 +22,6 @@ class Adagrad(FusedOptimizer):
         defaults = dict(lr=lr, lr_decay=lr_decay, eps=eps, weight_decay=weight_decay,
                         initial_accumulator_value=initial_accumulator_value, foreach=foreach, maximize=maximize,
                         differentiable=differentiable, fused=fused)
-        self._check_hparams(defaults)
         super().__init__(params, defaults, backend)
         for group in self.param_groups:
             for p in group["params"]:

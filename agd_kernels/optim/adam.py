@@ -27,7 +27,6 @@ class Adam(FusedOptimizer):
         defaults = dict(lr=lr, betas=(float(betas[0]), float(betas[1])), eps=eps, weight_decay=weight_decay,
                         amsgrad=amsgrad, maximize=maximize, foreach=foreach, capturable=capturable,
                         differentiable=differentiable, fused=fused, decoupled_weight_decay=decoupled_weight_decay)
-        self._check_hparams(defaults)
         super().__init__(params, defaults, backend)
 
     def _check_hparams(self, hparams):

@@ -17,9 +17,13 @@ from .. import ops
 from .._grouping import group_by_device_dtype
 from ..reference.agd import target_scale
 from ..reference.sumsq import num_slices
-from ._base import FusedOptimizer, describe_param
+from ._base import FusedOptimizer, describe_param, is_number
 
 BIAS_MODES = ("reject", "follow")
+
+
+def _valid_gain(gain) -> bool:
+    return is_number(gain) and math.isfinite(gain) and gain > 0
 
 
 @dataclass
@@ -45,10 +49,12 @@ class AGD(FusedOptimizer):
     After a step, `last_eta` and `last_G` hold that step's eta and G as 0-d device tensors.
     """
 
+    _ONE_DEVICE_BECAUSE = "G spans every layer"
+
     def __init__(self, params, gain: float = 1.0, *, bias_mode: str = "reject", backend: str = "auto"):
         if bias_mode not in BIAS_MODES:
             raise ValueError(f"bias_mode must be one of {BIAS_MODES}; got {bias_mode!r}")
-        if not (isinstance(gain, (int, float)) and math.isfinite(gain) and gain > 0):
+        if not _valid_gain(gain):
             raise ValueError(f"Invalid gain: {gain!r}; expected a finite number > 0")
         self.bias_mode = bias_mode
         self._plans: dict[tuple, _Plan] = {}
@@ -58,21 +64,14 @@ class AGD(FusedOptimizer):
 
     def _check_group(self, group, index):
         gain = group["gain"]
-        if not (isinstance(gain, (int, float)) and math.isfinite(gain) and gain > 0):
-            self.param_groups.pop()
+        if not _valid_gain(gain):
             raise ValueError(f"Invalid gain in param_groups[{index}]: {gain!r}; expected a finite number > 0")
-        devices = {p.device for g in self.param_groups for p in g["params"]}
-        if len(devices) > 1:
-            self.param_groups.pop()
-            raise ValueError("AGD needs all parameters on one device (G spans every layer); got "
-                             f"{sorted(map(str, devices))}")
         seen_matrix = any(p.dim() >= 2 for g in self.param_groups[:-1] for p in g["params"])
         for pos, p in enumerate(group["params"]):
             if p.dim() >= 2:
                 seen_matrix = True
                 continue
             if self.bias_mode == "reject" or not seen_matrix:
-                self.param_groups.pop()
                 why = ("AGD normalises weights of rank >= 2 only; pass bias_mode='follow' to update it "
                        "with its preceding weight, or leave it out") if self.bias_mode == "reject" else \
                       "with bias_mode='follow' it needs a preceding weight of rank >= 2 to follow"

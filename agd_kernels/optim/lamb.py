@@ -13,9 +13,8 @@ import torch
 from torch import Tensor
 
 from .. import ops
-from .._grouping import group_by_device_dtype
 from ..reference.sumsq import num_slices
-from ._base import FusedOptimizer, check_betas, check_non_negative
+from ._base import FusedOptimizer, check_betas, check_non_negative, is_number
 
 VARIANTS = ("apex", "paper")
 #: Group keys that exist in one variant only; the other variant rejects them instead of ignoring them.
@@ -26,7 +25,7 @@ _VARIANT_KEYS = {"apex": ("adam_w_mode", "use_nvlamb"),
 def _check_max_grad_norm(value: Any) -> None:
     if value is None:
         return
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+    if not (is_number(value) and value > 0):
         raise ValueError(f"Invalid max_grad_norm: {value!r}; expected a number > 0, or None to disable the "
                          "global gradient clip")
 
@@ -57,6 +56,7 @@ class LAMB(FusedOptimizer):
     """
 
     _STATE_SHAPES = {"exp_avg": True, "exp_avg_sq": True}
+    _ONE_DEVICE_BECAUSE = "the clip uses one global gradient norm"
 
     def __init__(self, params, lr: float | Tensor = 1e-3, bias_correction: bool = True,
                  betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-6, weight_decay: float = 0.01,
@@ -85,7 +85,6 @@ class LAMB(FusedOptimizer):
                                  "variant adds weight decay to u and adapts every group not excluded per group")
             defaults.update(exclude_from_weight_decay=False, exclude_from_layer_adaptation=False,
                             phi_min=phi_min, phi_max=phi_max)
-        self._check_hparams(defaults)
         self._grad_sumsq: Tensor | None = None  # this step's global-norm buffer (see _collect)
         self._clip_at = math.inf
         super().__init__(params, defaults, backend)
@@ -111,14 +110,8 @@ class LAMB(FusedOptimizer):
     def _check_group(self, group, index):
         mine, everyone = group["max_grad_norm"], self.defaults["max_grad_norm"]
         if mine != everyone:
-            self.param_groups.pop()
             raise ValueError(f"param_groups[{index}] sets max_grad_norm={mine!r}, but max_grad_norm is global "
                              f"(one clip over all groups, as in apex): pass it to the constructor (now {everyone!r})")
-        devices = {p.device for g in self.param_groups for p in g["params"]}
-        if len(devices) > 1:
-            self.param_groups.pop()
-            raise ValueError(f"LAMB needs all parameters on one device (the clip uses one global gradient "
-                             f"norm); got {sorted(map(str, devices))}")
 
     def _init_state(self, p, state, group):
         state["step"] = self._new_step(p)
@@ -133,19 +126,21 @@ class LAMB(FusedOptimizer):
         if len(values) > 1:
             raise ValueError(f"max_grad_norm is global, but the param groups hold {sorted(values, key=str)}; "
                              "set one value in every group")
-        grads = [p.grad for params in collected for p in params]
+        params = [p for group_params in collected for p in group_params]
         self._clip_at = math.inf if None in values else values.pop()
-        if self._clip_at == math.inf or not grads:
+        if self._clip_at == math.inf or not params:
             # No clip: nothing reads the norm, so the pass is skipped (an empty sum is 0).
-            device = grads[0].device if grads else torch.device("cpu")
+            device = params[0].device if params else torch.device("cpu")
             self._grad_sumsq = torch.zeros(0, dtype=torch.float32, device=device)
             return collected
-        buckets = list(group_by_device_dtype(grads).values())
-        sizes = [sum(num_slices(grads[i].shape) for i in idx) for idx in buckets]
-        self._grad_sumsq = torch.empty(sum(sizes), dtype=torch.float32, device=grads[0].device)
+        # _collect checked that each gradient has its parameter's device and dtype: the parameters'
+        # (cached) buckets are the gradients' buckets.
+        buckets = [bucket for _, bucket in self._buckets("all groups", params)]
+        sizes = [sum(num_slices(p.shape) for p in bucket) for bucket in buckets]
+        self._grad_sumsq = torch.empty(sum(sizes), dtype=torch.float32, device=params[0].device)
         start = 0
-        for idx, size in zip(buckets, sizes):
-            ops.slice_sumsq_([grads[i] for i in idx], self._grad_sumsq.narrow(0, start, size), backend=self.backend)
+        for bucket, size in zip(buckets, sizes):
+            ops.slice_sumsq_([p.grad for p in bucket], self._grad_sumsq.narrow(0, start, size), backend=self.backend)
             start += size
         return collected
 
@@ -169,21 +164,17 @@ class LAMB(FusedOptimizer):
             grad_averaging=group["grad_averaging"], adam_w_mode=adam_w_mode, use_trust_ratio=use_trust_ratio,
             phi_min=phi_min, phi_max=phi_max, grad_scale=grad_scale, found_inf=found_inf, backend=self.backend)
 
+    def _check_loadable(self, state_dict: dict[str, Any]) -> None:
+        super()._check_loadable(state_dict)  # every group's hyper-parameters, max_grad_norm included
+        default = self.defaults["max_grad_norm"]
+        values = {g.get("max_grad_norm", default) for g in state_dict["param_groups"]}
+        if len(values) > 1:
+            raise ValueError(f"loaded param groups hold different max_grad_norm values "
+                             f"{sorted(values, key=str)}; LAMB's clip is global")
+
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """torch.optim's load (checked first, see FusedOptimizer), after checking the saved groups'
-        hyper-parameters as add_param_group would; the saved max_grad_norm becomes the optimizer's."""
-        groups = state_dict.get("param_groups") if isinstance(state_dict, dict) else None
-        if isinstance(groups, list):
-            merged = [{**self.defaults, **g} for g in groups if isinstance(g, dict)]
-            for i, group in enumerate(merged):
-                try:
-                    self._check_hparams(group)
-                except ValueError as exc:
-                    raise ValueError(f"loaded param_groups[{i}]: {exc}") from None
-            values = {g["max_grad_norm"] for g in merged}
-            if len(values) > 1:
-                raise ValueError(f"loaded param groups hold different max_grad_norm values "
-                                 f"{sorted(values, key=str)}; LAMB's clip is global")
+        """torch.optim's load (checked first, see FusedOptimizer; the saved groups must share one
+        max_grad_norm), after which the saved max_grad_norm becomes the optimizer's."""
         super().load_state_dict(state_dict)
         for group in self.param_groups:
             for key, value in self.defaults.items():

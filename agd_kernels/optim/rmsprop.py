@@ -21,7 +21,6 @@ class RMSprop(FusedOptimizer):
         defaults = dict(lr=lr, momentum=momentum, alpha=alpha, eps=eps, centered=centered,
                         weight_decay=weight_decay, capturable=capturable, foreach=foreach, maximize=maximize,
                         differentiable=differentiable)
-        self._check_hparams(defaults)
         super().__init__(params, defaults, backend)
 
     def _check_hparams(self, hparams):

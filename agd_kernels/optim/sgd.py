@@ -21,7 +21,6 @@ class SGD(FusedOptimizer):
         defaults = dict(lr=lr, momentum=momentum, dampening=dampening, weight_decay=weight_decay,
                         nesterov=nesterov, maximize=maximize, foreach=foreach, differentiable=differentiable,
                         fused=fused)
-        self._check_hparams(defaults)
         super().__init__(params, defaults, backend)
 
     def _check_hparams(self, hparams):

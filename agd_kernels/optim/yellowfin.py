@@ -14,9 +14,8 @@ import torch
 from torch import Tensor
 
 from .. import ops
-from .._grouping import group_by_device_dtype
 from ..reference.yellowfin import SCRATCH, SLOT, SLOTS, new_tuner
-from ._base import FusedOptimizer, check_non_negative
+from ._base import FusedOptimizer, check_non_negative, is_number
 
 #: Tuner options: global, because the statistics span every group.
 OPTIONS = ("clip_thresh", "beta", "curv_win_width", "zero_debias", "sparsity_debias", "auto_clip_fac",
@@ -27,7 +26,7 @@ _FLAGS = ("zero_debias", "sparsity_debias", "force_non_inc_step", "h_max_log_smo
 
 
 def _positive(value: Any) -> bool:
-    return not isinstance(value, bool) and isinstance(value, (int, float)) and value > 0 and math.isfinite(value)
+    return is_number(value) and value > 0 and math.isfinite(value)
 
 
 def check_options(options: dict[str, Any]) -> None:
@@ -35,7 +34,7 @@ def check_options(options: dict[str, Any]) -> None:
     if options.keys() != set(OPTIONS):
         raise ValueError(f"YellowFin options must be exactly {sorted(OPTIONS)}; got {sorted(options)}")
     beta = options["beta"]
-    if isinstance(beta, bool) or not isinstance(beta, (int, float)) or not 0.0 <= beta < 1.0:
+    if not (is_number(beta) and 0.0 <= beta < 1.0):
         raise ValueError(f"Invalid beta: {beta!r}; expected 0 <= beta < 1")
     width = options["curv_win_width"]
     if isinstance(width, bool) or not isinstance(width, int) or width < 1:
@@ -74,6 +73,7 @@ class YellowFin(FusedOptimizer):
     """
 
     _STATE_SHAPES = {"grad_avg": True, "momentum_buffer": True}
+    _ONE_DEVICE_BECAUSE = "its statistics span every group"
 
     def __init__(self, params, lr: float = 1e-4, mu: float = 0.0, clip_thresh: float | None = None,
                  weight_decay: float = 0.0, beta: float = 0.999, curv_win_width: int = 20, zero_debias: bool = True,
@@ -81,9 +81,9 @@ class YellowFin(FusedOptimizer):
                  force_non_inc_step: bool = False, h_max_log_smooth: bool = True, h_min_log_smooth: bool = True,
                  adapt_clip: bool = True, stat_protect_fac: float = 100.0, catastrophic_move_thresh: float = 100.0,
                  *, backend: str = "auto"):
-        if isinstance(lr, Tensor) or not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr >= 0):
+        if not (is_number(lr) and math.isfinite(lr) and lr >= 0):
             raise ValueError(f"Invalid learning rate: {lr!r}; expected a finite number >= 0 (the lr of step 0)")
-        if isinstance(mu, Tensor) or not (isinstance(mu, (int, float)) and 0.0 <= mu < 1.0):
+        if not (is_number(mu) and 0.0 <= mu < 1.0):
             raise ValueError(f"Invalid mu: {mu!r}; expected 0 <= mu < 1 (the momentum of step 0)")
         self.options = dict(clip_thresh=clip_thresh, beta=beta, curv_win_width=curv_win_width, zero_debias=zero_debias,
                             sparsity_debias=sparsity_debias, auto_clip_fac=auto_clip_fac,
@@ -91,9 +91,7 @@ class YellowFin(FusedOptimizer):
                             h_min_log_smooth=h_min_log_smooth, adapt_clip=adapt_clip,
                             stat_protect_fac=stat_protect_fac, catastrophic_move_thresh=catastrophic_move_thresh)
         check_options(self.options)
-        defaults = dict(weight_decay=weight_decay)
-        self._check_hparams(defaults)
-        super().__init__(params, defaults, backend)
+        super().__init__(params, dict(weight_decay=weight_decay), backend)
         self.tuner = new_tuner(float(lr), float(mu), curv_win_width, self.param_groups[0]["params"][0].device)
         self.last_lr: Tensor | None = None
         self.last_mu: Tensor | None = None
@@ -101,20 +99,13 @@ class YellowFin(FusedOptimizer):
     def _check_hparams(self, hparams):
         check_non_negative("weight_decay value", hparams["weight_decay"])
 
-    def _check_group(self, group, index):
-        devices = {p.device for g in self.param_groups for p in g["params"]}
-        if len(devices) > 1:
-            self.param_groups.pop()
-            raise ValueError(f"YellowFin needs all parameters on one device (its statistics span every "
-                             f"group); got {sorted(map(str, devices))}")
-
     def _init_state(self, p, state, group):
         state["grad_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
         state["momentum_buffer"] = torch.zeros_like(p, memory_format=torch.preserve_format)
 
     def set_lr_factor(self, factor: float) -> None:
         """Multiply the tuned lr by `factor` from the next step on (the reference's hand-tuning hook)."""
-        if isinstance(factor, bool) or not isinstance(factor, (int, float)) or not 0 <= factor < math.inf:
+        if not (is_number(factor) and 0 <= factor < math.inf):
             raise ValueError(f"Invalid lr factor: {factor!r}; expected a finite number >= 0")
         self.tuner[SLOT["lr_factor"]].fill_(factor)  # a device fill, no host sync
 
@@ -144,24 +135,21 @@ class YellowFin(FusedOptimizer):
             self.last_lr, self.last_mu = self.tuner[SLOT["applied_lr"]].clone(), self.tuner[SLOT["mu_t"]].clone()
             return (self.last_lr, self.last_mu) if closure is None else loss
         for group, group_params in zip(self.param_groups, collected):
-            for p in group_params:
-                if not self.state[p]:
-                    self._init_state(p, self.state[p], group)
+            self._ensure_state(group, group_params)
         device = self.tuner.device
         # Pass A: one row of sums per (device, dtype) bucket, across groups.
-        buckets = list(group_by_device_dtype(params).values())
+        buckets = self._buckets("all groups", params)
         stats = torch.empty((len(buckets), 4), dtype=torch.float64, device=device)
-        for row, idx in enumerate(buckets):
-            ops.yellowfin_stats_([params[i].grad for i in idx], [self.state[params[i]]["grad_avg"] for i in idx],
+        for row, (_, bucket) in enumerate(buckets):
+            ops.yellowfin_stats_([p.grad for p in bucket], [self.state[p]["grad_avg"] for p in bucket],
                                  stats[row], backend=self.backend)
         grad_scale, found_inf = self._amp_scalars(device)
         self.last_lr, self.last_mu = ops.yellowfin_tune_(
             self.tuner, stats, numel=float(sum(p.numel() for p in params)), **self._tune_args(),
             grad_scale=grad_scale, found_inf=found_inf, backend=self.backend)
         # Pass B per group: weight decay is the one per-group hyper-parameter.
-        for group, group_params in zip(self.param_groups, collected):
-            for idx in group_by_device_dtype(group_params).values():
-                bucket = [group_params[i] for i in idx]
+        for gi, (group, group_params) in enumerate(zip(self.param_groups, collected)):
+            for _, bucket in self._buckets(gi, group_params):
                 states = [self.state[p] for p in bucket]
                 ops.yellowfin_apply_(bucket, [p.grad for p in bucket], [s["grad_avg"] for s in states],
                                      [s["momentum_buffer"] for s in states], self.tuner, stats,
