@@ -7,7 +7,6 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 from torch import Tensor
-from torch.library import wrap_triton
 
 from . import multi_tensor as mt
 from ._common import last_to_arrive, load, program_chunk, row_pointer, scalar
@@ -83,12 +82,4 @@ def adagrad_step_triton(params: list[Tensor], grads: list[Tensor], state_sums: l
     mt.check_scalar(op, "lr", lr, device)
     scale, inf = mt.amp_scalars(grad_scale, found_inf, device, op)
     hyper = (lr, scale, inf, lr_decay, weight_decay, eps, int(maximize))
-    cfg = mt.config(device)
-    meta = dict(BLOCK=cfg.block, CHUNK=cfg.chunk, num_warps=cfg.num_warps)
-    if mt.traced(params[0]):
-        for grid, args in mt.tensor_launches(params, grads, states, state_steps, cfg.chunk):
-            wrap_triton(_adagrad_tensor_kernel)[grid](*args, *hyper, **meta)
-        return
-    tab, grad_ptrs, align = mt.elementwise_table(op, params, grads, states, state_steps, cfg.chunk)
-    wrap_triton(_adagrad_kernel)[(tab.n_blocks,)](tab.rows, grad_ptrs, tab.blocks, tab.counters, *hyper,
-                                                  DTYPE=mt.TL_DTYPE[params[0].dtype], ALIGN=align, **meta)
+    mt.launch_elementwise(op, _adagrad_kernel, _adagrad_tensor_kernel, params, grads, states, state_steps, hyper)

@@ -9,7 +9,6 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 from torch import Tensor
-from torch.library import wrap_triton
 
 from . import multi_tensor as mt
 from ._common import last_to_arrive, lerp, load, pow_f64, program_chunk, row_pointer, scalar
@@ -112,12 +111,4 @@ def adam_step_triton(params: list[Tensor], grads: list[Tensor], exp_avgs: list[T
     mt.check_scalar(op, "lr", lr, device)
     scale, inf = mt.amp_scalars(grad_scale, found_inf, device, op)
     hyper = (lr, scale, inf, beta1, beta2, eps, weight_decay, int(amsgrad), int(maximize), int(decoupled_weight_decay))
-    cfg = mt.config(device)
-    meta = dict(BLOCK=cfg.block, CHUNK=cfg.chunk, num_warps=cfg.num_warps)
-    if mt.traced(params[0]):
-        for grid, args in mt.tensor_launches(params, grads, states, state_steps, cfg.chunk):
-            wrap_triton(_adam_tensor_kernel)[grid](*args, *hyper, **meta)
-        return
-    tab, grad_ptrs, align = mt.elementwise_table(op, params, grads, states, state_steps, cfg.chunk)
-    wrap_triton(_adam_kernel)[(tab.n_blocks,)](tab.rows, grad_ptrs, tab.blocks, tab.counters, *hyper,
-                                               DTYPE=mt.TL_DTYPE[params[0].dtype], ALIGN=align, **meta)
+    mt.launch_elementwise(op, _adam_kernel, _adam_tensor_kernel, params, grads, states, state_steps, hyper)

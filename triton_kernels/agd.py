@@ -128,7 +128,7 @@ def agd_step_triton(params: list[Tensor], grads: list[Tensor], sumsq: Tensor, sl
     scalars = (sumsq, slice_sv, sumsq.numel(), float(depth), float(gain), scale, inf, eta, big_g)
     # per tensor: element e of a weight uses tap e % taps (taps >= 1 even for a zero-size kernel dim,
     # which has no elements) and slots [slot, slot + count); a follower (rank <= 1) pools its owner's.
-    rows = [(max(1, num_slices(p.shape)) if p.dim() >= 2 else 1, s, c, int(p.dim() < 2))
+    rows = [(max(1, num_slices(p.shape)), s, c, int(p.dim() < 2))
             for p, s, c in zip(params, slice_start, slice_count)]
     if not params or mt.traced(sumsq):
         # one launch per tensor; with no tensors, one empty launch still writes eta and G

@@ -30,6 +30,7 @@ from typing import Sequence
 import torch
 from torch import Tensor
 from torch._subclasses.fake_tensor import is_fake
+from torch.library import wrap_triton
 from torch.utils._python_dispatch import _get_current_dispatch_mode
 
 import triton.language as tl
@@ -186,6 +187,24 @@ def tensor_launches(params: Sequence[Tensor], grads: Sequence[Tensor], states: S
         if steps is not None:
             args += [steps[i], torch.zeros(1, dtype=torch.int32, device=p.device)]
         yield (n_programs(p.numel(), chunk),), (*args, p.numel())
+
+
+def launch_elementwise(op: str, kernel, tensor_kernel, params: Sequence[Tensor], grads: Sequence[Tensor],
+                       states: Sequence[Sequence[Tensor] | None], steps: Sequence[Tensor] | None,
+                       hyper: Sequence) -> None:
+    """The launch of an elementwise optimizer op: `kernel` once over the pointer table (arguments rows, gradient
+    pointers, blocks, arrival counters when there are step counters, then `hyper`), or while tracing
+    `tensor_kernel` once per tensor (the arguments of tensor_launches, then `hyper`)."""
+    cfg = config(params[0].device)
+    meta = dict(BLOCK=cfg.block, CHUNK=cfg.chunk, num_warps=cfg.num_warps)
+    if traced(params[0]):
+        for grid, args in tensor_launches(params, grads, states, steps, cfg.chunk):
+            wrap_triton(tensor_kernel)[grid](*args, *hyper, **meta)
+        return
+    tab, grad_ptrs, align = elementwise_table(op, params, grads, states, steps, cfg.chunk)
+    counters = () if steps is None else (tab.counters,)
+    wrap_triton(kernel)[(tab.n_blocks,)](tab.rows, grad_ptrs, tab.blocks, *counters, *hyper,
+                                         DTYPE=TL_DTYPE[params[0].dtype], ALIGN=align, **meta)
 
 
 def pointers(tensors: Sequence[Tensor], device: torch.device) -> Tensor:

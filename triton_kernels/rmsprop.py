@@ -7,7 +7,6 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 from torch import Tensor
-from torch.library import wrap_triton
 
 from . import multi_tensor as mt
 from ._common import last_to_arrive, lerp, load, program_chunk, row_pointer, scalar
@@ -106,12 +105,4 @@ def rmsprop_step_triton(params: list[Tensor], grads: list[Tensor], square_avgs: 
     mt.check_scalar(op, "lr", lr, device)
     scale, inf = mt.amp_scalars(grad_scale, found_inf, device, op)
     hyper = (lr, scale, inf, alpha, eps, weight_decay, momentum, int(centered), int(maximize))
-    cfg = mt.config(device)
-    meta = dict(BLOCK=cfg.block, CHUNK=cfg.chunk, num_warps=cfg.num_warps)
-    if mt.traced(params[0]):
-        for grid, args in mt.tensor_launches(params, grads, states, state_steps, cfg.chunk):
-            wrap_triton(_rmsprop_tensor_kernel)[grid](*args, *hyper, **meta)
-        return
-    tab, grad_ptrs, align = mt.elementwise_table(op, params, grads, states, state_steps, cfg.chunk)
-    wrap_triton(_rmsprop_kernel)[(tab.n_blocks,)](tab.rows, grad_ptrs, tab.blocks, tab.counters, *hyper,
-                                                  DTYPE=mt.TL_DTYPE[params[0].dtype], ALIGN=align, **meta)
+    mt.launch_elementwise(op, _rmsprop_kernel, _rmsprop_tensor_kernel, params, grads, states, state_steps, hyper)

@@ -8,7 +8,6 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 from torch import Tensor
-from torch.library import wrap_triton
 
 from . import multi_tensor as mt
 from ._common import load, program_chunk, row_pointer, scalar
@@ -91,12 +90,4 @@ def sgd_step_triton(params: list[Tensor], grads: list[Tensor], momentum_buffers:
     # 1 - dampening in double, then fp32 like every Python scalar torch multiplies an fp32 tensor by
     hyper = (lr, scale, inf, momentum, 1.0 - dampening, weight_decay, int(has_momentum), int(nesterov),
              int(maximize), int(is_first_step))
-    cfg = mt.config(device)
-    meta = dict(BLOCK=cfg.block, CHUNK=cfg.chunk, num_warps=cfg.num_warps)
-    if mt.traced(params[0]):
-        for grid, args in mt.tensor_launches(params, grads, states, None, cfg.chunk):
-            wrap_triton(_sgd_tensor_kernel)[grid](*args, *hyper, **meta)
-        return
-    tab, grad_ptrs, align = mt.elementwise_table(op, params, grads, states, None, cfg.chunk)
-    wrap_triton(_sgd_kernel)[(tab.n_blocks,)](tab.rows, grad_ptrs, tab.blocks, *hyper,
-                                              DTYPE=mt.TL_DTYPE[params[0].dtype], ALIGN=align, **meta)
+    mt.launch_elementwise(op, _sgd_kernel, _sgd_tensor_kernel, params, grads, states, None, hyper)

@@ -442,13 +442,5 @@ def yellowfin_apply_triton(params: list[Tensor], grads: list[Tensor], grad_avgs:
     _check_stats(op, stats, device)
     _, inf = mt.amp_scalars(None, found_inf, device, op)
     hyper = (tuner, stats, stats.numel() // 4, inf, beta, weight_decay)
-    cfg = mt.config(device)
-    meta = dict(BLOCK=cfg.block, CHUNK=cfg.chunk, num_warps=cfg.num_warps)
-    states = [grad_avgs, momentum_buffers]
-    if mt.traced(params[0]):
-        for grid, args in mt.tensor_launches(params, grads, states, None, cfg.chunk):
-            wrap_triton(_yellowfin_apply_tensor_kernel)[grid](*args, *hyper, **meta)
-        return
-    tab, grad_ptrs, align = mt.elementwise_table(op, params, grads, states, None, cfg.chunk)
-    wrap_triton(_yellowfin_apply_kernel)[(tab.n_blocks,)](tab.rows, grad_ptrs, tab.blocks, *hyper,
-                                                          DTYPE=mt.TL_DTYPE[params[0].dtype], ALIGN=align, **meta)
+    mt.launch_elementwise(op, _yellowfin_apply_kernel, _yellowfin_apply_tensor_kernel, params, grads,
+                          [grad_avgs, momentum_buffers], None, hyper)

@@ -135,7 +135,7 @@ std::tuple<at::Tensor, at::Tensor> agd_step_cpu(at::TensorList params, at::Tenso
     TORCH_CHECK_VALUE(params[i].dim() < 2 || count == num_slices(params[i]), op, ": params[", i, "] of shape ",
                       params[i].sizes(), " has ", num_slices(params[i]), " taps but slice_count[", i, "] is ", count);
   }
-  const double inv_scale = grad_scale.has_value() ? 1.0 / read_scalar(op, "grad_scale", *grad_scale) : 1.0;
+  const double inv_scale = grad_multiplier(op, grad_scale, /*maximize=*/false);
   at::Tensor eta = at::zeros({}, sumsq.options()), G = at::zeros({}, sumsq.options());
   if (found_inf_set(op, found_inf)) return {eta, G};  // skipped step: nothing written, eta = G = 0
   if (sumsq.scalar_type() == at::kFloat) {

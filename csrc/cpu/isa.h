@@ -138,6 +138,18 @@ inline void prefetch(const T* ptr, int64_t count) {
   }
 }
 
+// Independent fp64 accumulators of the reduction loops (sums of squares, LAMB norms, YellowFin stats):
+// 4 AVX2 registers per sum, enough to hide the FMA latency.
+constexpr int kLanes = 16;
+
+// The kLanes accumulators added in a fixed pairwise order, so a chunk's sum never depends on the thread
+// count; acc is consumed.
+inline double sum_lanes(double (&acc)[kLanes]) {
+  for (int width = kLanes / 2; width > 0; width /= 2)
+    for (int l = 0; l < width; ++l) acc[l] += acc[l + width];
+  return acc[0];
+}
+
 template <typename T>
 void store_if_mutable(T* ptr, int64_t i, math_t<T> value) {
   if constexpr (!std::is_const_v<T>) agd_kernels::store(ptr, i, value);

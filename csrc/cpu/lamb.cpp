@@ -17,9 +17,6 @@
 namespace agd_kernels::cpu {
 namespace {
 
-// Independent fp64 accumulators per norm: 4 AVX2 registers each.
-constexpr int kLanes = 16;
-
 // 16-bit m and v round when stored, while the reference takes u from the unrounded moments: recomputing
 // u from stored fp16 moments moved parameters by up to 5.8e3 (a v that rounds to 0 under eps = 1e-6).
 // So the 16-bit path leaves m and v alone in stage 1 and recomputes the moments from the old state in
@@ -57,14 +54,8 @@ struct LambNorms {
         }
       }
     }
-    for (int width = kLanes / 2; width > 0; width /= 2) {
-      for (int l = 0; l < width; ++l) {
-        acc_p[l] += acc_p[l + width];
-        acc_u[l] += acc_u[l + width];
-      }
-    }
-    sums[0] = acc_p[0];
-    sums[1] = acc_u[0];
+    sums[0] = sum_lanes(acc_p);
+    sums[1] = sum_lanes(acc_u);
   }
 };
 

@@ -102,16 +102,17 @@ inline bool same_layout(const at::Tensor& a, const at::Tensor& b) {
   return (a.is_contiguous() && b.is_contiguous()) || a.strides() == b.strides();
 }
 
-inline void check_params(const char* op, at::TensorList params) {
+// The leading list of an op (`params`, or `name`): CPU, one supported dtype, dense.
+inline void check_params(const char* op, at::TensorList params, const char* name = "params") {
   for (size_t i = 0; i < params.size(); ++i) {
     const at::Tensor& p = params[i];
-    TORCH_CHECK(p.device().is_cpu(), op, ": params[", i, "] is on ", p.device(),
+    TORCH_CHECK(p.device().is_cpu(), op, ": ", name, "[", i, "] is on ", p.device(),
                 "; the cpu backend takes CPU tensors");
-    TORCH_CHECK_TYPE(is_supported_dtype(p.scalar_type()), op, ": params[", i, "] has dtype ", p.scalar_type(),
+    TORCH_CHECK_TYPE(is_supported_dtype(p.scalar_type()), op, ": ", name, "[", i, "] has dtype ", p.scalar_type(),
                      "; expected float32, float64, float16 or bfloat16");
-    TORCH_CHECK_TYPE(p.scalar_type() == params[0].scalar_type(), op, ": params[", i, "] is ", p.scalar_type(),
-                     " but params[0] is ", params[0].scalar_type(), "; one call takes one dtype");
-    TORCH_CHECK_VALUE(p.is_non_overlapping_and_dense(), op, ": params[", i,
+    TORCH_CHECK_TYPE(p.scalar_type() == params[0].scalar_type(), op, ": ", name, "[", i, "] is ", p.scalar_type(),
+                     " but ", name, "[0] is ", params[0].scalar_type(), "; one call takes one dtype");
+    TORCH_CHECK_VALUE(p.is_non_overlapping_and_dense(), op, ": ", name, "[", i,
                       "] must be dense and non-overlapping (e.g. contiguous); got strides ", p.strides());
   }
 }

@@ -69,9 +69,7 @@ void rmsprop_step_cpu(at::TensorList params, at::TensorList grads, at::TensorLis
   advance_steps(state_steps);  // counted for checkpoints; the math does not use it
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, params[0].scalar_type(), "rmsprop_step_cpu", [&] {
     using M = math_t<scalar_t>;
-    const RmspropScalars<M> s{static_cast<M>(grad_mul), static_cast<M>(weight_decay), static_cast<M>(alpha),
-                              static_cast<M>(1.0 - alpha), static_cast<M>(eps), static_cast<M>(momentum),
-                              static_cast<M>(lr_value)};
+    const auto s = rmsprop_scalars<M>(lr_value, alpha, eps, weight_decay, momentum, grad_mul);
     const auto none = std::vector<scalar_t*>(params.size());
     const auto p = data_ptrs<scalar_t>(params);
     const auto g = data_ptrs<const scalar_t>(grads);

@@ -42,8 +42,7 @@ void sgd_step_cpu(at::TensorList params, at::TensorList grads, at::TensorList mo
   const Isa isa = active_isa();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, params[0].scalar_type(), "sgd_step_cpu", [&] {
     using M = math_t<scalar_t>;
-    const SgdScalars<M> s{static_cast<M>(grad_mul), static_cast<M>(weight_decay), static_cast<M>(momentum),
-                          static_cast<M>(1.0 - dampening), static_cast<M>(lr_value), is_first_step, nesterov};
+    const auto s = sgd_scalars<M>(lr_value, momentum, dampening, weight_decay, nesterov, is_first_step, grad_mul);
     const auto p = data_ptrs<scalar_t>(params);
     const auto g = data_ptrs<const scalar_t>(grads);
     const auto b = has_momentum ? data_ptrs<scalar_t>(momentum_buffers) : std::vector<scalar_t*>(params.size());

@@ -16,8 +16,6 @@ namespace {
 // Columns per block: bounds the per-block accumulator array (8 KiB of fp64) for tensors with huge
 // trailing dims; rows per block then fill kChunk elements.
 constexpr int64_t kMaxBlockCols = 1024;
-// Independent fp64 accumulators of the one-slice loop: 4 AVX2 registers, enough to hide FMA latency.
-constexpr int kLanes = 16;
 
 struct Block {
   int64_t tensor, row_begin, row_end, col_begin, col_end;
@@ -66,9 +64,7 @@ struct SumsqBlock {
       const double v = agd_kernels::load(x, i);
       acc[l] += v * v;
     }
-    for (int width = kLanes / 2; width > 0; width /= 2)  // fixed pairwise combine
-      for (int l = 0; l < width; ++l) acc[l] += acc[l + width];
-    *partial = acc[0];
+    *partial = sum_lanes(acc);
   }
 };
 

@@ -17,8 +17,6 @@
 namespace agd_kernels::cpu {
 namespace {
 
-constexpr int kLanes = 16;  // independent fp64 accumulators per sum
-
 template <typename T>
 struct YellowfinStats {
   // sums[0..3] = sum g^2, sum a*g, sum a^2, nnz(g) over n elements; products rounded in the math type
@@ -42,11 +40,7 @@ struct YellowfinStats {
         for (int j = 0; j < kTile; j += kLanes)
           for (int l = 0; l < kLanes; ++l) acc[s][l] += static_cast<double>(tile[s][j + l]);
     }
-    for (int s = 0; s < 4; ++s) {
-      for (int width = kLanes / 2; width > 0; width /= 2)
-        for (int l = 0; l < width; ++l) acc[s][l] += acc[s][l + width];
-      sums[s] = acc[s][0];
-    }
+    for (int s = 0; s < 4; ++s) sums[s] = sum_lanes(acc[s]);
   }
 };
 
@@ -88,15 +82,7 @@ void summed_stats(const char* op, const at::Tensor& stats, double sums[4]) {
 
 void yellowfin_stats_cpu(at::TensorList grads, at::TensorList grad_avgs, const at::Tensor& out) {
   constexpr const char* op = "yellowfin_stats_";
-  for (size_t i = 0; i < grads.size(); ++i) {
-    TORCH_CHECK(grads[i].device().is_cpu(), op, ": grads[", i, "] is on ", grads[i].device(),
-                "; the cpu backend takes CPU tensors");
-    TORCH_CHECK_TYPE(is_supported_dtype(grads[i].scalar_type()) && grads[i].scalar_type() == grads[0].scalar_type(),
-                     op, ": grads[", i, "] has dtype ", grads[i].scalar_type(), "; expected one of float32, float64, "
-                     "float16, bfloat16, the same for every tensor");
-    TORCH_CHECK_VALUE(grads[i].is_non_overlapping_and_dense(), op, ": grads[", i,
-                      "] must be dense and non-overlapping (e.g. contiguous)");
-  }
+  check_params(op, grads, "grads");
   check_like(op, "grad_avgs", grads, grad_avgs, "grads");
   check_fp64_cpu(op, "out", out);
   TORCH_CHECK_VALUE(out.numel() == 4 && out.dim() == 1, op, ": out must be a 1-D tensor of 4 values; got shape ",
@@ -135,7 +121,7 @@ std::tuple<at::Tensor, at::Tensor> yellowfin_tune_cpu(
                     kYfSlots + curv_win_width, " values; got shape ", tuner.sizes());
   double sums[4];
   summed_stats(op, stats, sums);
-  const double inv_scale = grad_scale.has_value() ? 1.0 / read_scalar(op, "grad_scale", *grad_scale) : 1.0;
+  const double inv_scale = grad_multiplier(op, grad_scale, /*maximize=*/false);
   const bool skip = found_inf_set(op, found_inf);
   const YellowfinConfig config{numel, beta, curv_win_width, zero_debias, sparsity_debias, clip_thresh,
                                auto_clip_fac, adapt_clip, stat_protect_fac, catastrophic_move_thresh,
@@ -165,9 +151,7 @@ void yellowfin_apply_cpu(at::TensorList params, at::TensorList grads, at::Tensor
   const Isa isa = active_isa();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, params[0].scalar_type(), "yellowfin_apply_cpu", [&] {
     using M = math_t<scalar_t>;
-    const YellowfinScalars<M> s{static_cast<M>(beta), static_cast<M>((1 - beta) * state[kYfStatsCoef]),
-                                static_cast<M>(state[kYfStepCoef]), static_cast<M>(weight_decay),
-                                static_cast<M>(state[kYfMuT]), static_cast<M>(state[kYfAppliedLr])};
+    const auto s = yellowfin_scalars<M>(state, beta, weight_decay);
     const auto p = data_ptrs<scalar_t>(params);
     const auto g = data_ptrs<const scalar_t>(grads);
     const auto a = data_ptrs<scalar_t>(grad_avgs);

@@ -93,8 +93,10 @@ def _record_all() -> list[dict]:
     recorder = _Recorder()
     with contextlib.ExitStack() as stack:
         mp = stack.enter_context(pytest.MonkeyPatch.context())
-        for mod in MODULES:
-            mp.setattr(importlib.import_module(f"{PACKAGE}.{mod}"), "wrap_triton", recorder)
+        for mod in (*MODULES, "multi_tensor"):  # multi_tensor launches the elementwise ops
+            module = importlib.import_module(f"{PACKAGE}.{mod}")
+            if hasattr(module, "wrap_triton"):
+                mp.setattr(module, "wrap_triton", recorder)
         mp.setattr(multi_tensor, "config", lambda device: multi_tensor.GPU)
         # both table alignments (16-byte vector loads, or not) and the per-tensor path torch.compile takes
         for traced, align in ((False, 16), (False, 1), (True, None)):

@@ -14,6 +14,20 @@ struct RmspropScalars {
   M lr;
 };
 
+template <typename M>
+AGDK_HOST_DEVICE RmspropScalars<M> rmsprop_scalars(double lr, double alpha, double eps, double weight_decay,
+                                                   double momentum, double grad_mul) {
+  RmspropScalars<M> s;
+  s.grad_mul = static_cast<M>(grad_mul);
+  s.weight_decay = static_cast<M>(weight_decay);
+  s.alpha = static_cast<M>(alpha);
+  s.one_minus_alpha = static_cast<M>(1.0 - alpha);
+  s.eps = static_cast<M>(eps);
+  s.momentum = static_cast<M>(momentum);
+  s.lr = static_cast<M>(lr);
+  return s;
+}
+
 // How the centered variant tracks the gradient mean: not at all, or by a lerp anchored at its start or
 // its end (lerp_from_end(1 - alpha)); one template parameter, so the plain variant has one instance.
 enum RmspropCentering : int { kNotCentered, kCenteredLerpFromStart, kCenteredLerpFromEnd };

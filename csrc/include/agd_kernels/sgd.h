@@ -16,6 +16,20 @@ struct SgdScalars {
   bool nesterov;
 };
 
+template <typename M>
+AGDK_HOST_DEVICE SgdScalars<M> sgd_scalars(double lr, double momentum, double dampening, double weight_decay,
+                                           bool nesterov, bool first_step, double grad_mul) {
+  SgdScalars<M> s;
+  s.grad_mul = static_cast<M>(grad_mul);
+  s.weight_decay = static_cast<M>(weight_decay);
+  s.momentum = static_cast<M>(momentum);
+  s.keep = static_cast<M>(1.0 - dampening);
+  s.lr = static_cast<M>(lr);
+  s.first_step = first_step;
+  s.nesterov = nesterov;
+  return s;
+}
+
 // One element: p and (when kMomentum) buf are updated in place; g is the raw (scaled) gradient.
 template <bool kWeightDecay, bool kMomentum, typename M>
 AGDK_HOST_DEVICE void sgd_element(M& p, M g, M& buf, const SgdScalars<M>& s) {

@@ -155,6 +155,18 @@ struct YellowfinScalars {
   M mu, lr;
 };
 
+template <typename M>
+AGDK_HOST_DEVICE YellowfinScalars<M> yellowfin_scalars(const double* tuner, double beta, double weight_decay) {
+  YellowfinScalars<M> s;
+  s.beta = static_cast<M>(beta);
+  s.avg_coef = static_cast<M>((1 - beta) * tuner[kYfStatsCoef]);
+  s.step_coef = static_cast<M>(tuner[kYfStepCoef]);
+  s.weight_decay = static_cast<M>(weight_decay);
+  s.mu = static_cast<M>(tuner[kYfMuT]);
+  s.lr = static_cast<M>(tuner[kYfAppliedLr]);
+  return s;
+}
+
 // gbar <- beta*gbar + (1 - beta)*c1*g; d = c2*g + wd*p; with momentum (kHeavy: mu != 0)
 // buf <- mu*buf + d, p <- p - lr*buf (buffers start at 0, so the first such step gives torch's clone(d));
 // without, p <- p - lr*d and buf is not touched.
