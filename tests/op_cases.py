@@ -69,6 +69,10 @@ VARIANTS: dict[str, dict[str, dict]] = {
         "paper-phi-unclipped": dict(max_grad_norm=math.inf, phi_min=0.5, phi_max=2.0),
         "amp": dict(grad_scale=1024.0),
         "found-inf": dict(found_inf=1.0),
+        # Gradients ~1e-4 on zeroed moments: v = 1e-3·g² ~ 1e-11 underflows fp16 (smallest subnormal 6e-8) and
+        # m = 0.1·g ~ 1e-5 is subnormal, so u taken from the stored fp16 moments is m/bc1/eps ~ 30 where the
+        # reference's, from the fp32 moments, is ~0.6: such a kernel moved fp16 parameters by up to 2 here.
+        "underflowing-moments": dict(grad_std=1e-4, zero_moments=True),
     },
     "yellowfin_stats_": {
         "plain": {},
@@ -152,7 +156,7 @@ def make_args(op: str, shapes, dtype: torch.dtype, variant: str, seed: int = 0, 
     grad_scale = None if scale is None else _scalar(scale, device)
     found = hp.pop("found_inf", None)
     found_inf = None if found is None else _scalar(found, device)
-    gmul = scale or 1.0  # gradients arrive multiplied by the loss scale
+    gmul = (scale or 1.0) * hp.pop("grad_std", 1.0)  # gradients arrive multiplied by the loss scale
     params = [rand(s) for s in shapes]
     grads = [rand(s, gmul) for s in shapes]
     steps = [_scalar(3.0, device) for _ in shapes]  # not the first step: bias corrections matter
@@ -199,8 +203,9 @@ def make_args(op: str, shapes, dtype: torch.dtype, variant: str, seed: int = 0, 
         return (params, grads, sumsq, slice_sv, starts, counts, len(shapes), hp["gain"], grad_scale, found_inf)
     if op == "lamb_step_":
         lr = _scalar(hp.pop("lr"), device)
-        m = [rand(s, 0.1) for s in shapes]
-        v = [rand(s, 0.01, positive=True) for s in shapes]
+        moment_scale = 0.0 if hp.pop("zero_moments", False) else 1.0
+        m = [rand(s, 0.1 * moment_scale) for s in shapes]
+        v = [rand(s, 0.01 * moment_scale, positive=True) for s in shapes]
         sumsq = torch.empty(sum(num_slices(s) for s in shapes), dtype=torch.float32, device=device)
         ops.slice_sumsq_(grads, sumsq, backend="torch")
         return (params, grads, m, v, steps, lr, sumsq, hp["max_grad_norm"], hp["beta1"], hp["beta2"], hp["eps"],

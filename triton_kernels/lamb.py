@@ -8,6 +8,12 @@
 With the grad-norm pass (`slice_sumsq_`, run by the optimizer over every group) that is 3 launches per step.
 Bytes per fp32 element: 16 read + 8 written, then 12 read + 4 written (apex: 6 reads + 4 writes + the
 ‖p‖ and ‖u‖ passes).
+
+16-bit parameters (DEFER) leave m and v alone in launch 1 and recompute them in launch 2 from the old m, v
+and the gradient, then store them, as the CPU backend's kDeferMoments does: the reference and the norms take u
+from the fp32 moments, and a stored fp16 moment rounds or underflows (gradients ~1e-4 on zeroed moments give
+v ~ 1e-11, which is 0 in fp16; u from the stored moments moved parameters of magnitude ~3 by up to 6.2). Bytes per
+16-bit element: 8 read, then 8 read + 6 written (one more read of g than storing in launch 1).
 """
 from __future__ import annotations
 
@@ -49,28 +55,12 @@ def _bias_corrections(step_ptr, beta1, beta2, bias_correction):
 
 
 @triton.jit
-def _lamb_moments_tile(p, g, m, v, offs, mask, clip, scale, beta1, beta3, beta2, one_minus_beta2, bc1, bc2, eps,
-                       weight_decay, adam_w_mode):
-    gv = load(g + offs, mask) / scale / clip
-    pv = load(p + offs, mask)
-    if (adam_w_mode == 0) & (weight_decay != 0):
-        gv = gv + weight_decay * pv  # L2 mode: the decay enters the moments, after the clip
-    mv = load(m + offs, mask) * beta1 + beta3 * gv
-    vv = load(v + offs, mask) * beta2 + one_minus_beta2 * gv * gv
-    u = _lamb_direction(mv, vv, pv, bc1, bc2, eps, weight_decay, adam_w_mode)
-    tl.store(m + offs, mv.to(m.dtype.element_ty), mask=mask)
-    tl.store(v + offs, vv.to(v.dtype.element_ty), mask=mask)
-    return tl.sum(pv * pv, axis=0).to(tl.float64), tl.sum(u * u, axis=0).to(tl.float64)
-
-
-@triton.jit
-def _lamb_moments_chunk(p, g, m, v, step_ptr, counter, numel, start, n_blocks, block, first_block, partials,
-                        grad_sumsq, n_slots, scale_ptr, inf_ptr, max_grad_norm, beta1, beta2, eps, weight_decay,
-                        bias_correction, grad_averaging, adam_w_mode, SLOTS: tl.constexpr, BLOCK: tl.constexpr,
-                        CHUNK: tl.constexpr):
+def _moment_scalars(grad_sumsq, n_slots, scale_ptr, max_grad_norm, beta1, beta2, grad_averaging,
+                    SLOTS: tl.constexpr):
+    """(clip, grad_scale, beta1, beta3, beta2, 1 − beta2) as fp32: what the moment update needs besides the
+    tensors, computed the same way in both launches (16-bit parameters update the moments in launch 2)."""
     beta1 = scalar(beta1, tl.float64)
     beta2 = scalar(beta2, tl.float64)
-    live = tl.load(inf_ptr) == 0
     scale = tl.load(scale_ptr).to(tl.float32)
     # Global clip k = N/max_grad_norm when N > max_grad_norm else 1, N = √Σ grad_sumsq ÷ grad_scale (fp64).
     acc = tl.zeros([SLOTS], dtype=tl.float64)
@@ -80,19 +70,57 @@ def _lamb_moments_chunk(p, g, m, v, step_ptr, counter, numel, start, n_blocks, b
     norm = tl.sqrt(tl.sum(acc, axis=0)) / scale.to(tl.float64)
     max_grad_norm = scalar(max_grad_norm, tl.float64)
     clip = tl.where(norm > max_grad_norm, norm / max_grad_norm, 1.0).to(tl.float32)
-    t, bc1, bc2 = _bias_corrections(step_ptr, beta1, beta2, bias_correction)
-    scalars = (clip, scale, beta1.to(tl.float32), tl.where(grad_averaging != 0, (1.0 - beta1).to(tl.float32), 1.0),
-               beta2.to(tl.float32), (1.0 - beta2).to(tl.float32), bc1, bc2, scalar(eps, tl.float32),
-               scalar(weight_decay, tl.float32))
+    return (clip, scale, beta1.to(tl.float32), tl.where(grad_averaging != 0, (1.0 - beta1).to(tl.float32), 1.0),
+            beta2.to(tl.float32), (1.0 - beta2).to(tl.float32))
+
+
+@triton.jit
+def _lamb_moments(p, g, m, v, offs, mask, clip, scale, beta1, beta3, beta2, one_minus_beta2, weight_decay,
+                  adam_w_mode):
+    """(p, m, v) of one tile in fp32, m and v updated with the clipped gradient; nothing stored."""
+    gv = load(g + offs, mask) / scale / clip
+    pv = load(p + offs, mask)
+    if (adam_w_mode == 0) & (weight_decay != 0):
+        gv = gv + weight_decay * pv  # L2 mode: the decay enters the moments, after the clip
+    mv = load(m + offs, mask) * beta1 + beta3 * gv
+    vv = load(v + offs, mask) * beta2 + one_minus_beta2 * gv * gv
+    return pv, mv, vv
+
+
+@triton.jit
+def _store_moments(m, v, offs, mask, mv, vv):
+    tl.store(m + offs, mv.to(m.dtype.element_ty), mask=mask)
+    tl.store(v + offs, vv.to(v.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _lamb_moments_tile(p, g, m, v, offs, mask, moments, bc1, bc2, eps, weight_decay, adam_w_mode,
+                       DEFER: tl.constexpr):
+    pv, mv, vv = _lamb_moments(p, g, m, v, offs, mask, *moments, weight_decay, adam_w_mode)
+    u = _lamb_direction(mv, vv, pv, bc1, bc2, eps, weight_decay, adam_w_mode)
+    if not DEFER:
+        _store_moments(m, v, offs, mask, mv, vv)
+    return tl.sum(pv * pv, axis=0).to(tl.float64), tl.sum(u * u, axis=0).to(tl.float64)
+
+
+@triton.jit
+def _lamb_moments_chunk(p, g, m, v, step_ptr, counter, numel, start, n_blocks, block, first_block, partials,
+                        grad_sumsq, n_slots, scale_ptr, inf_ptr, max_grad_norm, beta1, beta2, eps, weight_decay,
+                        bias_correction, grad_averaging, adam_w_mode, DEFER: tl.constexpr, SLOTS: tl.constexpr,
+                        BLOCK: tl.constexpr, CHUNK: tl.constexpr):
+    live = tl.load(inf_ptr) == 0
+    moments = _moment_scalars(grad_sumsq, n_slots, scale_ptr, max_grad_norm, beta1, beta2, grad_averaging, SLOTS)
+    t, bc1, bc2 = _bias_corrections(step_ptr, scalar(beta1, tl.float64), scalar(beta2, tl.float64), bias_correction)
+    scalars = (moments, bc1, bc2, scalar(eps, tl.float32), scalar(weight_decay, tl.float32))
     p_sq = tl.zeros([], dtype=tl.float64)
     u_sq = tl.zeros([], dtype=tl.float64)
     limit = tl.where(live, numel, 0)  # found_inf set: every element masked
     for off in range(0, CHUNK, BLOCK):
         offs = start + off + tl.arange(0, BLOCK)
         if start + off + BLOCK <= limit:
-            dp, du = _lamb_moments_tile(p, g, m, v, offs, None, *scalars, adam_w_mode)
+            dp, du = _lamb_moments_tile(p, g, m, v, offs, None, *scalars, adam_w_mode, DEFER)
         else:
-            dp, du = _lamb_moments_tile(p, g, m, v, offs, offs < limit, *scalars, adam_w_mode)
+            dp, du = _lamb_moments_tile(p, g, m, v, offs, offs < limit, *scalars, adam_w_mode, DEFER)
         p_sq += dp
         u_sq += du
     tl.store(partials + 2 * block, p_sq)
@@ -109,17 +137,31 @@ def _lamb_moments_chunk(p, g, m, v, step_ptr, counter, numel, start, n_blocks, b
 
 
 @triton.jit
-def _lamb_update_tile(p, m, v, offs, mask, step_size, bc1, bc2, eps, weight_decay, adam_w_mode):
-    pv = load(p + offs, mask)
-    u = _lamb_direction(load(m + offs, mask), load(v + offs, mask), pv, bc1, bc2, eps, weight_decay, adam_w_mode)
+def _lamb_update_tile(p, g, m, v, offs, mask, moments, step_size, bc1, bc2, eps, weight_decay, adam_w_mode,
+                      DEFER: tl.constexpr):
+    if DEFER:
+        # the moments launch 1 computed for the norms: same inputs (m, v, p not yet written), same code
+        pv, mv, vv = _lamb_moments(p, g, m, v, offs, mask, *moments, weight_decay, adam_w_mode)
+        _store_moments(m, v, offs, mask, mv, vv)
+    else:
+        pv = load(p + offs, mask)
+        mv = load(m + offs, mask)
+        vv = load(v + offs, mask)
+    u = _lamb_direction(mv, vv, pv, bc1, bc2, eps, weight_decay, adam_w_mode)
     tl.store(p + offs, (pv - step_size * u).to(p.dtype.element_ty), mask=mask)
 
 
 @triton.jit
-def _lamb_update_chunk(p, m, v, step_ptr, counter, numel, start, n_blocks, norms, lr_ptr, inf_ptr, beta1, beta2,
-                       eps, weight_decay, bias_correction, adam_w_mode, use_trust_ratio, phi_min, phi_max,
-                       BLOCK: tl.constexpr, CHUNK: tl.constexpr):
+def _lamb_update_chunk(p, g, m, v, step_ptr, counter, numel, start, n_blocks, norms, lr_ptr, grad_sumsq, n_slots,
+                       scale_ptr, inf_ptr, max_grad_norm, beta1, beta2, eps, weight_decay, bias_correction,
+                       grad_averaging, adam_w_mode, use_trust_ratio, phi_min, phi_max, DEFER: tl.constexpr,
+                       SLOTS: tl.constexpr, BLOCK: tl.constexpr, CHUNK: tl.constexpr):
     live = tl.load(inf_ptr) == 0
+    if DEFER:
+        moments = _moment_scalars(grad_sumsq, n_slots, scale_ptr, max_grad_norm, beta1, beta2, grad_averaging,
+                                  SLOTS)
+    else:
+        moments = ()  # fp32 reads the moments launch 1 stored: no clip to recompute
     t, bc1, bc2 = _bias_corrections(step_ptr, scalar(beta1, tl.float64), scalar(beta2, tl.float64), bias_correction)
     # ratio = clamp(‖p‖, phi_min, phi_max)/‖u‖, 1 when either norm is 0 (a NaN norm gives a NaN ratio)
     p_norm = tl.sqrt(tl.load(norms)).to(tl.float32)
@@ -129,14 +171,14 @@ def _lamb_update_chunk(p, m, v, step_ptr, counter, numel, start, n_blocks, norms
     ratio = tl.where((p_norm != 0) & (u_norm != 0), phi / tl.where(u_norm == 0, 1.0, u_norm), 1.0)
     ratio = tl.where(use_trust_ratio != 0, ratio, 1.0)
     step_size = (tl.load(lr_ptr).to(tl.float64) * ratio.to(tl.float64)).to(tl.float32)
-    scalars = (step_size, bc1, bc2, scalar(eps, tl.float32), scalar(weight_decay, tl.float32))
+    scalars = (moments, step_size, bc1, bc2, scalar(eps, tl.float32), scalar(weight_decay, tl.float32))
     limit = tl.where(live, numel, 0)  # found_inf set: every element masked
     for off in range(0, CHUNK, BLOCK):
         offs = start + off + tl.arange(0, BLOCK)
         if start + off + BLOCK <= limit:
-            _lamb_update_tile(p, m, v, offs, None, *scalars, adam_w_mode)
+            _lamb_update_tile(p, g, m, v, offs, None, *scalars, adam_w_mode, DEFER)
         else:
-            _lamb_update_tile(p, m, v, offs, offs < limit, *scalars, adam_w_mode)
+            _lamb_update_tile(p, g, m, v, offs, offs < limit, *scalars, adam_w_mode, DEFER)
     if last_to_arrive(counter, n_blocks, live):
         tl.store(step_ptr, t.to(tl.float32))
 
@@ -145,7 +187,7 @@ def _lamb_update_chunk(p, m, v, step_ptr, counter, numel, start, n_blocks, norms
 def _lamb_moments_kernel(rows, grads, blocks, counters, partials, grad_sumsq, n_slots, scale_ptr, inf_ptr,
                          max_grad_norm: "fp64", beta1: "fp64", beta2: "fp64", eps, weight_decay, bias_correction,
                          grad_averaging, adam_w_mode, DTYPE: tl.constexpr, ALIGN: tl.constexpr,
-                         SLOTS: tl.constexpr, BLOCK: tl.constexpr, CHUNK: tl.constexpr):
+                         DEFER: tl.constexpr, SLOTS: tl.constexpr, BLOCK: tl.constexpr, CHUNK: tl.constexpr):
     t, start = program_chunk(blocks, CHUNK)
     row = rows + t * _NCOL
     _lamb_moments_chunk(row_pointer(row, _P, DTYPE, ALIGN), row_pointer(grads, t, DTYPE, ALIGN),
@@ -153,41 +195,47 @@ def _lamb_moments_kernel(rows, grads, blocks, counters, partials, grad_sumsq, n_
                         row_pointer(row, _STEP, tl.float32, 4), counters + t, tl.load(row + mt.NUMEL), start,
                         tl.load(row + mt.NBLOCKS), tl.program_id(0), tl.load(row + mt.FIRST), partials, grad_sumsq,
                         n_slots, scale_ptr, inf_ptr, max_grad_norm, beta1, beta2, eps, weight_decay,
-                        bias_correction, grad_averaging, adam_w_mode, SLOTS, BLOCK, CHUNK)
+                        bias_correction, grad_averaging, adam_w_mode, DEFER, SLOTS, BLOCK, CHUNK)
 
 
 @triton.jit
-def _lamb_update_kernel(rows, blocks, counters, partials, lr_ptr, inf_ptr, beta1: "fp64", beta2: "fp64", eps,
-                        weight_decay, bias_correction, adam_w_mode, use_trust_ratio, phi_min, phi_max,
-                        DTYPE: tl.constexpr, ALIGN: tl.constexpr, BLOCK: tl.constexpr, CHUNK: tl.constexpr):
+def _lamb_update_kernel(rows, grads, blocks, counters, partials, lr_ptr, grad_sumsq, n_slots, scale_ptr, inf_ptr,
+                        max_grad_norm: "fp64", beta1: "fp64", beta2: "fp64", eps, weight_decay, bias_correction,
+                        grad_averaging, adam_w_mode, use_trust_ratio, phi_min, phi_max, DTYPE: tl.constexpr,
+                        ALIGN: tl.constexpr, DEFER: tl.constexpr, SLOTS: tl.constexpr, BLOCK: tl.constexpr,
+                        CHUNK: tl.constexpr):
     t, start = program_chunk(blocks, CHUNK)
     row = rows + t * _NCOL
-    _lamb_update_chunk(row_pointer(row, _P, DTYPE, ALIGN), row_pointer(row, _M, DTYPE, ALIGN),
-                       row_pointer(row, _V, DTYPE, ALIGN), row_pointer(row, _STEP, tl.float32, 4), counters + t,
-                       tl.load(row + mt.NUMEL), start, tl.load(row + mt.NBLOCKS),
-                       partials + 2 * tl.load(row + mt.FIRST), lr_ptr, inf_ptr, beta1, beta2, eps, weight_decay,
-                       bias_correction, adam_w_mode, use_trust_ratio, phi_min, phi_max, BLOCK, CHUNK)
+    _lamb_update_chunk(row_pointer(row, _P, DTYPE, ALIGN), row_pointer(grads, t, DTYPE, ALIGN),
+                       row_pointer(row, _M, DTYPE, ALIGN), row_pointer(row, _V, DTYPE, ALIGN),
+                       row_pointer(row, _STEP, tl.float32, 4), counters + t, tl.load(row + mt.NUMEL), start,
+                       tl.load(row + mt.NBLOCKS), partials + 2 * tl.load(row + mt.FIRST), lr_ptr, grad_sumsq,
+                       n_slots, scale_ptr, inf_ptr, max_grad_norm, beta1, beta2, eps, weight_decay, bias_correction,
+                       grad_averaging, adam_w_mode, use_trust_ratio, phi_min, phi_max, DEFER, SLOTS, BLOCK, CHUNK)
 
 
 @triton.jit
 def _lamb_moments_tensor_kernel(p, g, m, v, step_ptr, counter, numel, partials, grad_sumsq, n_slots, scale_ptr,
                                 inf_ptr, max_grad_norm: "fp64", beta1: "fp64", beta2: "fp64", eps, weight_decay,
-                                bias_correction, grad_averaging, adam_w_mode, SLOTS: tl.constexpr,
-                                BLOCK: tl.constexpr, CHUNK: tl.constexpr):
+                                bias_correction, grad_averaging, adam_w_mode, DEFER: tl.constexpr,
+                                SLOTS: tl.constexpr, BLOCK: tl.constexpr, CHUNK: tl.constexpr):
     block = tl.program_id(0)
     _lamb_moments_chunk(p, g, m, v, step_ptr, counter, numel, block.to(tl.int64) * CHUNK, tl.num_programs(0),
                         block, 0, partials, grad_sumsq, n_slots, scale_ptr, inf_ptr, max_grad_norm, beta1, beta2,
-                        eps, weight_decay, bias_correction, grad_averaging, adam_w_mode, SLOTS, BLOCK, CHUNK)
+                        eps, weight_decay, bias_correction, grad_averaging, adam_w_mode, DEFER, SLOTS, BLOCK, CHUNK)
 
 
 @triton.jit
-def _lamb_update_tensor_kernel(p, m, v, step_ptr, counter, numel, partials, lr_ptr, inf_ptr, beta1: "fp64",
-                               beta2: "fp64", eps, weight_decay, bias_correction, adam_w_mode, use_trust_ratio,
-                               phi_min, phi_max, BLOCK: tl.constexpr, CHUNK: tl.constexpr):
+def _lamb_update_tensor_kernel(p, g, m, v, step_ptr, counter, numel, partials, lr_ptr, grad_sumsq, n_slots,
+                               scale_ptr, inf_ptr, max_grad_norm: "fp64", beta1: "fp64", beta2: "fp64", eps,
+                               weight_decay, bias_correction, grad_averaging, adam_w_mode, use_trust_ratio, phi_min,
+                               phi_max, DEFER: tl.constexpr, SLOTS: tl.constexpr, BLOCK: tl.constexpr,
+                               CHUNK: tl.constexpr):
     block = tl.program_id(0)
-    _lamb_update_chunk(p, m, v, step_ptr, counter, numel, block.to(tl.int64) * CHUNK, tl.num_programs(0),
-                       partials, lr_ptr, inf_ptr, beta1, beta2, eps, weight_decay, bias_correction, adam_w_mode,
-                       use_trust_ratio, phi_min, phi_max, BLOCK, CHUNK)
+    _lamb_update_chunk(p, g, m, v, step_ptr, counter, numel, block.to(tl.int64) * CHUNK, tl.num_programs(0),
+                       partials, lr_ptr, grad_sumsq, n_slots, scale_ptr, inf_ptr, max_grad_norm, beta1, beta2, eps,
+                       weight_decay, bias_correction, grad_averaging, adam_w_mode, use_trust_ratio, phi_min, phi_max,
+                       DEFER, SLOTS, BLOCK, CHUNK)
 
 
 def lamb_step_triton(params: list[Tensor], grads: list[Tensor], exp_avgs: list[Tensor], exp_avg_sqs: list[Tensor],
@@ -208,24 +256,25 @@ def lamb_step_triton(params: list[Tensor], grads: list[Tensor], exp_avgs: list[T
     scale, inf = mt.amp_scalars(grad_scale, found_inf, device, op)
     flags = (int(bias_correction), int(grad_averaging), int(adam_w_mode))
     moments_hyper = (grad_sumsq, grad_sumsq.numel(), scale, inf, max_grad_norm, beta1, beta2, eps, weight_decay, *flags)
-    update_hyper = (lr, inf, beta1, beta2, eps, weight_decay, int(bias_correction), int(adam_w_mode),
-                    int(use_trust_ratio), phi_min, phi_max)
+    update_hyper = (lr, *moments_hyper, int(use_trust_ratio), phi_min, phi_max)
     cfg = mt.config(device)
-    meta = dict(BLOCK=cfg.block, CHUNK=cfg.chunk, num_warps=cfg.num_warps)
+    # 16-bit moments would round (or underflow) when stored: launch 2 recomputes them (module docstring)
+    meta = dict(DEFER=params[0].element_size() == 2, SLOTS=_SLOTS, BLOCK=cfg.block, CHUNK=cfg.chunk,
+                num_warps=cfg.num_warps)
     if mt.traced(params[0]):
         for p, g, m, v, s in zip(params, grads, exp_avgs, exp_avg_sqs, state_steps):
             grid = (mt.n_programs(p.numel(), cfg.chunk),)
             partials = torch.empty(2 * grid[0], dtype=torch.float64, device=device)
             counter = torch.zeros(1, dtype=torch.int32, device=device)
             wrap_triton(_lamb_moments_tensor_kernel)[grid](p, g, m, v, s, counter, p.numel(), partials,
-                                                           *moments_hyper, SLOTS=_SLOTS, **meta)
-            wrap_triton(_lamb_update_tensor_kernel)[grid](p, m, v, s, counter, p.numel(), partials, *update_hyper,
-                                                          **meta)
+                                                           *moments_hyper, **meta)
+            wrap_triton(_lamb_update_tensor_kernel)[grid](p, g, m, v, s, counter, p.numel(), partials,
+                                                          *update_hyper, **meta)
         return
     tab, grad_ptrs, align = mt.elementwise_table(op, params, grads, [exp_avgs, exp_avg_sqs], state_steps, cfg.chunk,
                                                  scratch_per_block=2)
     dtype = mt.TL_DTYPE[params[0].dtype]
     wrap_triton(_lamb_moments_kernel)[(tab.n_blocks,)](tab.rows, grad_ptrs, tab.blocks, tab.counters, tab.scratch,
-                                                       *moments_hyper, DTYPE=dtype, ALIGN=align, SLOTS=_SLOTS, **meta)
-    wrap_triton(_lamb_update_kernel)[(tab.n_blocks,)](tab.rows, tab.blocks, tab.counters, tab.scratch, *update_hyper,
-                                                      DTYPE=dtype, ALIGN=align, **meta)
+                                                       *moments_hyper, DTYPE=dtype, ALIGN=align, **meta)
+    wrap_triton(_lamb_update_kernel)[(tab.n_blocks,)](tab.rows, grad_ptrs, tab.blocks, tab.counters, tab.scratch,
+                                                      *update_hyper, DTYPE=dtype, ALIGN=align, **meta)

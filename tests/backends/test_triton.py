@@ -81,6 +81,14 @@ def test_per_tensor_path_matches_reference(op, variant, dtype, monkeypatch):
     check_backend(op, "triton", shapes_for(op, SIZES), dtype, variant)
 
 
+@pytest.mark.parametrize("op, variant, dtype", _cases(["lamb_step_"], [torch.bfloat16, torch.float16]))
+def test_lamb_per_tensor_path_16_bit(op, variant, dtype, monkeypatch):
+    """16-bit LAMB updates the moments in its second launch (triton_kernels/lamb.py, DEFER): the per-tensor
+    kernels take that path too."""
+    monkeypatch.setattr(multi_tensor, "traced", lambda tensor: True)
+    check_backend(op, "triton", shapes_for(op, SIZES), dtype, variant)
+
+
 @pytest.mark.parametrize("op", [op for op in OPS if op != "yellowfin_tune_"])
 def test_many_small_tensors(op):
     """96 tensors of 1 to 2053 elements in one launch: one table row each, most of them one partial tile."""
