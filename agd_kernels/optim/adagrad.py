@@ -44,8 +44,7 @@ class Adagrad(FusedOptimizer):
         state["step"] = self._new_step(p)
         state["sum"] = torch.full_like(p, group["initial_accumulator_value"], memory_format=torch.preserve_format)
 
-    def _launch(self, group, params, grads, lr, grad_scale, found_inf):
-        states = [self.state[p] for p in params]
+    def _launch(self, group, params, grads, states, lr, grad_scale, found_inf):
         ops.adagrad_step_(params, grads, [s["sum"] for s in states], [s["step"] for s in states], lr,
                           lr_decay=group["lr_decay"], weight_decay=group["weight_decay"], eps=group["eps"],
                           maximize=group["maximize"], grad_scale=grad_scale, found_inf=found_inf,

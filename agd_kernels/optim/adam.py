@@ -50,8 +50,7 @@ class Adam(FusedOptimizer):
         if group["amsgrad"]:
             state["max_exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
 
-    def _launch(self, group, params, grads, lr, grad_scale, found_inf):
-        states = [self.state[p] for p in params]
+    def _launch(self, group, params, grads, states, lr, grad_scale, found_inf):
         if group["amsgrad"]:
             for p, s in zip(params, states):
                 if "max_exp_avg_sq" not in s:  # amsgrad switched on after the first step

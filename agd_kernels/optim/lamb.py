@@ -85,7 +85,7 @@ class LAMB(FusedOptimizer):
                                  "variant adds weight decay to u and adapts every group not excluded per group")
             defaults.update(exclude_from_weight_decay=False, exclude_from_layer_adaptation=False,
                             phi_min=phi_min, phi_max=phi_max)
-        self._grad_sumsq: Tensor | None = None  # this step's global-norm buffer (see _collect)
+        self._grad_sumsq: Tensor | None = None  # this step's global-norm buffer (see _before_launches)
         self._clip_at = math.inf
         super().__init__(params, defaults, backend)
 
@@ -118,10 +118,9 @@ class LAMB(FusedOptimizer):
         state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
         state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
 
-    def _collect(self):
-        """Parameters with gradients, per group, and then the global-norm pass over all of them: it
-        must finish before the first lamb_step_ of any group reads it."""
-        collected = super()._collect()
+    def _before_launches(self, collected):
+        """The global-norm pass over every group's gradients: it must finish before the first
+        lamb_step_ of any group reads it."""
         values = {g["max_grad_norm"] for g in self.param_groups}
         if len(values) > 1:
             raise ValueError(f"max_grad_norm is global, but the param groups hold {sorted(values, key=str)}; "
@@ -132,8 +131,8 @@ class LAMB(FusedOptimizer):
             # No clip: nothing reads the norm, so the pass is skipped (an empty sum is 0).
             device = params[0].device if params else torch.device("cpu")
             self._grad_sumsq = torch.zeros(0, dtype=torch.float32, device=device)
-            return collected
-        # _collect checked that each gradient has its parameter's device and dtype: the parameters'
+            return
+        # Each gradient has its parameter's device and dtype (checked when collected): the parameters'
         # (cached) buckets are the gradients' buckets.
         buckets = [bucket for _, bucket in self._buckets("all groups", params)]
         sizes = [sum(num_slices(p.shape) for p in bucket) for bucket in buckets]
@@ -142,10 +141,8 @@ class LAMB(FusedOptimizer):
         for bucket, size in zip(buckets, sizes):
             ops.slice_sumsq_([p.grad for p in bucket], self._grad_sumsq.narrow(0, start, size), backend=self.backend)
             start += size
-        return collected
 
-    def _launch(self, group, params, grads, lr, grad_scale, found_inf):
-        states = [self.state[p] for p in params]
+    def _launch(self, group, params, grads, states, lr, grad_scale, found_inf):
         weight_decay = group["weight_decay"]
         if self.variant == "paper":
             if group["exclude_from_weight_decay"]:

@@ -46,8 +46,7 @@ class RMSprop(FusedOptimizer):
         if group["centered"]:
             state["grad_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
 
-    def _launch(self, group, params, grads, lr, grad_scale, found_inf):
-        states = [self.state[p] for p in params]
+    def _launch(self, group, params, grads, states, lr, grad_scale, found_inf):
         momentum, centered = group["momentum"], group["centered"]
         for p, s in zip(params, states):  # options switched on after the first step start from zeros
             if momentum > 0 and "momentum_buffer" not in s:

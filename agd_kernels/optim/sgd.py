@@ -40,11 +40,10 @@ class SGD(FusedOptimizer):
     def _init_state(self, p, state, group):
         pass  # the momentum buffer is created on the first step with momentum, as in torch
 
-    def _launch(self, group, params, grads, lr, grad_scale, found_inf):
+    def _launch(self, group, params, grads, states, lr, grad_scale, found_inf):
         momentum = group["momentum"]
         buffers, first = [], False
         if momentum != 0:
-            states = [self.state[p] for p in params]
             # torch: buffers are all None exactly on the first step (then created as clone(d)).
             first = all(s.get("momentum_buffer") is None for s in states)
             for p, s in zip(params, states):
