@@ -127,6 +127,9 @@ def _settings(args: argparse.Namespace, ap: argparse.ArgumentParser):
     return sets, device, backends + peers
 
 
+_READ = ("read-only bandwidth probe",)  # a key no provider name can equal
+
+
 def run_case(pset: presets.ParamSet, tensors: tuple[list, list], dtype: torch.dtype, algo_name: str,
              provider_names: list[str], device: torch.device, probe: BandwidthProbe, clock, args,
              on_rep) -> tuple[list[Row], dict]:
@@ -169,12 +172,13 @@ def run_case(pset: presets.ParamSet, tensors: tuple[list, list], dtype: torch.dt
     for _ in range(args.warmup - 1):
         for step in steps.values():
             step()
-    # the bandwidth probe (key None) is timed in the same rotation as the providers
-    times = interleaved({**steps, None: probe.step}, args.reps, clock, on_rep)
+    # the bandwidth probes (keys None and READ, not provider names) are timed in the same rotation
+    times = interleaved({**steps, None: probe.step, _READ: probe.read}, args.reps, clock, on_rep)
     bandwidth = probe.bytes / summary(times.pop(None))[0]
+    read_bandwidth = probe.read_bytes / summary(times.pop(_READ))[0]
     for row in rows:
         if row.ok:
-            row.times, row.bandwidth = times[row.provider], bandwidth
+            row.times, row.bandwidth, row.read_bandwidth = times[row.provider], bandwidth, read_bandwidth
     return rows, not_applicable
 
 
@@ -207,8 +211,9 @@ def main(argv: list[str] | None = None) -> int:
     if os.environ.get(_backends.ENV_VAR):
         print(f"note: {_backends.ENV_VAR}={os.environ[_backends.ENV_VAR]} overrides the backend of every "
               "agd_kernels[...] row")
-    print(f"in-place bandwidth probe: a *= s over {args.bandwidth_mib:g} MiB fp32, interleaved with every case; "
-          f"{args.warmup} warmup + {args.reps} timed steps per provider", flush=True)
+    print(f"bandwidth probes: a *= s (in-place, 'bw') and a.sum() (read-only, 'rd') over {args.bandwidth_mib:g} MiB "
+          f"fp32, interleaved with every case; {args.warmup} warmup + {args.reps} timed steps per provider",
+          flush=True)
 
     clock = clock_for(device)
     probe = BandwidthProbe(args.bandwidth_mib, device)

@@ -28,7 +28,8 @@ class Row:
     reason: str = ""
     times: list[float] = field(default_factory=list)
     bytes_per_param: int = 0
-    bandwidth: float = float("nan")  # bytes/s of the probe interleaved with this case
+    bandwidth: float = float("nan")  # bytes/s of the in-place probe interleaved with this case
+    read_bandwidth: float = float("nan")  # bytes/s of the read-only probe, likewise
     speedups: dict[str, float] = field(default_factory=dict)  # peer name -> peer time / this time
 
     @property
@@ -72,7 +73,7 @@ def table(rows: list[Row]) -> str:
     """Rows grouped by (parameter set, dtype); one speedup column per peer provider that ran."""
     peers = _peers(rows)
     head = (f"{'algorithm':10s} {'provider':19s} {'ms/step':>9s} {'[p20, p80]':>19s} {'Mparam/s':>9s} "
-            f"{'B/param':>7s} {'GB/s':>7s} {'bw GB/s':>7s} {'%bw':>5s}" + "".join(f" {'vs ' + p:>17s}" for p in peers))
+            f"{'B/param':>7s} {'GB/s':>7s} {'bw GB/s':>7s} {'%bw':>5s} {'rd GB/s':>7s}" + "".join(f" {'vs ' + p:>17s}" for p in peers))
     out, group, sizes = [], None, None
     for row in rows:
         if (row.preset, row.dtype) != group:
@@ -89,7 +90,8 @@ def table(rows: list[Row]) -> str:
         gbs, bw = row.bytes_per_s() / 1e9, row.bandwidth / 1e9
         ratios = "".join(f" {row.speedups[p]:>16.2f}x" if p in row.speedups else f" {'':>17s}" for p in peers)
         out.append(f"{prefix} {med:9.3f} {f'[{p20:.3f}, {p80:.3f}]':>19s} {row.params_per_s() / 1e6:9.1f} "
-                   f"{row.bytes_per_param:7d} {gbs:7.2f} {bw:7.2f} {100 * gbs / bw:4.0f}%{ratios}")
+                   f"{row.bytes_per_param:7d} {gbs:7.2f} {bw:7.2f} {100 * gbs / bw:4.0f}% "
+                   f"{row.read_bandwidth / 1e9:7.2f}{ratios}")
     return "\n".join(out).lstrip("\n")
 
 
@@ -154,7 +156,7 @@ def header(env: dict[str, str]) -> str:
 CSV_FIELDS = ["run_id", "host", "cpu", "gpu", "device", "threads", "python", "torch", "triton", "agd_kernels",
               "git_commit", "preset", "n_tensors", "n_params", "dtype", "algorithm", "provider", "status",
               "reason", "reps", "median_ms", "p20_ms", "p80_ms", "params_per_s", "bytes_per_param", "gb_per_s",
-              "bandwidth_gb_per_s", "pct_bandwidth", "speedup_vs"]
+              "bandwidth_gb_per_s", "pct_bandwidth", "read_bandwidth_gb_per_s", "speedup_vs"]
 
 
 def check_csv(path: str) -> None:
@@ -184,6 +186,7 @@ def append_csv(path: str, rows: list[Row], env: dict[str, str]) -> None:
                               params_per_s=f"{row.params_per_s():.4g}", gb_per_s=f"{gbs:.4g}",
                               bandwidth_gb_per_s=f"{row.bandwidth / 1e9:.4g}",
                               pct_bandwidth=f"{100 * gbs * 1e9 / row.bandwidth:.4g}",
+                              read_bandwidth_gb_per_s=f"{row.read_bandwidth / 1e9:.4g}",
                               speedup_vs=";".join(f"{k}={v:.4g}" for k, v in row.speedups.items()))
             writer.writerow(record)
 

@@ -71,3 +71,15 @@ def test_bandwidth(benchmark):
         _sync()
 
     benchmark.pedantic(timed, rounds=ROUNDS, warmup_rounds=1, iterations=1)
+
+
+def test_read_bandwidth(benchmark):
+    """a.sum() over 512 MiB fp32: the read-only bandwidth a gradient-norm pass is bound by."""
+    probe = BandwidthProbe(512, DEVICE)
+    benchmark.extra_info["bytes"] = probe.read_bytes
+
+    def timed():
+        probe.read()
+        _sync()
+
+    benchmark.pedantic(timed, rounds=ROUNDS, warmup_rounds=1, iterations=1)

@@ -84,7 +84,7 @@ def test_run_prints_table_and_writes_csv_and_chart(tmp_path, capsys):
     argv = TINY + ["--algorithms", "agd", "adam", "sgd", "rmsprop", "--backends", "torch", "--out", str(tmp_path)]
     assert cli.main(argv) == 0
     out = capsys.readouterr().out
-    assert "machine:" in out and "a *= s over 1 MiB" in out
+    assert "machine:" in out and "a.sum() (read-only, 'rd') over 1 MiB" in out
     for line in ("agd        agd_kernels[torch]", "agd        authors", "adam       torch-fused",
                  "rmsprop    torch-foreach"):
         assert line in out
@@ -109,6 +109,7 @@ def test_run_prints_table_and_writes_csv_and_chart(tmp_path, capsys):
         gbs = int(r["bytes_per_param"]) * n / (med / 1e3) / 1e9
         assert float(r["gb_per_s"]) == pytest.approx(gbs, rel=1e-3)
         assert float(r["pct_bandwidth"]) == pytest.approx(100 * gbs / float(r["bandwidth_gb_per_s"]), rel=1e-2)
+        assert float(r["read_bandwidth_gb_per_s"]) > 0  # the read-only probe ran in the same rotation
     # every row carries its ratio to each baseline of its case, and the ratios agree with the medians
     speedups = dict(kv.split("=") for kv in got[("adam", "agd_kernels[torch]")]["speedup_vs"].split(";"))
     assert set(speedups) == {"torch-foreach", "torch-fused"}
