@@ -7,7 +7,7 @@ devices, bad state shapes) is checked before the first kernel runs.
 """
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 import torch
 from torch import Tensor
@@ -53,14 +53,12 @@ def check_not_differentiable(hparams: dict[str, Any]) -> None:
         raise ValueError("differentiable=True is not supported by agd_kernels optimizers")
 
 
-class _BucketEntry:
+class _BucketEntry(NamedTuple):
     """One slot's cached bucketing (see FusedOptimizer._bucket_entry)."""
-
-    def __init__(self, key: tuple[int, ...], dtypes: list[torch.dtype], params: list[Tensor],
-                 index: list[tuple[torch.device, list[int] | None]]):
-        self.key, self.dtypes, self.params, self.index = key, dtypes, params, index
-        self.state_snapshot: tuple[int, ...] | None = None  # ids of `state`'s dicts when `states` was cached
-        self.states: list[list[dict[str, Any]] | None] = []
+    key: tuple[int, ...]  # ids of the parameters
+    dtypes: list[torch.dtype]
+    params: list[Tensor]  # held so the ids stay unique
+    index: list[tuple[torch.device, list[int] | None]]  # per bucket: device, positions (None: all)
 
 
 class FusedOptimizer(torch.optim.Optimizer):
@@ -162,7 +160,7 @@ class FusedOptimizer(torch.optim.Optimizer):
     # ---------------------------------------------------------------- step
     # Per-step Python work is per parameter: on 640 small tensors each attribute read or dict lookup
     # costs ~60 us per step, against a fused RMSprop op of ~3 ms, so the step reads .grad once, checks
-    # dtypes by comparing lists and caches the bucketing, and looks each state dict up once.
+    # dtypes by comparing lists, caches the bucketing and looks each state dict up once.
     def _collect_grads(self) -> list[tuple[list[Tensor], list[Tensor]]]:
         """(parameters with gradients, their gradients) per group; raises, changing nothing, on
         unsupported gradients.
@@ -195,10 +193,9 @@ class FusedOptimizer(torch.optim.Optimizer):
         raise RuntimeError(f"{where} has a gradient of {g.dtype}/{tuple(g.shape)} on {g.device}; expected the "
                            f"parameter's {p.dtype}/{tuple(p.shape)} on {p.device}")
 
-    def _bucket_entry(self, slot: Any, params: list[Tensor]) -> "_BucketEntry":
-        """The (device, dtype) buckets of `params`: grouping costs ~0.3 ms per step for 640 tensors and
-        looking their state dicts up another ~0.1 ms (Tensor.__hash__ is a Python call), so both are
-        cached.
+    def _bucket_entry(self, slot: Any, params: list[Tensor]) -> _BucketEntry:
+        """The (device, dtype) buckets of `params`: grouping costs ~0.3 ms per step for 640 tensors, so
+        it is cached.
 
         `slot` names the list (a group index, or a subclass's own key for all groups): one entry per
         slot, replaced when its parameters change, so any number of groups stays cached.
@@ -222,23 +219,6 @@ class FusedOptimizer(torch.optim.Optimizer):
         return [(device, params if idx is None else [params[i] for i in idx])
                 for device, idx in self._bucket_entry(slot, params).index]
 
-    def _bucket_states(self, entry: "_BucketEntry", b: int, group: dict[str, Any],
-                       params: list[Tensor]) -> list[dict[str, Any]]:
-        """The state dicts of bucket b of a cached entry, valid while `self.state` holds the same dict
-        objects (~30 us to check for 640 parameters, against ~100 us to look them up anew): clearing,
-        replacing or loading state drops them. Tensors put into them (state offloading) are read anew
-        by every launch."""
-        # The entry keeps the cached dicts alive, so a new dict can never reuse one of their ids.
-        snapshot = tuple(map(id, self.state.values()))
-        if entry.state_snapshot != snapshot:
-            entry.states = [None] * len(entry.index)
-        states = entry.states[b]
-        if states is None:
-            states = entry.states[b] = self._states(group, params)
-            snapshot = tuple(map(id, self.state.values()))  # _states may have created dicts
-        entry.state_snapshot = snapshot
-        return states
-
     def _states(self, group: dict[str, Any], params: list[Tensor]) -> list[dict[str, Any]]:
         """The state dicts of `params`, created for parameters stepped for the first time."""
         states = [self.state[p] for p in params]
@@ -246,10 +226,6 @@ class FusedOptimizer(torch.optim.Optimizer):
             if not state:
                 self._init_state(p, state, group)
         return states
-
-    def _ensure_state(self, group: dict[str, Any], params: list[Tensor]) -> None:
-        """Creates the state of parameters stepped for the first time."""
-        self._states(group, params)
 
     @torch.no_grad()
     def step(self, closure: Callable[[], float] | None = None):
@@ -261,12 +237,11 @@ class FusedOptimizer(torch.optim.Optimizer):
         collected = self._collect_grads()
         self._before_launches([params for params, _ in collected])
         for gi, (group, (params, grads)) in enumerate(zip(self.param_groups, collected)):
-            entry = self._bucket_entry(gi, params)
-            for b, (device, idx) in enumerate(entry.index):
+            for device, idx in self._bucket_entry(gi, params).index:
                 bucket, bucket_grads = (params, grads) if idx is None else \
                     ([params[i] for i in idx], [grads[i] for i in idx])
                 grad_scale, found_inf = self._amp_scalars(device)
-                self._launch(group, bucket, bucket_grads, self._bucket_states(entry, b, group, bucket),
+                self._launch(group, bucket, bucket_grads, self._states(group, bucket),
                              self._lr_tensor(gi, group, device), grad_scale, found_inf)
         return loss
 

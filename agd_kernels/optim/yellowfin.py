@@ -135,7 +135,7 @@ class YellowFin(FusedOptimizer):
             self.last_lr, self.last_mu = self.tuner[SLOT["applied_lr"]].clone(), self.tuner[SLOT["mu_t"]].clone()
             return (self.last_lr, self.last_mu) if closure is None else loss
         for group, group_params in zip(self.param_groups, collected):
-            self._ensure_state(group, group_params)
+            self._states(group, group_params)
         device = self.tuner.device
         # Pass A: one row of sums per (device, dtype) bucket, across groups.
         buckets = self._buckets("all groups", params)

@@ -1,5 +1,6 @@
-"""The step caches the bucketing of each group and the state dicts of each bucket
-(FusedOptimizer._bucket_entry): every way a cached entry can go stale must still step like torch.optim.
+"""The step caches the bucketing of each group (FusedOptimizer._bucket_entry) and looks each state
+dict up once per step: every change between steps that a cache could miss must still step like
+torch.optim.
 
 Each test runs ours and torch.optim side by side in float64 on the same gradients, changes something
 between steps the way training code does, and compares parameters and state after every step.
