@@ -73,7 +73,8 @@ def table(rows: list[Row]) -> str:
     """Rows grouped by (parameter set, dtype); one speedup column per peer provider that ran."""
     peers = _peers(rows)
     head = (f"{'algorithm':10s} {'provider':19s} {'ms/step':>9s} {'[p20, p80]':>19s} {'Mparam/s':>9s} "
-            f"{'B/param':>7s} {'GB/s':>7s} {'bw GB/s':>7s} {'%bw':>5s} {'rd GB/s':>7s}" + "".join(f" {'vs ' + p:>17s}" for p in peers))
+            f"{'B/param':>7s} {'GB/s':>7s} {'bw GB/s':>7s} {'%bw':>5s} {'rd GB/s':>7s}"
+            + "".join(f" {'vs ' + p:>17s}" for p in peers))
     out, group, sizes = [], None, None
     for row in rows:
         if (row.preset, row.dtype) != group:
