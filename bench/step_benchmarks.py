@@ -1,5 +1,5 @@
 """pytest-benchmark suite: one optimizer step per (parameter set, dtype, algorithm, provider), plus
-the in-place bandwidth probe, from the same tables as `python -m bench`.
+the two bandwidth probes, from the same tables as `python -m bench`.
 
     python -m pytest bench/step_benchmarks.py                       # every case (long on a CPU)
     python -m pytest bench/step_benchmarks.py -k "many-small and adam" --benchmark-columns=median,iqr,ops
@@ -61,25 +61,16 @@ def test_step(benchmark, preset_name, dtype_name, algo_name, provider_name):
     benchmark.pedantic(timed, rounds=ROUNDS, warmup_rounds=1, iterations=1)
 
 
-def test_bandwidth(benchmark):
-    """a *= s over 512 MiB fp32: the in-place read-modify-write bandwidth the steps are held to."""
+@pytest.mark.parametrize("kind", ["in-place", "read-only"])
+def test_bandwidth(benchmark, kind):
+    """Over 512 MiB fp32: a *= s, the in-place read-modify-write bandwidth the steps are held to, and
+    a.sum(), the read-only bandwidth a gradient-norm pass is bound by."""
     probe = BandwidthProbe(512, DEVICE)
-    benchmark.extra_info["bytes"] = probe.bytes
+    run = probe.step if kind == "in-place" else probe.read
+    benchmark.extra_info["bytes"] = probe.bytes if kind == "in-place" else probe.read_bytes
 
     def timed():
-        probe.step()
-        _sync()
-
-    benchmark.pedantic(timed, rounds=ROUNDS, warmup_rounds=1, iterations=1)
-
-
-def test_read_bandwidth(benchmark):
-    """a.sum() over 512 MiB fp32: the read-only bandwidth a gradient-norm pass is bound by."""
-    probe = BandwidthProbe(512, DEVICE)
-    benchmark.extra_info["bytes"] = probe.read_bytes
-
-    def timed():
-        probe.read()
+        run()
         _sync()
 
     benchmark.pedantic(timed, rounds=ROUNDS, warmup_rounds=1, iterations=1)
