@@ -63,9 +63,9 @@ class BandwidthProbe:
     beyond any cache). Moves 2 bytes per buffer byte, the pattern of an optimizer step.
 
     `read` sums the same buffer: the read-only bandwidth a gradient-norm pass (AGD, LAMB) is bound
-    by, reported beside it because on the 2-core build VM it is ~65% of the in-place figure (18
-    against 27 GB/s), which caps AGD's 4 read-only + 12 in-place bytes per parameter at
-    16 / (4/rd + 12/bw) = 89% of bw."""
+    by, reported beside it because on the 2-core build VM reads are the scarce resource (a *= s
+    reads ~15 GB/s while writing as much, a.sum() reads ~19): read-heavy steps (AGD, 12 of 16 bytes
+    read) score lower against a *= s than write-heavy ones (Adam, 16 of 28)."""
 
     def __init__(self, mib: float, device: torch.device):
         self.buffer = torch.ones(max(1, int(mib * 2 ** 20) // 4), dtype=torch.float32, device=device)
