@@ -216,7 +216,13 @@ class FusedOptimizer(torch.optim.Optimizer):
 
     def _buckets(self, slot: Any, params: list[Tensor]) -> list[tuple[torch.device, list[Tensor]]]:
         """(device, parameters) per (device, dtype) bucket of `params` (cached, see `_bucket_entry`)."""
-        return [(device, params if idx is None else [params[i] for i in idx])
+        return [(device, bucket) for device, bucket, _ in self._bucket_grads(slot, params, params)]
+
+    def _bucket_grads(self, slot: Any, params: list[Tensor],
+                      grads: list[Tensor]) -> list[tuple[torch.device, list[Tensor], list[Tensor]]]:
+        """(device, parameters, their gradients) per (device, dtype) bucket of `params`."""
+        return [(device, params, grads) if idx is None else
+                (device, [params[i] for i in idx], [grads[i] for i in idx])
                 for device, idx in self._bucket_entry(slot, params).index]
 
     def _states(self, group: dict[str, Any], params: list[Tensor]) -> list[dict[str, Any]]:
@@ -235,18 +241,16 @@ class FusedOptimizer(torch.optim.Optimizer):
             with torch.enable_grad():
                 loss = closure()
         collected = self._collect_grads()
-        self._before_launches([params for params, _ in collected])
+        self._before_launches(collected)
         for gi, (group, (params, grads)) in enumerate(zip(self.param_groups, collected)):
-            for device, idx in self._bucket_entry(gi, params).index:
-                bucket, bucket_grads = (params, grads) if idx is None else \
-                    ([params[i] for i in idx], [grads[i] for i in idx])
+            for device, bucket, bucket_grads in self._bucket_grads(gi, params, grads):
                 grad_scale, found_inf = self._amp_scalars(device)
                 self._launch(group, bucket, bucket_grads, self._states(group, bucket),
                              self._lr_tensor(gi, group, device), grad_scale, found_inf)
         return loss
 
-    def _before_launches(self, collected: list[list[Tensor]]) -> None:
-        """Subclass hook: work over every group's parameters with gradients (checked) that must finish
+    def _before_launches(self, collected: list[tuple[list[Tensor], list[Tensor]]]) -> None:
+        """Subclass hook: work over every group's (parameters, gradients), checked, that must finish
         before the first launch, such as a global gradient norm."""
 
     def _init_state(self, p: Tensor, state: dict[str, Any], group: dict[str, Any]) -> None:

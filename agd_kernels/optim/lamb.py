@@ -125,7 +125,8 @@ class LAMB(FusedOptimizer):
         if len(values) > 1:
             raise ValueError(f"max_grad_norm is global, but the param groups hold {sorted(values, key=str)}; "
                              "set one value in every group")
-        params = [p for group_params in collected for p in group_params]
+        params = [p for group_params, _ in collected for p in group_params]
+        grads = [g for _, group_grads in collected for g in group_grads]
         self._clip_at = math.inf if None in values else values.pop()
         if self._clip_at == math.inf or not params:
             # No clip: nothing reads the norm, so the pass is skipped (an empty sum is 0).
@@ -134,12 +135,12 @@ class LAMB(FusedOptimizer):
             return
         # Each gradient has its parameter's device and dtype (checked when collected): the parameters'
         # (cached) buckets are the gradients' buckets.
-        buckets = [bucket for _, bucket in self._buckets("all groups", params)]
-        sizes = [sum(num_slices(p.shape) for p in bucket) for bucket in buckets]
+        buckets = self._bucket_grads("all groups", params, grads)
+        sizes = [sum(num_slices(p.shape) for p in bucket) for _, bucket, _ in buckets]
         self._grad_sumsq = torch.empty(sum(sizes), dtype=torch.float32, device=params[0].device)
         start = 0
-        for bucket, size in zip(buckets, sizes):
-            ops.slice_sumsq_([p.grad for p in bucket], self._grad_sumsq.narrow(0, start, size), backend=self.backend)
+        for (_, _, bucket_grads), size in zip(buckets, sizes):
+            ops.slice_sumsq_(bucket_grads, self._grad_sumsq.narrow(0, start, size), backend=self.backend)
             start += size
 
     def _launch(self, group, params, grads, states, lr, grad_scale, found_inf):
