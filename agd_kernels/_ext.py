@@ -1,8 +1,9 @@
 """Loads the compiled extension agd_kernels._C without ever failing the import.
 
-Importing `_C` only runs its static registrars (TORCH_LIBRARY_IMPL blocks): the C++ kernels attach
-themselves to the ops that agd_kernels.ops defined. When the module is missing or was built for
-another torch, the reason is kept here and reported once by the backend selection.
+Loading `_C` runs its static registrars (TORCH_LIBRARY_IMPL blocks): the C++ kernels attach
+themselves to the ops that agd_kernels.ops defined. As a module it also has one function per op
+(csrc/op_call.cpp), the cheap way to call those ops from Python. When the library is missing or was
+built for another torch, the reason is kept here and reported once by the backend selection.
 """
 from __future__ import annotations
 
@@ -20,6 +21,8 @@ BUILD_INFO: dict = {}
 LOAD_ERROR: Exception | None = None
 #: True once `_C` is loaded.
 LOADED = False
+#: The `_C` module once loaded (its per-op functions), else None.
+MODULE = None
 
 
 def _read_build_info() -> dict:
@@ -32,7 +35,7 @@ def _read_build_info() -> dict:
 
 def load() -> None:
     """Load `_C` once. Must run after agd_kernels.ops has defined the schemas (see ops.py)."""
-    global LOADED, LOAD_ERROR, BUILD_INFO
+    global LOADED, LOAD_ERROR, BUILD_INFO, MODULE
     if LOADED or LOAD_ERROR is not None:
         return
     BUILD_INFO = _read_build_info()
@@ -47,10 +50,12 @@ def load() -> None:
     built_for = BUILD_INFO.get("torch")
     try:
         torch.ops.load_library(spec.origin)
-    except (OSError, RuntimeError) as exc:
+        module = importlib.import_module("agd_kernels._C")  # the library just loaded, now as a module
+    except (OSError, RuntimeError, ImportError) as exc:
         hint = f" (built for torch {built_for}, running torch {torch.__version__})" if built_for else ""
         LOAD_ERROR = ImportError(f"agd_kernels._C failed to load{hint}: {exc}")
         return
+    MODULE = module
     LOADED = True
 
 

@@ -114,13 +114,40 @@ def _define_all() -> None:
         fake = _FAKES.get(name, lambda *args, **kwargs: None)
         torch.library.register_fake(f"{NAMESPACE}::{name}", fake, lib=_LIB)
         _backends.register_kernel(name, "torch", reference)
-        op = getattr(torch.ops.agd_kernels, name).default
-        _backends.register_kernel(name, "cpu", op)
-        _backends.register_kernel(name, "cuda", op)
+
+
+def _compiled_kernel(name: str):
+    """The cpu/cuda backends' callable for op `name`: the dispatcher op, through `_C`'s function for it
+    (csrc/op_call.cpp: no per-tensor refcount or GIL traffic) unless that returns NotImplemented
+    (tensor subclasses, torch function/dispatch modes) or torch.compile is tracing, which needs the
+    torch.ops call."""
+    op = getattr(torch.ops.agd_kernels, name).default
+    fast = getattr(_ext.MODULE, name, None)
+    if fast is None:
+        return op
+    is_compiling = torch.compiler.is_compiling
+
+    def call(*args):
+        if not is_compiling():
+            out = fast(*args)
+            if out is not NotImplemented:
+                return out
+        return op(*args)
+
+    call.__name__ = call.__qualname__ = name
+    return call
+
+
+def _register_compiled() -> None:
+    for name in SCHEMAS:
+        kernel = _compiled_kernel(name)
+        _backends.register_kernel(name, "cpu", kernel)
+        _backends.register_kernel(name, "cuda", kernel)
 
 
 _define_all()
 _ext.load()  # after the schemas: the C++ registrars attach kernels to the ops defined above
+_register_compiled()
 
 
 def _kernel(op: str, params: Sequence[Tensor], backend: str | None):

@@ -12,7 +12,7 @@ from typing import Any, Callable, NamedTuple
 import torch
 from torch import Tensor
 
-from .. import _backends
+from .. import _backends, _ext
 from .._grouping import group_by_device_dtype
 
 
@@ -59,6 +59,30 @@ class _BucketEntry(NamedTuple):
     dtypes: list[torch.dtype]
     params: list[Tensor]  # held so the ids stay unique
     index: list[tuple[torch.device, list[int] | None]]  # per bucket: device, positions (None: all)
+
+
+class Collected(NamedTuple):
+    """One group's parameters that have gradients, and those gradients (FusedOptimizer._collect_grads)."""
+    params: list[Tensor]
+    grads: list[Tensor]
+    uniform: bool  # all of one dtype and device: a single bucket
+
+
+def _collect_group_grads(group_params: list[Tensor]) -> tuple[list[Tensor], list[Tensor], bool, int]:
+    """What agd_kernels._C.collect_grads returns, in Python: (parameters with a gradient, their
+    gradients, whether those share one dtype and device, the position in `group_params` of the first
+    sparse gradient or one of another dtype than its parameter, else -1)."""
+    params, grads = [], []
+    for p in group_params:
+        g = p.grad
+        if g is not None:
+            params.append(p)
+            grads.append(g)
+    bad = -1
+    if [g.dtype for g in grads] != [p.dtype for p in params] or any(g.is_sparse for g in grads):
+        bad = next(i for i, p in enumerate(group_params)
+                   if p.grad is not None and (p.grad.is_sparse or p.grad.dtype != p.dtype))
+    return params, grads, len({(p.dtype, p.device) for p in params}) <= 1, bad
 
 
 class FusedOptimizer(torch.optim.Optimizer):
@@ -159,34 +183,37 @@ class FusedOptimizer(torch.optim.Optimizer):
 
     # ---------------------------------------------------------------- step
     # Per-step Python work is per parameter: on 640 small tensors each attribute read or dict lookup
-    # costs ~60 us per step, against a fused RMSprop op of ~3 ms, so the step reads .grad once, checks
-    # dtypes by comparing lists, caches the bucketing and looks each state dict up once.
-    def _collect_grads(self) -> list[tuple[list[Tensor], list[Tensor]]]:
-        """(parameters with gradients, their gradients) per group; raises, changing nothing, on
+    # costs ~60 us per step (more once a step's data has flushed the caches), against a fused RMSprop op
+    # of ~3 ms. So gradients are collected in C++ (agd_kernels._C.collect_grads), a group of one dtype
+    # and device skips the bucketing, other groups' bucketing is cached, and each state dict is looked
+    # up once.
+    def _collect_grads(self) -> list[Collected]:
+        """The parameters with gradients and their gradients, per group; raises, changing nothing, on
         unsupported gradients.
 
         torch's .grad setter already enforces the parameter's shape and device; a different dtype is
         possible (Tensor.grad_dtype), so that and sparsity are what is checked here.
         """
+        # torch.compile cannot trace into C++: it traces the Python version
+        collect = None if torch.compiler.is_compiling() else getattr(_ext.MODULE, "collect_grads", None)
         collected = []
         for gi, group in enumerate(self.param_groups):
-            params = group["params"]
-            grads = [p.grad for p in params]
-            if any(g is None for g in grads):
-                params = [p for p, g in zip(params, grads) if g is not None]
-                grads = [g for g in grads if g is not None]
-            if [g.dtype for g in grads] != [p.dtype for p in params] or any(g.is_sparse for g in grads):
-                self._reject_grad(gi, group, next(p for p, g in zip(params, grads)
-                                                  if g.is_sparse or g.dtype != p.dtype))
-            collected.append((params, grads))
+            found = NotImplemented if collect is None else collect(group["params"])
+            if found is NotImplemented:  # no extension, tensor subclasses, or tracing
+                found = _collect_group_grads(group["params"])
+            params, grads, uniform, bad = found
+            if bad >= 0:
+                self._reject_grad(gi, group, bad)
+            collected.append(Collected(params, grads, uniform))
         return collected
 
     def _collect(self) -> list[list[Tensor]]:
         """Parameters with gradients, per group (checked as in `_collect_grads`)."""
-        return [params for params, _ in self._collect_grads()]
+        return [found.params for found in self._collect_grads()]
 
-    def _reject_grad(self, gi: int, group: dict[str, Any], p: Tensor) -> None:
-        where = describe_param(group, gi, next(i for i, q in enumerate(group["params"]) if q is p), p)
+    def _reject_grad(self, gi: int, group: dict[str, Any], position: int) -> None:
+        p = group["params"][position]
+        where = describe_param(group, gi, position, p)
         g = p.grad
         if g.is_sparse:
             raise RuntimeError(f"{type(self).__name__} does not support sparse gradients: {where} has a sparse .grad")
@@ -218,9 +245,12 @@ class FusedOptimizer(torch.optim.Optimizer):
         """(device, parameters) per (device, dtype) bucket of `params` (cached, see `_bucket_entry`)."""
         return [(device, bucket) for device, bucket, _ in self._bucket_grads(slot, params, params)]
 
-    def _bucket_grads(self, slot: Any, params: list[Tensor],
-                      grads: list[Tensor]) -> list[tuple[torch.device, list[Tensor], list[Tensor]]]:
-        """(device, parameters, their gradients) per (device, dtype) bucket of `params`."""
+    def _bucket_grads(self, slot: Any, params: list[Tensor], grads: list[Tensor],
+                      uniform: bool = False) -> list[tuple[torch.device, list[Tensor], list[Tensor]]]:
+        """(device, parameters, their gradients) per (device, dtype) bucket of `params`; `uniform`
+        (known to share one dtype and device) skips the grouping."""
+        if uniform:
+            return [(params[0].device, params, grads)] if params else []
         return [(device, params, grads) if idx is None else
                 (device, [params[i] for i in idx], [grads[i] for i in idx])
                 for device, idx in self._bucket_entry(slot, params).index]
@@ -242,15 +272,15 @@ class FusedOptimizer(torch.optim.Optimizer):
                 loss = closure()
         collected = self._collect_grads()
         self._before_launches(collected)
-        for gi, (group, (params, grads)) in enumerate(zip(self.param_groups, collected)):
-            for device, bucket, bucket_grads in self._bucket_grads(gi, params, grads):
+        for gi, (group, found) in enumerate(zip(self.param_groups, collected)):
+            for device, bucket, bucket_grads in self._bucket_grads(gi, *found):
                 grad_scale, found_inf = self._amp_scalars(device)
                 self._launch(group, bucket, bucket_grads, self._states(group, bucket),
                              self._lr_tensor(gi, group, device), grad_scale, found_inf)
         return loss
 
-    def _before_launches(self, collected: list[tuple[list[Tensor], list[Tensor]]]) -> None:
-        """Subclass hook: work over every group's (parameters, gradients), checked, that must finish
+    def _before_launches(self, collected: list[Collected]) -> None:
+        """Subclass hook: work over every group's parameters and gradients, checked, that must finish
         before the first launch, such as a global gradient norm."""
 
     def _init_state(self, p: Tensor, state: dict[str, Any], group: dict[str, Any]) -> None:

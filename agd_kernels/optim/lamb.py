@@ -125,8 +125,8 @@ class LAMB(FusedOptimizer):
         if len(values) > 1:
             raise ValueError(f"max_grad_norm is global, but the param groups hold {sorted(values, key=str)}; "
                              "set one value in every group")
-        params = [p for group_params, _ in collected for p in group_params]
-        grads = [g for _, group_grads in collected for g in group_grads]
+        params = [p for found in collected for p in found.params]
+        grads = [g for found in collected for g in found.grads]
         self._clip_at = math.inf if None in values else values.pop()
         if self._clip_at == math.inf or not params:
             # No clip: nothing reads the norm, so the pass is skipped (an empty sum is 0).

@@ -5,6 +5,7 @@
 #include "agd_kernels/adagrad.h"
 #include "isa.h"
 #include "multi_tensor.h"
+#include "ops.h"
 
 namespace agd_kernels::cpu {
 namespace {

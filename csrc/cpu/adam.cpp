@@ -6,6 +6,7 @@
 #include "agd_kernels/adam.h"
 #include "isa.h"
 #include "multi_tensor.h"
+#include "ops.h"
 
 namespace agd_kernels::cpu {
 namespace {

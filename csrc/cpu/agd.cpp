@@ -8,6 +8,7 @@
 #include "agd_kernels/agd.h"
 #include "isa.h"
 #include "multi_tensor.h"
+#include "ops.h"
 
 namespace agd_kernels::cpu {
 namespace {

@@ -4,6 +4,7 @@
 #include "agd_kernels/sgd.h"
 #include "isa.h"
 #include "multi_tensor.h"
+#include "ops.h"
 
 namespace agd_kernels::cpu {
 namespace {

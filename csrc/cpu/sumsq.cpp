@@ -9,6 +9,7 @@
 
 #include "isa.h"
 #include "multi_tensor.h"
+#include "ops.h"
 
 namespace agd_kernels::cpu {
 namespace {

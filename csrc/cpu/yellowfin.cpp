@@ -13,6 +13,7 @@
 #include "agd_kernels/yellowfin.h"
 #include "isa.h"
 #include "multi_tensor.h"
+#include "ops.h"
 
 namespace agd_kernels::cpu {
 namespace {

@@ -14,7 +14,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from agd_kernels import _backends, ops
+from agd_kernels import _backends, _ext, ops
 from tests.op_cases import (MANY_SMALL, SIZES, VARIANTS, _clone_args, _flat, check_backend, make_args,
                             mutated_positions, run, shapes_for)
 from tests.tolerance import DTYPE_IDS, assert_within_2x_reference
@@ -201,14 +201,18 @@ BAD_INPUT = [
 ]
 
 
+@pytest.mark.parametrize("via", ["torch.ops", "_C"])
 @pytest.mark.parametrize("op, variant, corrupt, error, match", [pytest.param(*case, id=f"{case[0]}-{i}")
                                                                  for i, case in enumerate(BAD_INPUT)])
-def test_bad_input_raises_naming_the_argument_and_changes_nothing(op, variant, corrupt, error, match):
+def test_bad_input_raises_naming_the_argument_and_changes_nothing(op, variant, corrupt, error, match, via):
+    """Through torch.ops and through _C's entry point (csrc/op_call.cpp), which must raise the same
+    Python exception types."""
     args = list(make_args(op, shapes_for(op, [5, 7, 3]), torch.float32, variant))
     corrupt(args)
     before = [t.clone() for t in _mutated(op, args)]
+    call = getattr(torch.ops.agd_kernels, op) if via == "torch.ops" else getattr(_ext.MODULE, op)
     with pytest.raises(error, match=match):
-        getattr(torch.ops.agd_kernels, op)(*args)  # the dispatcher's CPU kernel, whatever the dtypes
+        call(*args)  # the dispatcher's CPU kernel, whatever the dtypes
     _assert_same_bits(_mutated(op, args), before, f"{op} after a rejected call")
 
 
