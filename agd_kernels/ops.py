@@ -26,7 +26,7 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
-from . import _backends, _ext
+from . import _backends, _ext, distributed
 from .reference import adagrad as _ref_adagrad
 from .reference import adam as _ref_adam
 from .reference import agd as _ref_agd
@@ -151,7 +151,12 @@ _register_compiled()
 
 
 def _kernel(op: str, params: Sequence[Tensor], backend: str | None):
-    return _backends.resolve(op, params[0].device, params[0].dtype, backend)[1]
+    """The backend's kernel for `op` on tensors like params[0]; DTensor (sharded) arguments reach it as
+    their local shards (the ops are per element, or sum per slot for the caller to all-reduce)."""
+    kernel = _backends.resolve(op, params[0].device, params[0].dtype, backend)[1]
+    if distributed.is_dtensor(params[0]):
+        return lambda *args: kernel(*distributed.unwrap(args))
+    return kernel
 
 
 def slice_sumsq_(tensors: Sequence[Tensor], out: Tensor, *, backend: str | None = "auto") -> None:

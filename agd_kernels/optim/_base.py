@@ -14,6 +14,7 @@ from torch import Tensor
 
 from .. import _backends, _ext
 from .._grouping import group_by_device_dtype
+from ..distributed import Partials, is_dtensor
 
 
 def describe_param(group: dict[str, Any], group_index: int, position: int, p: Tensor) -> str:
@@ -69,8 +70,8 @@ class Collected(NamedTuple):
 
 
 def _collect_group_grads(group_params: list[Tensor]) -> tuple[list[Tensor], list[Tensor], bool, int]:
-    """What agd_kernels._C.collect_grads returns, in Python: (parameters with a gradient, their
-    gradients, whether those share one dtype and device, the position in `group_params` of the first
+    """What agd_kernels._C.collect_grads returns, in Python, also for DTensor parameters: (parameters
+    with a gradient, their gradients, whether those share one dtype and device (and DTensor-ness), the position in `group_params` of the first
     sparse gradient or one of another dtype than its parameter, else -1)."""
     params, grads = [], []
     for p in group_params:
@@ -82,7 +83,7 @@ def _collect_group_grads(group_params: list[Tensor]) -> tuple[list[Tensor], list
     if [g.dtype for g in grads] != [p.dtype for p in params] or any(g.is_sparse for g in grads):
         bad = next(i for i, p in enumerate(group_params)
                    if p.grad is not None and (p.grad.is_sparse or p.grad.dtype != p.dtype))
-    return params, grads, len({(p.dtype, p.device) for p in params}) <= 1, bad
+    return params, grads, len({(p.dtype, p.device, is_dtensor(p)) for p in params}) <= 1, bad
 
 
 class FusedOptimizer(torch.optim.Optimizer):
@@ -207,10 +208,6 @@ class FusedOptimizer(torch.optim.Optimizer):
             collected.append(Collected(params, grads, uniform))
         return collected
 
-    def _collect(self) -> list[list[Tensor]]:
-        """Parameters with gradients, per group (checked as in `_collect_grads`)."""
-        return [found.params for found in self._collect_grads()]
-
     def _reject_grad(self, gi: int, group: dict[str, Any], position: int) -> None:
         p = group["params"][position]
         where = describe_param(group, gi, position, p)
@@ -237,7 +234,7 @@ class FusedOptimizer(torch.optim.Optimizer):
         if (hit is None or hit.key != key or hit.dtypes != dtypes
                 or any(params[0 if idx is None else idx[0]].device != device for device, idx in hit.index)):
             groups = list(group_by_device_dtype(params).items())
-            index = [(device, None if len(groups) == 1 else idx) for (device, _), idx in groups]
+            index = [(device, None if len(groups) == 1 else idx) for (device, _, _), idx in groups]
             hit = self._bucket_cache[slot] = _BucketEntry(key, dtypes, params, index)
         return hit
 
@@ -263,25 +260,56 @@ class FusedOptimizer(torch.optim.Optimizer):
                 self._init_state(p, state, group)
         return states
 
+    # A step has two phases around at most one collective (DESIGN.md rule 8): `_partials` writes every
+    # whole-tensor quantity (sums over elements) into one flat buffer, which `Partials.reduce_` completes
+    # across ranks when parameters are sharded (one all-reduce, nothing otherwise), then `_apply` updates.
     @torch.no_grad()
     def step(self, closure: Callable[[], float] | None = None):
-        """One optimisation step. Returns the closure's loss, like torch.optim."""
+        """One optimisation step. Returns the closure's loss, like torch.optim (AGD returns eta)."""
         loss = None
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
         collected = self._collect_grads()
-        self._before_launches(collected)
+        partial = self._partials(collected)
+        if partial is not None:
+            buffer, layout = partial
+            layout.reduce_(buffer)
+        out = self._apply(collected)
+        return out if out is not None and (closure is None or self._RESULT_OVER_LOSS) else loss
+
+    #: Whether step() returns `_apply`'s result even when a closure's loss is there to return.
+    _RESULT_OVER_LOSS = False
+
+    def _partials(self, collected: list[Collected]) -> tuple[Tensor, Partials] | None:
+        """Subclass hook, phase 1: launch the ops that write this step's whole-tensor partial sums into
+        one flat buffer; return it with its layout (the base then reduces it across ranks), or None."""
+        return None
+
+    def _apply(self, collected: list[Collected]) -> Any:
+        """Phase 2: one `_launch` per (group, device, dtype) bucket. Returns what step() returns
+        (None: the closure's loss)."""
         for gi, (group, found) in enumerate(zip(self.param_groups, collected)):
             for device, bucket, bucket_grads in self._bucket_grads(gi, *found):
                 grad_scale, found_inf = self._amp_scalars(device)
                 self._launch(group, bucket, bucket_grads, self._states(group, bucket),
                              self._lr_tensor(gi, group, device), grad_scale, found_inf)
-        return loss
+        return None
 
-    def _before_launches(self, collected: list[Collected]) -> None:
-        """Subclass hook: work over every group's parameters and gradients, checked, that must finish
-        before the first launch, such as a global gradient norm."""
+    def _describer(self, tensors: list[Tensor]) -> Callable[[int], str]:
+        """describe(i): how errors name tensors[i], one of this optimizer's parameters."""
+        def describe(i: int) -> str:
+            for gi, group in enumerate(self.param_groups):
+                for pos, p in enumerate(group["params"]):
+                    if p is tensors[i]:
+                        return describe_param(group, gi, pos, p)
+            return f"tensor {i} (shape {tuple(tensors[i].shape)})"
+        return describe
+
+    def _partials_layout(self, tensors: list[Tensor], spans: list[tuple[int, int]],
+                         device: torch.device) -> Partials:
+        """The cross-rank layout of a partial-sums buffer whose tensor i fills slots spans[i]."""
+        return Partials(tensors, spans, device, self._describer(tensors))
 
     def _init_state(self, p: Tensor, state: dict[str, Any], group: dict[str, Any]) -> None:
         raise NotImplementedError

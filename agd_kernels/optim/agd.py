@@ -17,6 +17,7 @@ from .. import ops
 from .._grouping import group_by_device_dtype
 from ..reference.agd import target_scale
 from ..reference.sumsq import num_slices
+from ..distributed import Partials, distribute_tensor, is_dtensor
 from ._base import FusedOptimizer, describe_param, is_number
 
 BIAS_MODES = ("reject", "follow")
@@ -28,11 +29,25 @@ def _valid_gain(gain) -> bool:
 
 @dataclass
 class _Plan:
-    """Everything about a step that depends only on which parameters have gradients."""
+    """Everything about a step that depends only on which parameters have gradients. Tensors are named
+    by (group, position in that group's collected lists), so a step reads each gradient once (collect)."""
     depth: int
-    norm_buckets: list[tuple[list[Tensor], int, int]]      # (matrices, first slot, slot count)
-    update_buckets: list[tuple[int, list[Tensor], list[int], list[int]]]  # (group, params, starts, counts)
+    norm_buckets: list[tuple[list[tuple[int, int]], int, int]]  # (matrices, first slot, slot count)
+    update_buckets: list[tuple[int, list[int], list[int], list[int]]]  # (group, positions, starts, counts)
     slice_sv: Tensor
+    partials: Partials  # how the per-tap sums are completed across ranks (sharded parameters)
+
+
+def _check_sharding(p: Tensor, group: dict, group_index: int) -> None:
+    """AGD's per-tap sums add up over shards of dims 0 and 1 (a tap spans both); a shard of a tap dim
+    (>= 2) would hold only some taps of the slot layout, which is built from the global shape."""
+    if not is_dtensor(p):
+        return
+    for placement in p.placements:
+        if placement.is_shard() and placement.dim >= 2:
+            where = describe_param(group, group_index, next(k for k, q in enumerate(group["params"]) if q is p), p)
+            raise ValueError(f"AGD cannot take {where}: it is sharded on dim {placement.dim}, a kernel-tap dim; "
+                             "AGD normalises each tap as a whole, so shard weights on dim 0 or 1 only")
 
 
 class AGD(FusedOptimizer):
@@ -58,6 +73,8 @@ class AGD(FusedOptimizer):
             raise ValueError(f"Invalid gain: {gain!r}; expected a finite number > 0")
         self.bias_mode = bias_mode
         self._plans: dict[tuple, _Plan] = {}
+        self._step_plan: _Plan | None = None  # this step's plan and sums, from phase 1 to phase 2
+        self._step_sumsq: Tensor | None = None
         self.last_eta: Tensor | None = None
         self.last_G: Tensor | None = None
         super().__init__(params, dict(gain=float(gain)), backend)
@@ -90,19 +107,24 @@ class AGD(FusedOptimizer):
             return plan
         # A tensor listed twice (torch.optim only warns about duplicates inside a group) is one
         # weight: it counts once in L and G and is updated once (specs/agd.md §4 item 15).
-        collected = _first_occurrences(collected)
-        matrices = [p for params in collected for p in params if p.dim() >= 2]
-        # Slot layout: matrices bucketed by (device, dtype) so each bucket's norms fill one contiguous range.
-        start, norm_buckets, slot_of, sv = 0, [], {}, []
-        for _, idx in group_by_device_dtype(matrices).items():
-            bucket = [matrices[i] for i in idx]
-            first = start
-            for p in bucket:
+        first = _first_occurrences(collected)
+        matrices = [(gi, i) for gi, params in enumerate(collected) for i in first[gi] if params[i].dim() >= 2]
+        for gi, i in matrices:
+            _check_sharding(collected[gi][i], self.param_groups[gi], gi)
+        # Slot layout: matrices bucketed by (device, dtype) so each bucket's norms fill one contiguous
+        # range. Shapes are global (DTensor.shape), so every rank builds the same layout.
+        start, norm_buckets, slot_of, sv, spans = 0, [], {}, [], []
+        for _, idx in group_by_device_dtype([collected[gi][i] for gi, i in matrices]).items():
+            bucket = [matrices[k] for k in idx]
+            bucket_first = start
+            for gi, i in bucket:
+                p = collected[gi][i]
                 n = num_slices(p.shape)
                 slot_of[id(p)] = (start, n)
+                spans.append((start, n))
                 sv += [target_scale(p.shape)] * n
                 start += n
-            norm_buckets.append((bucket, first, start - first))
+            norm_buckets.append((bucket, bucket_first, start - bucket_first))
         # Each parameter follows the nearest weight at or before it in the order given (followers of a
         # weight without a gradient this step are not updated).
         owner_of, owner = {}, None
@@ -112,45 +134,54 @@ class AGD(FusedOptimizer):
                 owner_of[id(p)] = owner
         update_buckets = []
         for gi, params in enumerate(collected):
-            members = [p for p in params if id(owner_of[id(p)]) in slot_of]
-            for _, idx in group_by_device_dtype(members).items():
-                bucket = [members[i] for i in idx]
-                slots = [slot_of[id(owner_of[id(p)])] for p in bucket]
-                update_buckets.append((gi, bucket, [s for s, _ in slots], [n for _, n in slots]))
-        device = matrices[0].device if matrices else torch.device("cpu")
+            members = [i for i in first[gi] if id(owner_of[id(params[i])]) in slot_of]
+            for _, idx in group_by_device_dtype([params[i] for i in members]).items():
+                positions = [members[k] for k in idx]
+                slots = [slot_of[id(owner_of[id(params[i])])] for i in positions]
+                update_buckets.append((gi, positions, [s for s, _ in slots], [n for _, n in slots]))
+        ordered = [collected[gi][i] for bucket, _, _ in norm_buckets for gi, i in bucket]
+        device = ordered[0].device if ordered else torch.device("cpu")
         # non_blocking: a pageable host-to-device copy is staged without waiting for the device.
         plan = _Plan(len(matrices), norm_buckets, update_buckets,
-                     torch.tensor(sv, dtype=torch.float32).to(device, non_blocking=True))
+                     torch.tensor(sv, dtype=torch.float32).to(device, non_blocking=True),
+                     self._partials_layout(ordered, spans, device))
         if len(self._plans) >= 16:  # gradient patterns rarely vary; bound the cache anyway
             self._plans.clear()
         self._plans[key] = plan
         return plan
 
-    @torch.no_grad()
-    def step(self, closure=None) -> Tensor:
-        """One AGD step. Returns eta (0-d fp32 tensor on the parameters' device, without the gain).
+    # step() is the base class's. Phase 1 (`_partials`): the per-tap sums of squares of every weight
+    # gradient into one fp32 buffer, all-reduced by the base when weights are sharded. Phase 2
+    # (`_apply`): agd_step_, which computes G and eta from that buffer on the device. With a closure,
+    # the closure runs first and step() still returns eta (specs/agd.md §5.6).
+    _RESULT_OVER_LOSS = True
 
-        A closure, if given, is evaluated with gradients enabled before the step; its loss is not
-        returned (step() returns eta, specs/agd.md §5.6).
-        """
-        if closure is not None:
-            with torch.enable_grad():
-                closure()
-        plan = self._plan(self._collect())
+    def _partials(self, collected):
+        plan = self._step_plan = self._plan([found.params for found in collected])
+        if plan.depth == 0:
+            return None
+        grads = [found.grads for found in collected]
+        sumsq = self._step_sumsq = torch.empty(plan.slice_sv.numel(), dtype=torch.float32,
+                                               device=plan.slice_sv.device)
+        for bucket, first, count in plan.norm_buckets:
+            ops.slice_sumsq_([grads[gi][i] for gi, i in bucket], sumsq.narrow(0, first, count), backend=self.backend)
+        return sumsq, plan.partials
+
+    def _apply(self, collected) -> Tensor:
+        """agd_step_ per (group, device, dtype) bucket; returns eta (0-d fp32 tensor on the parameters'
+        device, without the gain)."""
+        plan = self._step_plan
         if plan.depth == 0:
             device = next((p.device for g in self.param_groups for p in g["params"]), torch.device("cpu"))
             self.last_eta = self.last_G = torch.zeros((), device=device)
             return self.last_eta
-        device = plan.slice_sv.device
-        sumsq = torch.empty(plan.slice_sv.numel(), dtype=torch.float32, device=device)
-        for bucket, first, count in plan.norm_buckets:
-            ops.slice_sumsq_([p.grad for p in bucket], sumsq.narrow(0, first, count), backend=self.backend)
-        grad_scale, found_inf = self._amp_scalars(device)
+        grad_scale, found_inf = self._amp_scalars(plan.slice_sv.device)
         eta = G = None
-        for gi, params, starts, counts in plan.update_buckets:
-            out = ops.agd_step_(params, [p.grad for p in params], sumsq, plan.slice_sv, starts, counts,
-                                depth=plan.depth, gain=self.param_groups[gi]["gain"], grad_scale=grad_scale,
-                                found_inf=found_inf, backend=self.backend)
+        for gi, positions, starts, counts in plan.update_buckets:
+            params, grads = collected[gi].params, collected[gi].grads
+            out = ops.agd_step_([params[i] for i in positions], [grads[i] for i in positions], self._step_sumsq,
+                                plan.slice_sv, starts, counts, depth=plan.depth, gain=self.param_groups[gi]["gain"],
+                                grad_scale=grad_scale, found_inf=found_inf, backend=self.backend)
             if eta is None:
                 eta, G = out
         self.last_eta, self.last_G = eta, G
@@ -164,33 +195,47 @@ class AGD(FusedOptimizer):
         the trailing dims), then the whole tensor is multiplied by sv = √(out/(in·Π kernel)), so every
         tap has all singular values equal to sv. Parameters of rank <= 1 named '*bias' (when the
         optimizer was given named parameters) are zeroed; other ones keep their values.
+
+        A sharded weight (DTensor) gets the same draw as the whole tensor would in one process: each
+        rank draws the full tensor and keeps the shard of rank 0's draw (distribute_tensor), so the
+        result does not depend on the ranks' RNG states agreeing.
         """
         for group in self.param_groups:
             names = group.get("param_names") or [None] * len(group["params"])
             for p, name in zip(group["params"], names):
                 if p.dim() >= 2:
-                    # Drawn in fp32 (QR has no 16-bit kernels) and scaled before the one rounding
-                    # to p's dtype; fp64 weights get an fp64 draw.
-                    dtype = torch.float64 if p.dtype == torch.float64 else torch.float32
-                    tap = torch.empty(p.shape[0], p.shape[1], dtype=dtype, device=p.device)
-                    sv = target_scale(p.shape)
-                    for index in _taps(p.shape[2:]):
-                        torch.nn.init.orthogonal_(tap)
-                        p[(slice(None), slice(None), *index)] = tap.mul_(sv)
+                    full = _orthogonal(p.shape, p.dtype, p.device)
+                    if is_dtensor(p):
+                        full = distribute_tensor(full, p.device_mesh, p.placements)
+                    p.copy_(full)
                 elif name is not None and name.endswith("bias"):
                     p.zero_()
 
 
-def _first_occurrences(collected: list[list[Tensor]]) -> list[list[Tensor]]:
-    """`collected` with every tensor after its first appearance (in any group) removed."""
+def _orthogonal(shape: torch.Size, dtype: torch.dtype, device: torch.device) -> Tensor:
+    """A tensor of `shape` whose every tap is an independent orthogonal draw times the target scale."""
+    # Drawn in fp32 (QR has no 16-bit kernels) and scaled before the one rounding to the parameter's
+    # dtype (by the caller's copy); fp64 weights get an fp64 draw.
+    draw_dtype = torch.float64 if dtype == torch.float64 else torch.float32
+    full = torch.empty(shape, dtype=draw_dtype, device=device)
+    tap = torch.empty(shape[0], shape[1], dtype=draw_dtype, device=device)
+    sv = target_scale(shape)
+    for index in _taps(shape[2:]):
+        torch.nn.init.orthogonal_(tap)
+        full[(slice(None), slice(None), *index)] = tap.mul_(sv)
+    return full
+
+
+def _first_occurrences(collected: list[list[Tensor]]) -> list[list[int]]:
+    """Per group, the positions in `collected` of the tensors at their first appearance (in any group)."""
     seen: set[int] = set()
     out = []
     for params in collected:
         kept = []
-        for p in params:
+        for i, p in enumerate(params):
             if id(p) not in seen:
                 seen.add(id(p))
-                kept.append(p)
+                kept.append(i)
         out.append(kept)
     return out
 

@@ -14,6 +14,7 @@ from torch import Tensor
 
 from .. import ops
 from ..reference.sumsq import num_slices
+from ..distributed import Partials
 from ._base import FusedOptimizer, check_betas, check_non_negative, is_number
 
 VARIANTS = ("apex", "paper")
@@ -85,8 +86,9 @@ class LAMB(FusedOptimizer):
                                  "variant adds weight decay to u and adapts every group not excluded per group")
             defaults.update(exclude_from_weight_decay=False, exclude_from_layer_adaptation=False,
                             phi_min=phi_min, phi_max=phi_max)
-        self._grad_sumsq: Tensor | None = None  # this step's global-norm buffer (see _before_launches)
+        self._grad_sumsq: Tensor | None = None  # this step's global-norm buffer (see _partials)
         self._clip_at = math.inf
+        self._clip_cache: tuple[tuple[int, ...], list[Tensor], Partials] | None = None  # (ids, tensors, layout)
         super().__init__(params, defaults, backend)
 
     def _check_hparams(self, hparams):
@@ -118,9 +120,10 @@ class LAMB(FusedOptimizer):
         state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
         state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
 
-    def _before_launches(self, collected):
-        """The global-norm pass over every group's gradients: it must finish before the first
-        lamb_step_ of any group reads it."""
+    def _partials(self, collected):
+        """The global-norm pass over every group's gradients, completed across ranks when parameters
+        are sharded (the clip's own all-reduce: the clip factor scales the moments, so it must be known
+        before them): it must finish before the first lamb_step_ of any group reads it."""
         values = {g["max_grad_norm"] for g in self.param_groups}
         if len(values) > 1:
             raise ValueError(f"max_grad_norm is global, but the param groups hold {sorted(values, key=str)}; "
@@ -132,16 +135,30 @@ class LAMB(FusedOptimizer):
             # No clip: nothing reads the norm, so the pass is skipped (an empty sum is 0).
             device = params[0].device if params else torch.device("cpu")
             self._grad_sumsq = torch.zeros(0, dtype=torch.float32, device=device)
-            return
+            return None
         # Each gradient has its parameter's device and dtype (checked when collected): the parameters'
         # (cached) buckets are the gradients' buckets.
         buckets = self._bucket_grads("all groups", params, grads)
-        sizes = [sum(num_slices(p.shape) for p in bucket) for _, bucket, _ in buckets]
-        self._grad_sumsq = torch.empty(sum(sizes), dtype=torch.float32, device=params[0].device)
+        ordered = [p for _, bucket, _ in buckets for p in bucket]
+        spans, start = [], 0
+        for p in ordered:
+            spans.append((start, num_slices(p.shape)))
+            start += spans[-1][1]
+        self._grad_sumsq = torch.empty(start, dtype=torch.float32, device=params[0].device)
         start = 0
-        for (_, _, bucket_grads), size in zip(buckets, sizes):
+        for _, bucket, bucket_grads in buckets:
+            size = sum(num_slices(p.shape) for p in bucket)
             ops.slice_sumsq_(bucket_grads, self._grad_sumsq.narrow(0, start, size), backend=self.backend)
             start += size
+        self._clip_layout(ordered, spans).reduce_(self._grad_sumsq)
+        return None
+
+    def _clip_layout(self, ordered: list[Tensor], spans: list[tuple[int, int]]) -> Partials:
+        """The cross-rank layout of the gradient-norm buffer (cached per parameter set)."""
+        key = tuple(map(id, ordered))
+        if self._clip_cache is None or self._clip_cache[0] != key:
+            self._clip_cache = (key, ordered, self._partials_layout(ordered, spans, ordered[0].device))
+        return self._clip_cache[2]
 
     def _launch(self, group, params, grads, states, lr, grad_scale, found_inf):
         weight_decay = group["weight_decay"]

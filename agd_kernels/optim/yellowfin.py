@@ -8,19 +8,22 @@ tuner vector) and `yellowfin_apply_` per (group, device, dtype) bucket (ḡ EMA 
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor
 
 from .. import ops
 from ..reference.yellowfin import SCRATCH, SLOT, SLOTS, new_tuner
+from ..distributed import Partials, is_dtensor, shard_layout
 from ._base import FusedOptimizer, check_non_negative, is_number
 
 #: Tuner options: global, because the statistics span every group.
 OPTIONS = ("clip_thresh", "beta", "curv_win_width", "zero_debias", "sparsity_debias", "auto_clip_fac",
            "force_non_inc_step", "h_max_log_smooth", "h_min_log_smooth", "adapt_clip", "stat_protect_fac",
            "catastrophic_move_thresh")
+#: Where state_dict() keeps the tuner: in the per-parameter state of the first parameter.
+TUNER_KEY = "yellowfin_tuner"
 _FLAGS = ("zero_debias", "sparsity_debias", "force_non_inc_step", "h_max_log_smooth", "h_min_log_smooth",
           "adapt_clip")
 
@@ -48,6 +51,15 @@ def check_options(options: dict[str, Any]) -> None:
     for name in _FLAGS:
         if not isinstance(options[name], bool):
             raise ValueError(f"Invalid {name}: {options[name]!r}; expected True or False")
+
+
+class _StatsPlan(NamedTuple):
+    """The statistics rows of a parameter set (which parameters have gradients), cached across steps."""
+    key: tuple[int, ...]
+    params: list[Tensor]  # held so the ids in `key` stay unique
+    rows: list[list[int]]  # per stats row: positions in the flattened parameters with gradients
+    partials: Partials
+    numel: float  # elements of those parameters (global shapes)
 
 
 class YellowFin(FusedOptimizer):
@@ -95,6 +107,8 @@ class YellowFin(FusedOptimizer):
         self.tuner = new_tuner(float(lr), float(mu), curv_win_width, self.param_groups[0]["params"][0].device)
         self.last_lr: Tensor | None = None
         self.last_mu: Tensor | None = None
+        self._plan: _StatsPlan | None = None
+        self._stats: Tensor | None = None  # this step's sums, from phase 1 to phase 2
 
     def _check_hparams(self, hparams):
         check_non_negative("weight_decay value", hparams["weight_decay"])
@@ -120,65 +134,92 @@ class YellowFin(FusedOptimizer):
         args.update(clip_thresh=o["clip_thresh"] or 0.0, auto_clip_fac=o["auto_clip_fac"] or 0.0)
         return args
 
-    @torch.no_grad()
-    def step(self, closure=None):
-        """One YellowFin step. Returns (lr, μ) the momentum step applied, 0-d fp64 tensors on the
-        parameters' device (also kept as `last_lr`, `last_mu`); with a closure, returns its loss as
-        torch.optim does. Without any gradient nothing changes."""
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-        collected = self._collect()
-        params = [p for group_params in collected for p in group_params]
+    # step() is the base class's. Phase 1 (`_partials`): yellowfin_stats_ per bucket, one row of global
+    # sums each in one fp64 buffer, all-reduced by the base when parameters are sharded. Phase 2
+    # (`_apply`): yellowfin_tune_ (all scalar tuning, on the tuner vector) and yellowfin_apply_ per
+    # (group, device, dtype) bucket. With a closure, step() returns its loss as torch.optim does.
+    def _stats_plan(self, collected) -> _StatsPlan:
+        params = [p for found in collected for p in found.params]
+        key = tuple(map(id, params))
+        if self._plan is not None and self._plan.key == key:
+            return self._plan
+        # A row's sums must all count on this rank or all not (distributed.Partials), so a bucket of
+        # sharded and replicated tensors splits in two rows.
+        _, keep = shard_layout(params, self._describer(params))
+        rows: dict[tuple, list[int]] = {}
+        for i, p in enumerate(params):
+            rows.setdefault((p.device, p.dtype, is_dtensor(p), keep[i]), []).append(i)
+        row_list = list(rows.values())
+        first = [params[idx[0]] for idx in row_list]
+        layout = self._partials_layout(first, [(4 * r, 4) for r in range(len(row_list))], self.tuner.device)
+        self._plan = _StatsPlan(key, params, row_list, layout, float(sum(p.numel() for p in params)))
+        return self._plan
+
+    def _partials(self, collected):
+        params = [p for found in collected for p in found.params]
         if not params:
-            self.last_lr, self.last_mu = self.tuner[SLOT["applied_lr"]].clone(), self.tuner[SLOT["mu_t"]].clone()
-            return (self.last_lr, self.last_mu) if closure is None else loss
-        for group, group_params in zip(self.param_groups, collected):
-            self._states(group, group_params)
-        device = self.tuner.device
-        # Pass A: one row of sums per (device, dtype) bucket, across groups.
-        buckets = self._buckets("all groups", params)
-        stats = torch.empty((len(buckets), 4), dtype=torch.float64, device=device)
-        for row, (_, bucket) in enumerate(buckets):
-            ops.yellowfin_stats_([p.grad for p in bucket], [self.state[p]["grad_avg"] for p in bucket],
+            return None
+        for group, found in zip(self.param_groups, collected):
+            self._states(group, found.params)
+        plan = self._stats_plan(collected)
+        grads = [g for found in collected for g in found.grads]
+        stats = self._stats = torch.empty((len(plan.rows), 4), dtype=torch.float64, device=self.tuner.device)
+        for row, idx in enumerate(plan.rows):
+            ops.yellowfin_stats_([grads[i] for i in idx], [self.state[params[i]]["grad_avg"] for i in idx],
                                  stats[row], backend=self.backend)
-        grad_scale, found_inf = self._amp_scalars(device)
+        return stats, plan.partials
+
+    def _apply(self, collected):
+        """yellowfin_tune_, then yellowfin_apply_ per bucket; returns (lr, μ) the momentum step applied,
+        0-d fp64 tensors on the parameters' device (also kept as `last_lr`, `last_mu`). Without any
+        gradient nothing changes."""
+        if not any(found.params for found in collected):
+            self.last_lr, self.last_mu = self.tuner[SLOT["applied_lr"]].clone(), self.tuner[SLOT["mu_t"]].clone()
+            return self.last_lr, self.last_mu
+        grad_scale, found_inf = self._amp_scalars(self.tuner.device)
         self.last_lr, self.last_mu = ops.yellowfin_tune_(
-            self.tuner, stats, numel=float(sum(p.numel() for p in params)), **self._tune_args(),
+            self.tuner, self._stats, numel=self._plan.numel, **self._tune_args(),
             grad_scale=grad_scale, found_inf=found_inf, backend=self.backend)
-        # Pass B per group: weight decay is the one per-group hyper-parameter.
-        for gi, (group, group_params) in enumerate(zip(self.param_groups, collected)):
-            for _, bucket in self._buckets(gi, group_params):
+        # Weight decay is the one per-group hyper-parameter.
+        for gi, (group, found) in enumerate(zip(self.param_groups, collected)):
+            for _, bucket, bucket_grads in self._bucket_grads(gi, *found):
                 states = [self.state[p] for p in bucket]
-                ops.yellowfin_apply_(bucket, [p.grad for p in bucket], [s["grad_avg"] for s in states],
-                                     [s["momentum_buffer"] for s in states], self.tuner, stats,
+                ops.yellowfin_apply_(bucket, bucket_grads, [s["grad_avg"] for s in states],
+                                     [s["momentum_buffer"] for s in states], self.tuner, self._stats,
                                      beta=self.options["beta"], weight_decay=group["weight_decay"],
                                      found_inf=found_inf, backend=self.backend)
-        return (self.last_lr, self.last_mu) if closure is None else loss
+        return self.last_lr, self.last_mu
 
     # ---------------------------------------------------------------- checkpoints
     def state_dict(self) -> dict[str, Any]:
-        """torch.optim's state dict plus "tuner": every tuner slot as a 0-d fp64 tensor (reference
-        names), the window as "curv_win", and the tuner options; the window's write position is
-        iter mod curv_win_width."""
+        """torch.optim's state dict, with the tuner in the per-parameter state of the first parameter
+        (param_groups[0]['params'][0]) under "yellowfin_tuner": every tuner slot as a 0-d fp64 tensor
+        (reference names), the window as "curv_win", and the tuner options; the window's write position
+        is iter mod curv_win_width. Per-parameter state is what torch.distributed.checkpoint keeps
+        (it drops top-level entries)."""
         state = super().state_dict()
         n = len(SLOTS)
         tuner = {name: self.tuner[i].clone() for i, name in enumerate(SLOTS) if name not in SCRATCH}
         tuner["curv_win"] = self.tuner[n:].clone()
         tuner["options"] = dict(self.options)
-        state["tuner"] = tuner
+        first = state["param_groups"][0]["params"][0]
+        # A new dict: torch's state_dict shares the per-parameter dicts with self.state.
+        state["state"][first] = {**state["state"].get(first, {}), TUNER_KEY: tuner}
         return state
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Loads parameters' state (checked first, see FusedOptimizer), the tuner, and the tuner
-        options saved with it. Nothing changes when a check fails."""
-        saved = state_dict.get("tuner") if isinstance(state_dict, dict) else None
+        options saved with it; also checkpoints of agd_kernels < 0.2, which kept the tuner at the top
+        level under "tuner". Nothing changes when a check fails."""
+        if not isinstance(state_dict, dict) or not isinstance(state_dict.get("state"), dict):
+            raise ValueError("state_dict must have a 'state' dict and a 'param_groups' list")
+        state_dict, saved = _pop_tuner(state_dict)
         if not isinstance(saved, dict):
-            raise ValueError("state_dict has no 'tuner' entry: it was not saved by agd_kernels.YellowFin")
+            raise ValueError(f"state_dict has no {TUNER_KEY!r} entry in the state of its first parameter (nor a "
+                             "top-level 'tuner'): it was not saved by agd_kernels.YellowFin")
         options = saved.get("options")
         if not isinstance(options, dict):
-            raise ValueError("state_dict['tuner'] has no 'options' dict")
+            raise ValueError("the saved tuner has no 'options' dict")
         check_options(options)
         width = options["curv_win_width"]
         values = []
@@ -188,15 +229,31 @@ class YellowFin(FusedOptimizer):
                 continue
             value = saved.get(name)
             if not isinstance(value, Tensor) or value.numel() != 1:
-                raise ValueError(f"state_dict['tuner'][{name!r}] must be a one-element tensor; got {value!r}")
+                raise ValueError(f"the saved tuner's {name!r} must be a one-element tensor; got {value!r}")
             values.append(value.detach().reshape(1))
         window = saved.get("curv_win")
         if not isinstance(window, Tensor) or window.shape != (width,):
             got = tuple(window.shape) if isinstance(window, Tensor) else type(window).__name__
-            raise ValueError(f"state_dict['tuner']['curv_win'] has shape {got}; expected ({width},) "
+            raise ValueError(f"the saved tuner's 'curv_win' has shape {got}; expected ({width},) "
                              f"(curv_win_width={width})")
         # Tuner values keep float64 (never the parameters' dtype) and move to the parameters' device.
         tuner = torch.cat([v.to(self.tuner.device, torch.float64) for v in (*values, window.detach())])
-        super().load_state_dict({k: v for k, v in state_dict.items() if k != "tuner"})
+        super().load_state_dict(state_dict)
         self.options = dict(options)
         self.tuner = tuner
+
+
+def _pop_tuner(state_dict: dict[str, Any]) -> tuple[dict[str, Any], Any]:
+    """(`state_dict` without the tuner, the tuner's dict or None); the caller's dicts are not changed."""
+    if "tuner" in state_dict:  # the layout before the tuner moved into per-parameter state
+        return {k: v for k, v in state_dict.items() if k != "tuner"}, state_dict["tuner"]
+    groups = state_dict.get("param_groups")
+    first = groups[0]["params"][0] if isinstance(groups, list) and groups and groups[0].get("params") else None
+    entry = state_dict["state"].get(first)
+    if not isinstance(entry, dict) or TUNER_KEY not in entry:
+        return state_dict, None
+    rest = {k: v for k, v in entry.items() if k != TUNER_KEY}
+    state = {k: v for k, v in state_dict["state"].items() if k != first}
+    if rest:
+        state[first] = rest
+    return {**state_dict, "state": state}, entry[TUNER_KEY]

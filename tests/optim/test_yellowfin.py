@@ -12,6 +12,7 @@ from torch import nn
 
 import agd_kernels as ak
 from agd_kernels import ops
+from agd_kernels.optim.yellowfin import TUNER_KEY
 from agd_kernels.reference.yellowfin import SCRATCH, SLOT, SLOTS
 from tests.models import assert_same_bits, clone_model, compute_grads, make_model, snapshot, two_groups
 from tests.yellowfin_oracle import YellowFinOracle
@@ -103,20 +104,44 @@ def test_resume_from_checkpoint_is_bitwise_exact(options):
     assert_same_bits(full_snapshot(resumed_model, resumed), full_snapshot(straight_model, straight), "resumed run")
 
 
+def _tuner_of(sd):
+    """The tuner entry of a state dict: in the first parameter's state (where DCP keeps it)."""
+    return sd["state"][sd["param_groups"][0]["params"][0]][TUNER_KEY]
+
+
 def test_state_dict_layout():
     model = make_model()
     opt = make(model)
     compute_grads(model, 0)
     opt.step()
     sd = opt.state_dict()
-    for state in sd["state"].values():
-        assert set(state) == {"grad_avg", "momentum_buffer"}
-    tuner = sd["tuner"]
+    first = sd["param_groups"][0]["params"][0]
+    for pid, state in sd["state"].items():
+        assert set(state) == {"grad_avg", "momentum_buffer"} | ({TUNER_KEY} if pid == first else set())
+    assert set(sd) == {"state", "param_groups"}, "torch.distributed.checkpoint keeps only these two"
+    assert TUNER_KEY not in opt.state[opt.param_groups[0]["params"][0]], "state_dict() must not write into state"
+    tuner = _tuner_of(sd)
     assert tuner["curv_win"].shape == (OPTIONS["curv_win_width"],) and tuner["curv_win"].dtype == torch.float64
     assert tuner["iter"].item() == 1 and tuner["lr_factor"].item() == 1.0
     assert tuner["options"]["curv_win_width"] == OPTIONS["curv_win_width"]
     assert all(v.dtype == torch.float64 and v.shape == () for k, v in tuner.items() if k not in ("curv_win", "options"))
     assert "stats_coef" not in tuner and "step_coef" not in tuner  # per-step scratch, rewritten before use
+
+
+def test_loads_checkpoints_with_the_tuner_at_the_top_level():
+    """Checkpoints written before the tuner moved into per-parameter state (top-level "tuner") load to
+    the same optimizer state."""
+    model, opt = _stepped()
+    sd = copy.deepcopy(opt.state_dict())
+    first = sd["param_groups"][0]["params"][0]
+    legacy = {**sd, "state": {**sd["state"], first: dict(sd["state"][first])}}
+    legacy["tuner"] = legacy["state"][first].pop(TUNER_KEY)
+    fresh_model = make_model()
+    fresh = make(fresh_model)
+    fresh.load_state_dict(legacy)
+    assert torch.equal(fresh.tuner[:SLOT["stats_coef"]], opt.tuner[:SLOT["stats_coef"]])
+    assert torch.equal(fresh.tuner[len(SLOTS):], opt.tuner[len(SLOTS):])
+    assert all(TUNER_KEY not in s for s in fresh.state.values())
 
 
 def test_tuner_stays_float64_for_half_parameters():
@@ -269,10 +294,10 @@ def test_parameters_on_two_devices_rejected():
 
 
 @pytest.mark.parametrize("corrupt, match", [
-    (lambda sd: sd.pop("tuner"), r"no 'tuner' entry"),
-    (lambda sd: sd["tuner"].pop("h_max"), r"'h_max'"),
-    (lambda sd: sd["tuner"].__setitem__("curv_win", torch.zeros(3, dtype=torch.float64)), r"curv_win.*\(4,\)"),
-    (lambda sd: sd["tuner"]["options"].__setitem__("beta", 2.0), r"Invalid beta"),
+    (lambda sd: sd["state"][0].pop(TUNER_KEY), r"no 'yellowfin_tuner' entry"),
+    (lambda sd: _tuner_of(sd).pop("h_max"), r"'h_max'"),
+    (lambda sd: _tuner_of(sd).__setitem__("curv_win", torch.zeros(3, dtype=torch.float64)), r"curv_win.*\(4,\)"),
+    (lambda sd: _tuner_of(sd)["options"].__setitem__("beta", 2.0), r"Invalid beta"),
 ], ids=["no-tuner", "missing-slot", "window-length", "bad-option"])
 def test_bad_checkpoint_rejected_changing_nothing(corrupt, match):
     model, opt = _stepped()
