@@ -33,6 +33,10 @@ _DTYPES = {
 }
 
 _KERNELS: dict[tuple[str, str], Callable] = {}
+#: Ops with a kernel from agd_kernels._C per dispatch key ("CPU", "CUDA"), recorded by agd_kernels.ops
+#: right after loading the extension: the CUDA key also gets a Python kernel (the auto choice, so that
+#: torch.ops.agd_kernels.* takes the optimizers' path), which must not count as a compiled one.
+COMPILED_OPS: dict[str, set[str]] = {"CPU": set(), "CUDA": set()}
 _RESOLVED: dict[tuple, str] = {}
 _WARNED: set[str] = set()
 
@@ -86,7 +90,7 @@ def unavailable_reason(op: str, backend: str, device: torch.device, dtype: torch
             return "agd_kernels._C was built without its CUDA part (" \
                    f"{_ext.BUILD_INFO.get('cuda_reason', 'see python -m agd_kernels.info')})"
         key = "CPU" if backend == "cpu" else "CUDA"
-        if not torch._C._dispatch_has_kernel_for_dispatch_key(f"agd_kernels::{op}", key):
+        if op not in COMPILED_OPS[key]:
             return f"agd_kernels._C has no {key} kernel for {op}"
         return None
     # triton: its kernels register on import of agd_kernels.triton_kernels

@@ -139,15 +139,41 @@ def _compiled_kernel(name: str):
 
 
 def _register_compiled() -> None:
+    for key, ops in _backends.COMPILED_OPS.items():
+        ops.update(name for name in SCHEMAS
+                   if torch._C._dispatch_has_kernel_for_dispatch_key(f"{NAMESPACE}::{name}", key))
     for name in SCHEMAS:
         kernel = _compiled_kernel(name)
         _backends.register_kernel(name, "cpu", kernel)
         _backends.register_kernel(name, "cuda", kernel)
 
 
+def _auto_choice(name: str):
+    """The CUDA-key kernel of an op without a compiled CUDA kernel: whatever backend="auto" picks for
+    the call's tensors (Triton where it runs, else the reference), so that torch.ops.agd_kernels.<op>
+    on CUDA tensors runs what the optimizers run (without it, the reference registered for every key)."""
+    dtype = RESOLVE_DTYPE.get(name)
+
+    def kernel(*args):
+        first = args[0][0] if isinstance(args[0], (list, tuple)) and args[0] else args[0]
+        if not isinstance(first, Tensor):  # empty lists: nothing to update
+            return _backends._KERNELS[(name, "torch")](*args)
+        return _backends.resolve(name, first.device, dtype or first.dtype, "auto")[1](*args)
+
+    kernel.__name__ = kernel.__qualname__ = f"{name}_auto"
+    return kernel
+
+
+def _register_auto_cuda() -> None:
+    for name in SCHEMAS:
+        if name not in _backends.COMPILED_OPS["CUDA"]:
+            _LIB.impl(name, _auto_choice(name), "CUDA")
+
+
 _define_all()
 _ext.load()  # after the schemas: the C++ registrars attach kernels to the ops defined above
 _register_compiled()
+_register_auto_cuda()
 
 
 def _kernel(op: str, params: Sequence[Tensor], backend: str | None):
