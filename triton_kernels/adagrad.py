@@ -20,7 +20,9 @@ _NCOL = tl.constexpr(mt.HEAD + 3)
 
 @triton.jit
 def _adagrad_tile(p, g, acc, offs, mask, clr, scale, weight_decay, eps, maximize):
-    gv = load(g + offs, mask) / scale
+    # tl.div_rn/tl.sqrt_rn: on the GPU `/` and tl.sqrt compile to div.full.f32/sqrt.approx.f32, up to 2 ulps
+    # off the correctly rounded results torch computes (docs/gpu_runs.md)
+    gv = tl.div_rn(load(g + offs, mask), scale)
     if maximize:
         gv = -gv
     pv = load(p + offs, mask)
@@ -28,7 +30,7 @@ def _adagrad_tile(p, g, acc, offs, mask, clr, scale, weight_decay, eps, maximize
         gv = gv + weight_decay * pv
     sv = load(acc + offs, mask) + gv * gv
     tl.store(acc + offs, sv.to(acc.dtype.element_ty), mask=mask)
-    tl.store(p + offs, (pv - clr * (gv / (tl.sqrt(sv) + eps))).to(p.dtype.element_ty), mask=mask)
+    tl.store(p + offs, (pv - clr * tl.div_rn(gv, tl.sqrt_rn(sv) + eps)).to(p.dtype.element_ty), mask=mask)
 
 
 @triton.jit

@@ -25,7 +25,9 @@ _NCOL = tl.constexpr(mt.HEAD + 5)
 @triton.jit
 def _adam_tile(p, g, m, v, vmax, offs, mask, scale, step_size, bc2_sqrt, decay, wd, w1, b2, w2, eps, amsgrad,
                maximize, decoupled, l2):
-    gv = load(g + offs, mask) / scale
+    # tl.div_rn/tl.sqrt_rn: on the GPU `/` and tl.sqrt compile to div.full.f32/sqrt.approx.f32, up to 2 ulps
+    # off the correctly rounded results torch computes (docs/gpu_runs.md)
+    gv = tl.div_rn(load(g + offs, mask), scale)
     if maximize:
         gv = -gv
     pv = load(p + offs, mask)
@@ -39,7 +41,7 @@ def _adam_tile(p, g, m, v, vmax, offs, mask, scale, step_size, bc2_sqrt, decay, 
     if amsgrad:
         second = tl.maximum(load(vmax + offs, mask), vv, propagate_nan=tl.PropagateNan.ALL)
         tl.store(vmax + offs, second.to(vmax.dtype.element_ty), mask=mask)
-    pv = pv - step_size * (mv / (tl.sqrt(second) / bc2_sqrt + eps))
+    pv = pv - step_size * tl.div_rn(mv, tl.div_rn(tl.sqrt_rn(second), bc2_sqrt) + eps)
     tl.store(m + offs, mv.to(m.dtype.element_ty), mask=mask)
     tl.store(v + offs, vv.to(v.dtype.element_ty), mask=mask)
     tl.store(p + offs, pv.to(p.dtype.element_ty), mask=mask)

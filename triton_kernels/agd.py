@@ -37,9 +37,11 @@ def _agd_update_tile(p, g, offs, mask, sumsq, slice_sv, slot, taps, follower, fo
         coef = tl.zeros(offs.shape, dtype=tl.float32) + follower_coef
     else:  # the tap of element e is e % taps; sv and the norm are gathered per tap
         tap = slot + offs % taps
-        norm = tl.sqrt(load(sumsq + tap, mask))
+        # tl.div_rn/tl.sqrt_rn: on the GPU `/` and tl.sqrt compile to div.full.f32/sqrt.approx.f32, up to 2 ulps
+        # off the correctly rounded results torch computes (docs/gpu_runs.md)
+        norm = tl.sqrt_rn(load(sumsq + tap, mask))
         # only an exactly zero sum is guarded: a NaN norm still poisons its slice (the reference's rule)
-        coef = tl.where(norm == 0, 0.0, step * load(slice_sv + tap, mask) / tl.where(norm == 0, 1.0, norm))
+        coef = tl.where(norm == 0, 0.0, tl.div_rn(step * load(slice_sv + tap, mask), tl.where(norm == 0, 1.0, norm)))
     pv = load(p + offs, mask)
     tl.store(p + offs, (pv - coef * load(g + offs, mask)).to(p.dtype.element_ty), mask=mask)
 
@@ -56,9 +58,9 @@ def _agd_update_chunk(p, g, numel, start, taps, slot, count, follower, sumsq, sl
     for s in range(0, n_slots, SLOTS):
         k = s + tl.arange(0, SLOTS)
         m = k < n_slots
-        norm = tl.sqrt(tl.load(sumsq + k, mask=m, other=0.0))
+        norm = tl.sqrt_rn(tl.load(sumsq + k, mask=m, other=0.0))
         acc += tl.load(slice_sv + k, mask=m, other=0.0).to(tl.float64) * norm.to(tl.float64)
-    big_g = (tl.sum(acc, axis=0) / depth).to(tl.float32) / tl.load(scale_ptr).to(tl.float32)
+    big_g = tl.div_rn((tl.sum(acc, axis=0) / depth).to(tl.float32), tl.load(scale_ptr).to(tl.float32))
     # eta = log1p(G/(½ + √(¼ + G))), in fp64: no overflow of 4G and no cancellation for small G
     g64 = big_g.to(tl.float64)
     eta = log1p_f64(g64 / (0.5 + tl.sqrt(0.25 + g64))).to(tl.float32)
@@ -72,7 +74,7 @@ def _agd_update_chunk(p, g, numel, start, taps, slot, count, follower, sumsq, sl
         pooled += tl.load(sumsq + s).to(tl.float64)
     pooled_norm = tl.sqrt(pooled).to(tl.float32)
     owner_sv = tl.load(slice_sv + slot, mask=count > 0, other=0.0)
-    follower_coef = tl.where(pooled_norm == 0, 0.0, step * owner_sv / tl.where(pooled_norm == 0, 1.0, pooled_norm))
+    follower_coef = tl.where(pooled_norm == 0, 0.0, tl.div_rn(step * owner_sv, tl.where(pooled_norm == 0, 1.0, pooled_norm)))
     # found_inf set, or no slots (a zero-size kernel dim): every element masked, nothing read or written
     limit = tl.where(live & (count > 0), numel, 0)
     for off in range(0, CHUNK, BLOCK):

@@ -23,7 +23,9 @@ _NCOL = tl.constexpr(mt.HEAD + 5)
 @triton.jit
 def _rmsprop_tile(p, g, sq, gavg, buf, offs, mask, lr, scale, alpha, w, eps, weight_decay, momentum, centered,
                   maximize):
-    gv = load(g + offs, mask) / scale
+    # tl.div_rn/tl.sqrt_rn: on the GPU `/` and tl.sqrt compile to div.full.f32/sqrt.approx.f32, up to 2 ulps
+    # off the correctly rounded results torch computes (docs/gpu_runs.md)
+    gv = tl.div_rn(load(g + offs, mask), scale)
     if maximize:
         gv = -gv
     pv = load(p + offs, mask)
@@ -33,16 +35,16 @@ def _rmsprop_tile(p, g, sq, gavg, buf, offs, mask, lr, scale, alpha, w, eps, wei
     if centered:
         av = lerp(load(gavg + offs, mask), gv, w)
         tl.store(gavg + offs, av.to(gavg.dtype.element_ty), mask=mask)
-        denom = tl.sqrt(vv - av * av) + eps  # eps outside the square root, as torch
+        denom = tl.sqrt_rn(vv - av * av) + eps  # eps outside the square root, as torch
     else:
-        denom = tl.sqrt(vv) + eps
+        denom = tl.sqrt_rn(vv) + eps
     tl.store(sq + offs, vv.to(sq.dtype.element_ty), mask=mask)
     if momentum > 0:
-        bv = load(buf + offs, mask) * momentum + gv / denom
+        bv = load(buf + offs, mask) * momentum + tl.div_rn(gv, denom)
         tl.store(buf + offs, bv.to(buf.dtype.element_ty), mask=mask)
         pv = pv - lr * bv
     else:
-        pv = pv - lr * (gv / denom)
+        pv = pv - lr * tl.div_rn(gv, denom)
     tl.store(p + offs, pv.to(p.dtype.element_ty), mask=mask)
 
 

@@ -21,7 +21,9 @@ _NCOL = tl.constexpr(mt.HEAD + 2)
 @triton.jit
 def _sgd_tile(p, g, buf, offs, mask, lr, scale, momentum, one_minus_dampening, weight_decay, has_momentum, nesterov,
               maximize, is_first_step):
-    d = load(g + offs, mask) / scale
+    # tl.div_rn/tl.sqrt_rn: on the GPU `/` and tl.sqrt compile to div.full.f32/sqrt.approx.f32, up to 2 ulps
+    # off the correctly rounded results torch computes (docs/gpu_runs.md)
+    d = tl.div_rn(load(g + offs, mask), scale)
     if maximize:
         d = -d
     pv = load(p + offs, mask)
