@@ -1,8 +1,9 @@
 """LAMB: apex FusedLAMB semantics by default, the paper/TF-addons algorithm with variant="paper".
 
 Follows specs/lamb-lars.md §3. A step is the global gradient-norm pass (`slice_sumsq_` over every
-group's gradients into one fp32 buffer, one launch per (device, dtype) bucket) and one `lamb_step_`
-per (group, device, dtype) bucket: <= 3 launches per bucket, no host sync.
+group's gradients into one fp32 buffer, one launch per (device, dtype) bucket), then per (group,
+device, dtype) bucket `lamb_moments_` (into the bucket's fp64 per-tensor norms) and `lamb_apply_`:
+<= 3 launches per bucket, no host sync.
 """
 from __future__ import annotations
 
@@ -120,7 +121,7 @@ class LAMB(FusedOptimizer):
 
     def _before_launches(self, collected):
         """The global-norm pass over every group's gradients: it must finish before the first
-        lamb_step_ of any group reads it."""
+        lamb_moments_ of any group reads it."""
         values = {g["max_grad_norm"] for g in self.param_groups}
         if len(values) > 1:
             raise ValueError(f"max_grad_norm is global, but the param groups hold {sorted(values, key=str)}; "
@@ -155,12 +156,17 @@ class LAMB(FusedOptimizer):
             adam_w_mode, use_trust_ratio = group["adam_w_mode"], group["use_nvlamb"] or weight_decay != 0
             phi_min, phi_max = 0.0, math.inf
         beta1, beta2 = group["betas"]
-        ops.lamb_step_(
-            params, grads, [s["exp_avg"] for s in states], [s["exp_avg_sq"] for s in states],
-            [s["step"] for s in states], lr, self._grad_sumsq, max_grad_norm=self._clip_at, beta1=beta1,
-            beta2=beta2, eps=group["eps"], weight_decay=weight_decay, bias_correction=group["bias_correction"],
-            grad_averaging=group["grad_averaging"], adam_w_mode=adam_w_mode, use_trust_ratio=use_trust_ratio,
-            phi_min=phi_min, phi_max=phi_max, grad_scale=grad_scale, found_inf=found_inf, backend=self.backend)
+        exp_avgs, exp_avg_sqs = [s["exp_avg"] for s in states], [s["exp_avg_sq"] for s in states]
+        steps = [s["step"] for s in states]
+        moments = dict(max_grad_norm=self._clip_at, beta1=beta1, beta2=beta2, eps=group["eps"],
+                       weight_decay=weight_decay, bias_correction=group["bias_correction"],
+                       grad_averaging=group["grad_averaging"], adam_w_mode=adam_w_mode, grad_scale=grad_scale,
+                       found_inf=found_inf, backend=self.backend)
+        # Σp² and Σu² per tensor (specs/lamb-lars.md §3 item 8), fp64 as the kernels accumulate them.
+        norms = torch.empty(2 * len(params), dtype=torch.float64, device=params[0].device)
+        ops.lamb_moments_(params, grads, exp_avgs, exp_avg_sqs, steps, self._grad_sumsq, norms, **moments)
+        ops.lamb_apply_(params, grads, exp_avgs, exp_avg_sqs, steps, lr, self._grad_sumsq, norms, **moments,
+                        use_trust_ratio=use_trust_ratio, phi_min=phi_min, phi_max=phi_max)
 
     def _check_loadable(self, state_dict: dict[str, Any]) -> None:
         super()._check_loadable(state_dict)  # every group's hyper-parameters, max_grad_norm included
