@@ -1,4 +1,5 @@
-"""The op table: one in-place multi-tensor op per algorithm, plus the per-slice sum of squares.
+"""The op table: one in-place multi-tensor op per algorithm (LAMB and YellowFin: one per phase, around their
+whole-tensor sums, which sharded parameters reduce across ranks in between), plus the per-slice sum of squares.
 
 Each op is a `torch.ops.agd_kernels.<name>` operator whose schema is defined here, once, so the op
 exists on every machine (the compiled extension may be absent). Implementations attach per backend:
@@ -67,12 +68,18 @@ SCHEMAS: dict[str, tuple[str, object]] = {
         "(Tensor(a!)[] params, Tensor[] grads, Tensor sumsq, Tensor slice_sv, int[] slice_start, "
         f"int[] slice_count, int depth, float gain, {_AMP}) -> (Tensor, Tensor)",
         _ref_agd.agd_step_),
-    "lamb_step_": (
+    "lamb_moments_": (
+        "(Tensor[] params, Tensor[] grads, Tensor(a!)[] exp_avgs, Tensor(b!)[] exp_avg_sqs, "
+        "Tensor(c!)[] state_steps, Tensor grad_sumsq, Tensor(d!) norms, float max_grad_norm, float beta1, "
+        "float beta2, float eps, float weight_decay, bool bias_correction, bool grad_averaging, "
+        f"bool adam_w_mode, {_AMP}) -> ()",
+        _ref_lamb.lamb_moments_),
+    "lamb_apply_": (
         "(Tensor(a!)[] params, Tensor[] grads, Tensor(b!)[] exp_avgs, Tensor(c!)[] exp_avg_sqs, "
-        "Tensor(d!)[] state_steps, Tensor lr, Tensor grad_sumsq, float max_grad_norm, float beta1, "
+        "Tensor[] state_steps, Tensor lr, Tensor grad_sumsq, Tensor norms, float max_grad_norm, float beta1, "
         "float beta2, float eps, float weight_decay, bool bias_correction, bool grad_averaging, "
         f"bool adam_w_mode, bool use_trust_ratio, float phi_min, float phi_max, {_AMP}) -> ()",
-        _ref_lamb.lamb_step_),
+        _ref_lamb.lamb_apply_),
     "yellowfin_stats_": (
         "(Tensor[] grads, Tensor[] grad_avgs, Tensor(a!) out) -> ()",
         _ref_yellowfin.yellowfin_stats_),
@@ -266,28 +273,50 @@ def agd_step_(params, grads, sumsq: Tensor, slice_sv: Tensor, slice_start: Seque
         params, grads, sumsq, slice_sv, list(slice_start), list(slice_count), depth, gain, grad_scale, found_inf)
 
 
-def lamb_step_(params, grads, exp_avgs, exp_avg_sqs, state_steps, lr: Tensor, grad_sumsq: Tensor, *,
-               max_grad_norm: float, beta1: float, beta2: float, eps: float, weight_decay: float,
-               bias_correction: bool, grad_averaging: bool, adam_w_mode: bool, use_trust_ratio: bool,
-               phi_min: float = 0.0, phi_max: float = float("inf"), grad_scale: Tensor | None = None,
-               found_inf: Tensor | None = None, backend: str | None = "auto") -> None:
-    """LAMB step of one group (specs/lamb-lars.md §3).
+def lamb_moments_(params, grads, exp_avgs, exp_avg_sqs, state_steps, grad_sumsq: Tensor, norms: Tensor, *,
+                  max_grad_norm: float, beta1: float, beta2: float, eps: float, weight_decay: float,
+                  bias_correction: bool, grad_averaging: bool, adam_w_mode: bool, grad_scale: Tensor | None = None,
+                  found_inf: Tensor | None = None, backend: str | None = "auto") -> None:
+    """LAMB phase 1 of one group (specs/lamb-lars.md §3): the moments and the per-tensor sums of squares
+    the trust ratio needs. `lamb_apply_` is phase 2; between them the caller may sum `norms` across ranks.
 
     `grad_sumsq` (fp32) holds sums of squares of the gradients of *all* groups, in any slicing (its
     sum is N², N ÷ grad_scale being the global norm); gradients are divided by k = N/max_grad_norm
     when N > max_grad_norm, else by 1 (as apex: a NaN N gives 1, an inf N gives inf; max_grad_norm =
     inf never clips). Then, per tensor, with gs the clipped gradient (+ weight_decay·p unless
-    adam_w_mode):
-      m ← β1·m + β3·gs (β3 = 1 − β1 with grad_averaging, else 1); v ← β2·v + (1 − β2)·gs²;
-      u = (m/bc1)/(√(v/bc2) + eps) (+ weight_decay·p when adam_w_mode), bc = 1 − β^step or 1;
-      p ← p − lr·r·u with r = clamp(‖p‖, phi_min, phi_max)/‖u‖ (‖p‖ before the update),
-      r = 1 when either norm is 0 or use_trust_ratio is False.
-    `state_steps` (0-d fp32) are incremented first. Kernels may recompute u from the stored m and v
-    in a second pass (the gradient is never overwritten).
+    adam_w_mode) and t the advanced step:
+      m' = β1·m + β3·gs (β3 = 1 − β1 with grad_averaging, else 1); v' = β2·v + (1 − β2)·gs²;
+      u = (m'/bc1)/(√(v'/bc2) + eps) (+ weight_decay·p when adam_w_mode), bc = 1 − β^t or 1;
+      norms[2i] = Σp², norms[2i + 1] = Σu² for tensor i of this call (p before the update).
+    `state_steps` (0-d fp32) advance by 1. m' and v' are stored for fp32/fp64 parameters; bf16/fp16
+    parameters keep m and v (deferred moments: lamb_apply_ stores them, u must come from the unrounded
+    moments; agd_kernels.reference.lamb). `norms` is a 1-D float64 (or float32) tensor of exactly
+    2·len(params) elements, e.g. a contiguous narrow() of a larger buffer; only those are written. The
+    sums are partial when the tensors are local shards. With found_inf set nothing is written.
     """
     if params:
-        _kernel("lamb_step_", params, backend)(
-            params, grads, exp_avgs, exp_avg_sqs, state_steps, lr, grad_sumsq, max_grad_norm, beta1, beta2,
+        _kernel("lamb_moments_", params, backend)(
+            params, grads, exp_avgs, exp_avg_sqs, state_steps, grad_sumsq, norms, max_grad_norm, beta1, beta2, eps,
+            weight_decay, bias_correction, grad_averaging, adam_w_mode, grad_scale, found_inf)
+
+
+def lamb_apply_(params, grads, exp_avgs, exp_avg_sqs, state_steps, lr: Tensor, grad_sumsq: Tensor, norms: Tensor,
+                *, max_grad_norm: float, beta1: float, beta2: float, eps: float, weight_decay: float,
+                bias_correction: bool, grad_averaging: bool, adam_w_mode: bool, use_trust_ratio: bool,
+                phi_min: float = 0.0, phi_max: float = float("inf"), grad_scale: Tensor | None = None,
+                found_inf: Tensor | None = None, backend: str | None = "auto") -> None:
+    """LAMB phase 2 of one group, after `lamb_moments_` (same tensors and hyper-parameters) and any
+    reduction of its `norms` across ranks: p ← p − lr·r·u with
+      r = clamp(√norms[2i], phi_min, phi_max)/√norms[2i + 1], 1 when either is 0 (a NaN gives NaN)
+          or use_trust_ratio is False.
+    u is recomputed: for fp32/fp64 parameters from the stored m', v'; for bf16/fp16 ones m', v' are
+    recomputed from the old m, v and the gradient with lamb_moments_'s arithmetic, stored, and used.
+    `state_steps` are read (lamb_moments_ advanced them), never written. With found_inf set nothing
+    is written.
+    """
+    if params:
+        _kernel("lamb_apply_", params, backend)(
+            params, grads, exp_avgs, exp_avg_sqs, state_steps, lr, grad_sumsq, norms, max_grad_norm, beta1, beta2,
             eps, weight_decay, bias_correction, grad_averaging, adam_w_mode, use_trust_ratio, phi_min, phi_max,
             grad_scale, found_inf)
 

@@ -46,8 +46,8 @@ class Algorithm:
 #   sgd       momentum 0.9: read p, g, buf; write p, buf                                 5 [20]
 #   rmsprop   read p, g, square_avg; write p, square_avg                                 5 [20]
 #   adagrad   read p, g, sum; write p, sum                                               5 [20]
-#   lamb      grad-norm pass 1 + stage 1 (read g, m, v, p; write m, v) 6
-#             + stage 2 (read m, v, p; write p) 4 (lamb-lars.md §3 items 6, 8)         11 [44]
+#   lamb      grad-norm pass 1 + lamb_moments_ (read g, m, v, p; write m, v) 6
+#             + lamb_apply_ (read m, v, p; write p) 4 (lamb-lars.md §3 items 6, 8)     11 [44]
 #   yellowfin two-pass plan (yellowfin.md §9)                                            9 [36]
 ALGORITHMS: dict[str, Algorithm] = {a.name: a for a in (
     Algorithm("agd", "AGD", None, {}, 4, ("slice_sumsq_", "agd_step_"), matrices_only=True),
@@ -56,7 +56,7 @@ ALGORITHMS: dict[str, Algorithm] = {a.name: a for a in (
     Algorithm("sgd", "SGD", "SGD", dict(lr=1e-2, momentum=0.9), 5, ("sgd_step_",)),
     Algorithm("rmsprop", "RMSprop", "RMSprop", dict(lr=1e-2), 5, ("rmsprop_step_",)),
     Algorithm("adagrad", "Adagrad", "Adagrad", dict(lr=1e-2), 5, ("adagrad_step_",)),
-    Algorithm("lamb", "LAMB", None, {}, 11, ("slice_sumsq_", "lamb_step_")),
+    Algorithm("lamb", "LAMB", None, {}, 11, ("slice_sumsq_", "lamb_moments_", "lamb_apply_")),
     Algorithm("yellowfin", "YellowFin", None, {}, 9, ("yellowfin_stats_", "yellowfin_apply_")),
 )}
 

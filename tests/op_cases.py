@@ -1,10 +1,11 @@
 """Inputs for every op of the table, and the backend-vs-reference comparison all backend tests use.
 
 `make_args(op, shapes, dtype, variant)` builds positional arguments in schema order for tensors of the
-given shapes; `check_backend(op, backend, ...)` runs the op three times on clones (backend in the
-dtype, reference in the dtype, reference in float64 as the oracle) and checks every mutated tensor
-and every returned tensor with the derived rule of tests/tolerance.py. Mutated arguments are read from
-the schema's (x!) annotations, so a kernel that writes what it should not is caught too.
+given shapes; `check_backend(op, backend, ...)` runs the op three times (backend in the dtype and
+reference in the dtype, on clones; reference in float64 as the oracle, on make_args(..., oracle=True))
+and checks every mutated tensor and every returned tensor with the derived rule of tests/tolerance.py.
+Mutated arguments are read from the schema's (x!) annotations, so a kernel that writes what it should
+not is caught too.
 """
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import re
 import torch
 
 from agd_kernels import _backends, ops
+from agd_kernels.reference import lamb as ref_lamb
 from agd_kernels.reference import yellowfin as ref_yellowfin
 from agd_kernels.reference.agd import target_scale
 from agd_kernels.reference.sumsq import num_slices
@@ -61,7 +63,21 @@ VARIANTS: dict[str, dict[str, dict]] = {
         "amp": dict(grad_scale=2048.0),
         "found-inf": dict(found_inf=1.0),
     },
-    "lamb_step_": {
+    "lamb_moments_": {
+        "apex-clipped": {},
+        "l2-no-bias-correction": dict(adam_w_mode=False, bias_correction=False),
+        "no-decay-no-averaging": dict(weight_decay=0.0, grad_averaging=False),
+        "unclipped": dict(max_grad_norm=math.inf),
+        "amp": dict(grad_scale=1024.0),
+        "found-inf": dict(found_inf=1.0),
+        # Gradients ~1e-4 on zeroed moments: v = 1e-3·g² ~ 1e-11 underflows fp16 (smallest subnormal 6e-8) and
+        # m = 0.1·g ~ 1e-5 is subnormal, so u taken from the stored fp16 moments is m/bc1/eps ~ 30 where the
+        # reference's, from the fp32 moments, is ~0.6: such a kernel moved fp16 parameters by up to 2 here.
+        "underflowing-moments": dict(grad_std=1e-4, zero_moments=True),
+        "norms-fp32": dict(norms_dtype=torch.float32),
+    },
+    # Samples are the state lamb_moments_ leaves (_lamb_after_moments), so the two ops are checked one by one.
+    "lamb_apply_": {
         "apex-clipped": {},
         "l2-no-bias-correction": dict(adam_w_mode=False, bias_correction=False),
         "nvlamb-no-averaging": dict(weight_decay=0.0, grad_averaging=False),
@@ -69,10 +85,8 @@ VARIANTS: dict[str, dict[str, dict]] = {
         "paper-phi-unclipped": dict(max_grad_norm=math.inf, phi_min=0.5, phi_max=2.0),
         "amp": dict(grad_scale=1024.0),
         "found-inf": dict(found_inf=1.0),
-        # Gradients ~1e-4 on zeroed moments: v = 1e-3·g² ~ 1e-11 underflows fp16 (smallest subnormal 6e-8) and
-        # m = 0.1·g ~ 1e-5 is subnormal, so u taken from the stored fp16 moments is m/bc1/eps ~ 30 where the
-        # reference's, from the fp32 moments, is ~0.6: such a kernel moved fp16 parameters by up to 2 here.
         "underflowing-moments": dict(grad_std=1e-4, zero_moments=True),
+        "norms-fp32": dict(norms_dtype=torch.float32),
     },
     "yellowfin_stats_": {
         "plain": {},
@@ -102,6 +116,10 @@ VARIANTS: dict[str, dict[str, dict]] = {
     },
 }
 
+_LAMB_DEFAULTS = dict(lr=1e-2, max_grad_norm=1.0, beta1=0.9, beta2=0.999, eps=1e-6, weight_decay=0.01,
+                      bias_correction=True, grad_averaging=True, adam_w_mode=True, use_trust_ratio=True, phi_min=0.0,
+                      phi_max=math.inf)
+
 _DEFAULTS = {
     "adam_step_": dict(lr=1e-2, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.0, amsgrad=False, maximize=False,
                        decoupled_weight_decay=False),
@@ -111,9 +129,8 @@ _DEFAULTS = {
                           maximize=False),
     "adagrad_step_": dict(lr=0.1, lr_decay=0.0, weight_decay=0.0, eps=1e-10, maximize=False),
     "agd_step_": dict(gain=1.0),
-    "lamb_step_": dict(lr=1e-2, max_grad_norm=1.0, beta1=0.9, beta2=0.999, eps=1e-6, weight_decay=0.01,
-                       bias_correction=True, grad_averaging=True, adam_w_mode=True, use_trust_ratio=True,
-                       phi_min=0.0, phi_max=math.inf),
+    "lamb_moments_": _LAMB_DEFAULTS,
+    "lamb_apply_": _LAMB_DEFAULTS,
     "yellowfin_stats_": dict(zero_fraction=0.0),
     "yellowfin_tune_": dict(history=12, spike=1.0, beta=0.9, curv_win_width=5, zero_debias=True,
                             sparsity_debias=False, clip_thresh=0.0, auto_clip_fac=0.0, adapt_clip=True,
@@ -132,6 +149,24 @@ def shapes_for(op: str, sizes: list[int]) -> list[tuple[int, ...]]:
     return [(n,) for n in sizes]
 
 
+#: op -> (dtype -> positions of (x!) arguments the op must leave bit-identical for that dtype). lamb_moments_
+#: defers 16-bit moments to lamb_apply_: storing them would still pass the tolerance check (the float64 oracle
+#: stores its own), yet lamb_apply_, which computes m' and v' from m and v, would then update them twice.
+UNWRITTEN = {"lamb_moments_": lambda dtype: [2, 3] if ref_lamb.defers_moments(dtype) else []}
+
+
+#: op -> {position of an (x!) tensor stored wider than computed: floor ulps of the math dtype}. lamb_moments_'s
+#: float64 norms are sums of squares of values rounded in fp32 (for 16-bit parameters too), so the 2x rule's
+#: floor counts fp32 ulps: a sum of squares of terms each within k ulps is within 2k, and u = (m/bc1)/(√(v/bc2)
+#: + eps) is within about 8 in the worst case (m, v: 1.5 each; three divisions, 2 ulps each in Triton's
+#: div.full.f32 on sm_90, and its sqrt.approx.f32; the add): 16.
+COMPUTED_NARROWER = {"lamb_moments_": {6: 16}}
+
+
+def math_dtype(dtype: torch.dtype) -> torch.dtype:
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
 def mutated_positions(op: str) -> list[int]:
     """Indices of the schema arguments annotated (x!)."""
     schema = ops.SCHEMAS[op][0]
@@ -143,8 +178,28 @@ def _scalar(value: float, device) -> torch.Tensor:
     return torch.tensor(value, dtype=torch.float32, device=device)
 
 
-def make_args(op: str, shapes, dtype: torch.dtype, variant: str, seed: int = 0, device="cpu") -> tuple:
-    """Positional arguments for `op` in schema order (fresh tensors; deterministic in `seed`)."""
+def make_args(op: str, shapes, dtype: torch.dtype, variant: str, seed: int = 0, device="cpu", *,
+              oracle: bool = False) -> tuple:
+    """Positional arguments for `op` in schema order (fresh tensors; deterministic in `seed`). With `oracle`,
+    the same values cast to float64: the float64 run check_backend compares against. lamb_apply_'s state is
+    prepared by the reference lamb_moments_ after that cast, so the oracle's moments are float64 ones (its
+    16-bit runs leave them to lamb_apply_, its float64 run stores them: the rule follows the dtype)."""
+    args = _make_args(op, shapes, dtype, variant, seed, device)
+    if op == "lamb_apply_":
+        return _lamb_after_moments(*(_clone_args(a, torch.float64) if oracle else a for a in args))
+    return _clone_args(args, torch.float64) if oracle else args
+
+
+def _lamb_after_moments(moments: tuple, apply_only: tuple) -> tuple:
+    """lamb_apply_'s arguments: the reference lamb_moments_ has run on `moments` (without found_inf: a
+    skipped apply must skip real norms), then lr, the trust-ratio flags and found_inf join them."""
+    ref_lamb.lamb_moments_(*moments[:-1], None)
+    lr, use_trust_ratio, phi_min, phi_max = apply_only
+    return (*moments[:5], lr, *moments[5:15], use_trust_ratio, phi_min, phi_max, *moments[15:])
+
+
+def _make_args(op: str, shapes, dtype: torch.dtype, variant: str, seed: int, device) -> tuple:
+    """make_args without the oracle cast; lamb_apply_ gives (lamb_moments_'s arguments, its own)."""
     gen = torch.Generator().manual_seed(seed)
 
     def rand(shape, scale=1.0, positive=False):
@@ -201,16 +256,19 @@ def make_args(op: str, shapes, dtype: torch.dtype, variant: str, seed: int = 0, 
         ops.slice_sumsq_(grads, sumsq, backend="torch")
         slice_sv = torch.tensor(sv, dtype=torch.float32, device=device)
         return (params, grads, sumsq, slice_sv, starts, counts, len(shapes), hp["gain"], grad_scale, found_inf)
-    if op == "lamb_step_":
-        lr = _scalar(hp.pop("lr"), device)
+    if op in ("lamb_moments_", "lamb_apply_"):
         moment_scale = 0.0 if hp.pop("zero_moments", False) else 1.0
         m = [rand(s, 0.1 * moment_scale) for s in shapes]
         v = [rand(s, 0.01 * moment_scale, positive=True) for s in shapes]
         sumsq = torch.empty(sum(num_slices(s) for s in shapes), dtype=torch.float32, device=device)
         ops.slice_sumsq_(grads, sumsq, backend="torch")
-        return (params, grads, m, v, steps, lr, sumsq, hp["max_grad_norm"], hp["beta1"], hp["beta2"], hp["eps"],
-                hp["weight_decay"], hp["bias_correction"], hp["grad_averaging"], hp["adam_w_mode"],
-                hp["use_trust_ratio"], hp["phi_min"], hp["phi_max"], grad_scale, found_inf)
+        norms = torch.full((2 * len(shapes),), math.nan, dtype=hp.pop("norms_dtype", torch.float64), device=device)
+        moments = (params, grads, m, v, steps, sumsq, norms, hp["max_grad_norm"], hp["beta1"], hp["beta2"], hp["eps"],
+                   hp["weight_decay"], hp["bias_correction"], hp["grad_averaging"], hp["adam_w_mode"], grad_scale,
+                   found_inf)
+        if op == "lamb_moments_":
+            return moments
+        return moments, (_scalar(hp["lr"], device), hp["use_trust_ratio"], hp["phi_min"], hp["phi_max"])
     if op == "yellowfin_stats_":
         keep = [torch.rand(s, generator=gen) >= hp["zero_fraction"] for s in shapes]
         grads = [g * k.to(device) for g, k in zip(grads, keep)]
@@ -297,21 +355,25 @@ def check_backend(op: str, backend: str, shapes, dtype: torch.dtype, variant: st
                   device="cpu") -> None:
     """Backend vs reference vs float64 oracle on every mutated and returned tensor (all on `device`)."""
     args = make_args(op, shapes, dtype, variant, seed, device)
-    got_args, ref_args, oracle_args = _clone_args(args), _clone_args(args), _clone_args(args, torch.float64)
+    got_args, ref_args = _clone_args(args), _clone_args(args)
+    oracle_args = make_args(op, shapes, dtype, variant, seed, device, oracle=True)
     got = run(op, backend, got_args)
     ref = run(op, "torch", ref_args)
     oracle = run(op, "torch", oracle_args)
+    narrower = COMPUTED_NARROWER.get(op, {})
     for pos in mutated_positions(op):
+        floor = dict(floor_dtype=math_dtype(dtype), floor_ulps=narrower[pos]) if pos in narrower else {}
         for i, (g, r, o) in enumerate(zip(_flat(got_args[pos]), _flat(ref_args[pos]), _flat(oracle_args[pos]))):
             assert g.dtype == r.dtype and g.shape == r.shape
-            assert_within_2x_reference(g, r, o, name=f"{op}[{variant}] arg {pos} tensor {i} ({backend}, {dtype})")
+            assert_within_2x_reference(g, r, o, name=f"{op}[{variant}] arg {pos} tensor {i} ({backend}, {dtype})",
+                                       **floor)
     for i, (g, r, o) in enumerate(zip(_flat(got), _flat(ref), _flat(oracle))):
         assert_within_2x_reference(g, r, o, name=f"{op}[{variant}] output {i} ({backend}, {dtype})")
-    if VARIANTS[op][variant].get("found_inf"):
-        # found_inf set: nothing may change, to the bit.
-        for pos in mutated_positions(op):
-            for g, a in zip(_flat(got_args[pos]), _flat(args[pos])):
-                assert torch.equal(g, a) or (g.isnan() == a.isnan()).all() and torch.equal(g.nan_to_num(), a.nan_to_num())
+    # found_inf set: nothing may change, to the bit; nor may what the spec leaves alone for this dtype.
+    found_inf = VARIANTS[op][variant].get("found_inf")
+    for pos in mutated_positions(op) if found_inf else UNWRITTEN.get(op, lambda dtype: [])(dtype):
+        for g, a in zip(_flat(got_args[pos]), _flat(args[pos])):
+            assert torch.equal(g, a) or (g.isnan() == a.isnan()).all() and torch.equal(g.nan_to_num(), a.nan_to_num())
 
 
 def numel(shapes) -> int:

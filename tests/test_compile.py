@@ -49,6 +49,16 @@ def sgd_via_ops(params, grads, buffers, steps, lr):
                   maximize=False, is_first_step=False)
 
 
+def lamb_via_ops(params, grads, exp_avgs, exp_avg_sqs, steps, lr):
+    """Both LAMB ops with the norms buffer between them, as the optimizer calls them (global clip on)."""
+    grad_sumsq = torch.stack([g.square().sum() for g in grads])
+    norms = torch.empty(2 * len(params), dtype=torch.float64)
+    hp = dict(max_grad_norm=1.0, beta1=0.9, beta2=0.999, eps=1e-6, weight_decay=0.01, bias_correction=True,
+              grad_averaging=True, adam_w_mode=True)
+    ops.lamb_moments_(params, grads, exp_avgs, exp_avg_sqs, steps, grad_sumsq, norms, **hp)
+    ops.lamb_apply_(params, grads, exp_avgs, exp_avg_sqs, steps, lr, grad_sumsq, norms, **hp, use_trust_ratio=True)
+
+
 _CASES = {
     "adam-ops": (adam_via_ops, lambda: (_tensors(0), _tensors(1), _tensors(2, 0.1), _tensors(3, 0.01, True),
                                         [torch.zeros(()) for _ in SHAPES], torch.tensor(1e-2))),
@@ -56,6 +66,8 @@ _CASES = {
                                                     _tensors(3, 0.01, True), [torch.zeros(()) for _ in SHAPES],
                                                     torch.tensor(1e-2))),
     "sgd-ops": (sgd_via_ops, lambda: (_tensors(0), _tensors(1), _tensors(2, 0.1), [], torch.tensor(0.1))),
+    "lamb-ops": (lamb_via_ops, lambda: (_tensors(0), _tensors(1), _tensors(2, 0.1), _tensors(3, 0.01, True),
+                                        [torch.zeros(()) for _ in SHAPES], torch.tensor(1e-2))),
 }
 
 

@@ -39,9 +39,11 @@ def assert_close_ulps(actual: torch.Tensor, expected: torch.Tensor, dtype: torch
 
 
 def assert_within_2x_reference(kernel: torch.Tensor, reference: torch.Tensor, oracle: torch.Tensor,
-                               floor_ulps: float = 2, name: str = "tensor") -> None:
-    """kernel and reference share a dtype; oracle is the same computation in float64."""
-    dtype = reference.dtype
+                               floor_ulps: float = 2, name: str = "tensor",
+                               floor_dtype: torch.dtype | None = None) -> None:
+    """kernel and reference share a dtype; oracle is the same computation in float64. `floor_dtype`: the
+    dtype the values were computed in, when they are stored in a wider one (its ulps make the floor)."""
+    dtype = floor_dtype or reference.dtype
     o = oracle.double()
     # NaN where the float64 oracle has NaN too is agreement (e.g. a found_inf-free overflow); anywhere
     # else it is an error.

@@ -1,19 +1,22 @@
-"""LAMB (`lamb_step_`, specs/lamb-lars.md §3): two launches per group after the global grad-norm pass.
+"""LAMB (`lamb_moments_` and `lamb_apply_`, specs/lamb-lars.md §3): one launch each, after the grad-norm pass.
 
-  moments (launch 1)  clip the gradient by the global norm, update m and v, and reduce per tensor ‖p‖² and
-                      ‖u‖² (u the Adam direction, + weight_decay·p in adam_w_mode): each program stores fp64
-                      partial sums, the last program of a tensor adds them in chunk order;
-  update (launch 2)   trust ratio from those two sums, u recomputed from the stored m, v and the not yet
-                      updated p (the gradient is never overwritten), p ← p − lr·ratio·u.
+  lamb_moments_  clip the gradient by the global norm, update m and v, and reduce per tensor ‖p‖² and ‖u‖²
+                 (u the Adam direction, + weight_decay·p in adam_w_mode): each program stores fp64 partial
+                 sums, the last program of a tensor adds them in chunk order into norms[2i], norms[2i + 1]
+                 and advances the tensor's step;
+  lamb_apply_    trust ratio from those two sums (reduced across ranks by the caller, if sharded), u
+                 recomputed from the stored m, v and the not yet updated p (the gradient is never
+                 overwritten), p ← p − lr·ratio·u.
 With the grad-norm pass (`slice_sumsq_`, run by the optimizer over every group) that is 3 launches per step.
 Bytes per fp32 element: 16 read + 8 written, then 12 read + 4 written (apex: 6 reads + 4 writes + the
-‖p‖ and ‖u‖ passes).
+‖p‖ and ‖u‖ passes). Both launches walk one cached pointer table (lamb_apply_ ignores its counters and
+scratch), so a step whose tensors did not move uploads nothing.
 
-16-bit parameters (DEFER) leave m and v alone in launch 1 and recompute them in launch 2 from the old m, v
-and the gradient, then store them, as the CPU backend's kDeferMoments does: the reference and the norms take u
-from the fp32 moments, and a stored fp16 moment rounds or underflows (gradients ~1e-4 on zeroed moments give
-v ~ 1e-11, which is 0 in fp16; u from the stored moments moved parameters of magnitude ~3 by up to 6.2). Bytes per
-16-bit element: 8 read, then 8 read + 6 written (one more read of g than storing in launch 1).
+16-bit parameters (DEFER) leave m and v alone in lamb_moments_ and recompute them in lamb_apply_ from the old
+m, v and the gradient, then store them, as the reference's deferred-moments rule says: u must come from the
+fp32 moments, and a stored fp16 moment rounds or underflows (gradients ~1e-4 on zeroed moments give
+v ~ 1e-11, which is 0 in fp16; u from the stored moments moved parameters of magnitude ~3 by up to 6.2). Bytes
+per 16-bit element: 8 read, then 8 read + 6 written (one more read of g than storing in lamb_moments_).
 """
 from __future__ import annotations
 
@@ -39,7 +42,7 @@ _SLOTS = 1024
 
 @triton.jit
 def _lamb_direction(mv, vv, pv, bc1, bc2, eps, weight_decay, adam_w_mode):
-    """u = (m/bc1)/(√(v/bc2) + eps) (+ weight_decay·p in adam_w_mode): the same arithmetic in both launches."""
+    """u = (m/bc1)/(√(v/bc2) + eps) (+ weight_decay·p in adam_w_mode): the same arithmetic in both ops."""
     u = (mv / bc1) / (tl.sqrt(vv / bc2) + eps)
     if adam_w_mode & (weight_decay != 0):
         u = u + weight_decay * pv
@@ -47,18 +50,20 @@ def _lamb_direction(mv, vv, pv, bc1, bc2, eps, weight_decay, adam_w_mode):
 
 
 @triton.jit
-def _bias_corrections(step_ptr, beta1, beta2, bias_correction):
-    t = tl.load(step_ptr).to(tl.float64) + 1.0
+def _bias_corrections(t, beta1, beta2, bias_correction):
+    """(bc1, bc2) at step t (fp64), as fp32."""
+    beta1 = scalar(beta1, tl.float64)
+    beta2 = scalar(beta2, tl.float64)
     bc1 = tl.where(bias_correction != 0, 1.0 - pow_f64(beta1, t), 1.0).to(tl.float32)
     bc2 = tl.where(bias_correction != 0, 1.0 - pow_f64(beta2, t), 1.0).to(tl.float32)
-    return t, bc1, bc2
+    return bc1, bc2
 
 
 @triton.jit
 def _moment_scalars(grad_sumsq, n_slots, scale_ptr, max_grad_norm, beta1, beta2, grad_averaging,
                     SLOTS: tl.constexpr):
     """(clip, grad_scale, beta1, beta3, beta2, 1 − beta2) as fp32: what the moment update needs besides the
-    tensors, computed the same way in both launches (16-bit parameters update the moments in launch 2)."""
+    tensors, computed the same way in both ops (16-bit parameters update the moments in lamb_apply_)."""
     beta1 = scalar(beta1, tl.float64)
     beta2 = scalar(beta2, tl.float64)
     scale = tl.load(scale_ptr).to(tl.float32)
@@ -104,13 +109,15 @@ def _lamb_moments_tile(p, g, m, v, offs, mask, moments, bc1, bc2, eps, weight_de
 
 
 @triton.jit
-def _lamb_moments_chunk(p, g, m, v, step_ptr, counter, numel, start, n_blocks, block, first_block, partials,
+def _lamb_moments_chunk(p, g, m, v, step_ptr, counter, numel, start, n_blocks, block, first_block, partials, norms,
                         grad_sumsq, n_slots, scale_ptr, inf_ptr, max_grad_norm, beta1, beta2, eps, weight_decay,
                         bias_correction, grad_averaging, adam_w_mode, DEFER: tl.constexpr, SLOTS: tl.constexpr,
                         BLOCK: tl.constexpr, CHUNK: tl.constexpr):
     live = tl.load(inf_ptr) == 0
     moments = _moment_scalars(grad_sumsq, n_slots, scale_ptr, max_grad_norm, beta1, beta2, grad_averaging, SLOTS)
-    t, bc1, bc2 = _bias_corrections(step_ptr, scalar(beta1, tl.float64), scalar(beta2, tl.float64), bias_correction)
+    # every program reads the step before it arrives; the last to arrive writes it back advanced
+    t = tl.load(step_ptr).to(tl.float64) + 1.0
+    bc1, bc2 = _bias_corrections(t, beta1, beta2, bias_correction)
     scalars = (moments, bc1, bc2, scalar(eps, tl.float32), scalar(weight_decay, tl.float32))
     p_sq = tl.zeros([], dtype=tl.float64)
     u_sq = tl.zeros([], dtype=tl.float64)
@@ -131,16 +138,16 @@ def _lamb_moments_chunk(p, g, m, v, step_ptr, counter, numel, start, n_blocks, b
         for b in range(first_block, first_block + n_blocks):
             p_total += tl.load(partials + 2 * b, cache_modifier=".cg")
             u_total += tl.load(partials + 2 * b + 1, cache_modifier=".cg")
-        # the tensor's ‖p‖² and ‖u‖² go to its first partial slot, where the update launch reads them
-        tl.store(partials + 2 * first_block, p_total)
-        tl.store(partials + 2 * first_block + 1, u_total)
+        tl.store(norms, p_total.to(norms.dtype.element_ty))
+        tl.store(norms + 1, u_total.to(norms.dtype.element_ty))
+        tl.store(step_ptr, t.to(tl.float32))
 
 
 @triton.jit
-def _lamb_update_tile(p, g, m, v, offs, mask, moments, step_size, bc1, bc2, eps, weight_decay, adam_w_mode,
-                      DEFER: tl.constexpr):
+def _lamb_apply_tile(p, g, m, v, offs, mask, moments, step_size, bc1, bc2, eps, weight_decay, adam_w_mode,
+                     DEFER: tl.constexpr):
     if DEFER:
-        # the moments launch 1 computed for the norms: same inputs (m, v, p not yet written), same code
+        # the moments lamb_moments_ computed for the norms: same inputs (m, v, p not yet written), same code
         pv, mv, vv = _lamb_moments(p, g, m, v, offs, mask, *moments, weight_decay, adam_w_mode)
         _store_moments(m, v, offs, mask, mv, vv)
     else:
@@ -152,20 +159,21 @@ def _lamb_update_tile(p, g, m, v, offs, mask, moments, step_size, bc1, bc2, eps,
 
 
 @triton.jit
-def _lamb_update_chunk(p, g, m, v, step_ptr, counter, numel, start, n_blocks, norms, lr_ptr, grad_sumsq, n_slots,
-                       scale_ptr, inf_ptr, max_grad_norm, beta1, beta2, eps, weight_decay, bias_correction,
-                       grad_averaging, adam_w_mode, use_trust_ratio, phi_min, phi_max, DEFER: tl.constexpr,
-                       SLOTS: tl.constexpr, BLOCK: tl.constexpr, CHUNK: tl.constexpr):
+def _lamb_apply_chunk(p, g, m, v, step_ptr, numel, start, norms, lr_ptr, grad_sumsq, n_slots, scale_ptr, inf_ptr,
+                      max_grad_norm, beta1, beta2, eps, weight_decay, bias_correction, grad_averaging, adam_w_mode,
+                      use_trust_ratio, phi_min, phi_max, DEFER: tl.constexpr, SLOTS: tl.constexpr,
+                      BLOCK: tl.constexpr, CHUNK: tl.constexpr):
     live = tl.load(inf_ptr) == 0
     if DEFER:
         moments = _moment_scalars(grad_sumsq, n_slots, scale_ptr, max_grad_norm, beta1, beta2, grad_averaging,
                                   SLOTS)
     else:
-        moments = ()  # fp32 reads the moments launch 1 stored: no clip to recompute
-    t, bc1, bc2 = _bias_corrections(step_ptr, scalar(beta1, tl.float64), scalar(beta2, tl.float64), bias_correction)
+        moments = ()  # fp32 reads the moments lamb_moments_ stored: no clip to recompute
+    t = tl.load(step_ptr).to(tl.float64)  # advanced by lamb_moments_
+    bc1, bc2 = _bias_corrections(t, beta1, beta2, bias_correction)
     # ratio = clamp(‖p‖, phi_min, phi_max)/‖u‖, 1 when either norm is 0 (a NaN norm gives a NaN ratio)
-    p_norm = tl.sqrt(tl.load(norms)).to(tl.float32)
-    u_norm = tl.sqrt(tl.load(norms + 1)).to(tl.float32)
+    p_norm = tl.sqrt(tl.load(norms).to(tl.float64)).to(tl.float32)
+    u_norm = tl.sqrt(tl.load(norms + 1).to(tl.float64)).to(tl.float32)
     phi = tl.minimum(tl.maximum(p_norm, scalar(phi_min, tl.float32), propagate_nan=tl.PropagateNan.ALL),
                      scalar(phi_max, tl.float32), propagate_nan=tl.PropagateNan.ALL)
     ratio = tl.where((p_norm != 0) & (u_norm != 0), phi / tl.where(u_norm == 0, 1.0, u_norm), 1.0)
@@ -176,15 +184,13 @@ def _lamb_update_chunk(p, g, m, v, step_ptr, counter, numel, start, n_blocks, no
     for off in range(0, CHUNK, BLOCK):
         offs = start + off + tl.arange(0, BLOCK)
         if start + off + BLOCK <= limit:
-            _lamb_update_tile(p, g, m, v, offs, None, *scalars, adam_w_mode, DEFER)
+            _lamb_apply_tile(p, g, m, v, offs, None, *scalars, adam_w_mode, DEFER)
         else:
-            _lamb_update_tile(p, g, m, v, offs, offs < limit, *scalars, adam_w_mode, DEFER)
-    if last_to_arrive(counter, n_blocks, live):
-        tl.store(step_ptr, t.to(tl.float32))
+            _lamb_apply_tile(p, g, m, v, offs, offs < limit, *scalars, adam_w_mode, DEFER)
 
 
 @triton.jit
-def _lamb_moments_kernel(rows, grads, blocks, counters, partials, grad_sumsq, n_slots, scale_ptr, inf_ptr,
+def _lamb_moments_kernel(rows, grads, blocks, counters, partials, norms, grad_sumsq, n_slots, scale_ptr, inf_ptr,
                          max_grad_norm: "fp64", beta1: "fp64", beta2: "fp64", eps, weight_decay, bias_correction,
                          grad_averaging, adam_w_mode, DTYPE: tl.constexpr, ALIGN: tl.constexpr,
                          DEFER: tl.constexpr, SLOTS: tl.constexpr, BLOCK: tl.constexpr, CHUNK: tl.constexpr):
@@ -193,88 +199,124 @@ def _lamb_moments_kernel(rows, grads, blocks, counters, partials, grad_sumsq, n_
     _lamb_moments_chunk(row_pointer(row, _P, DTYPE, ALIGN), row_pointer(grads, t, DTYPE, ALIGN),
                         row_pointer(row, _M, DTYPE, ALIGN), row_pointer(row, _V, DTYPE, ALIGN),
                         row_pointer(row, _STEP, tl.float32, 4), counters + t, tl.load(row + mt.NUMEL), start,
-                        tl.load(row + mt.NBLOCKS), tl.program_id(0), tl.load(row + mt.FIRST), partials, grad_sumsq,
-                        n_slots, scale_ptr, inf_ptr, max_grad_norm, beta1, beta2, eps, weight_decay,
+                        tl.load(row + mt.NBLOCKS), tl.program_id(0), tl.load(row + mt.FIRST), partials, norms + 2 * t,
+                        grad_sumsq, n_slots, scale_ptr, inf_ptr, max_grad_norm, beta1, beta2, eps, weight_decay,
                         bias_correction, grad_averaging, adam_w_mode, DEFER, SLOTS, BLOCK, CHUNK)
 
 
 @triton.jit
-def _lamb_update_kernel(rows, grads, blocks, counters, partials, lr_ptr, grad_sumsq, n_slots, scale_ptr, inf_ptr,
-                        max_grad_norm: "fp64", beta1: "fp64", beta2: "fp64", eps, weight_decay, bias_correction,
-                        grad_averaging, adam_w_mode, use_trust_ratio, phi_min, phi_max, DTYPE: tl.constexpr,
-                        ALIGN: tl.constexpr, DEFER: tl.constexpr, SLOTS: tl.constexpr, BLOCK: tl.constexpr,
-                        CHUNK: tl.constexpr):
+def _lamb_apply_kernel(rows, grads, blocks, norms, lr_ptr, grad_sumsq, n_slots, scale_ptr, inf_ptr,
+                       max_grad_norm: "fp64", beta1: "fp64", beta2: "fp64", eps, weight_decay, bias_correction,
+                       grad_averaging, adam_w_mode, use_trust_ratio, phi_min, phi_max, DTYPE: tl.constexpr,
+                       ALIGN: tl.constexpr, DEFER: tl.constexpr, SLOTS: tl.constexpr, BLOCK: tl.constexpr,
+                       CHUNK: tl.constexpr):
     t, start = program_chunk(blocks, CHUNK)
     row = rows + t * _NCOL
-    _lamb_update_chunk(row_pointer(row, _P, DTYPE, ALIGN), row_pointer(grads, t, DTYPE, ALIGN),
-                       row_pointer(row, _M, DTYPE, ALIGN), row_pointer(row, _V, DTYPE, ALIGN),
-                       row_pointer(row, _STEP, tl.float32, 4), counters + t, tl.load(row + mt.NUMEL), start,
-                       tl.load(row + mt.NBLOCKS), partials + 2 * tl.load(row + mt.FIRST), lr_ptr, grad_sumsq,
-                       n_slots, scale_ptr, inf_ptr, max_grad_norm, beta1, beta2, eps, weight_decay, bias_correction,
-                       grad_averaging, adam_w_mode, use_trust_ratio, phi_min, phi_max, DEFER, SLOTS, BLOCK, CHUNK)
+    _lamb_apply_chunk(row_pointer(row, _P, DTYPE, ALIGN), row_pointer(grads, t, DTYPE, ALIGN),
+                      row_pointer(row, _M, DTYPE, ALIGN), row_pointer(row, _V, DTYPE, ALIGN),
+                      row_pointer(row, _STEP, tl.float32, 4), tl.load(row + mt.NUMEL), start, norms + 2 * t, lr_ptr,
+                      grad_sumsq, n_slots, scale_ptr, inf_ptr, max_grad_norm, beta1, beta2, eps, weight_decay,
+                      bias_correction, grad_averaging, adam_w_mode, use_trust_ratio, phi_min, phi_max, DEFER, SLOTS,
+                      BLOCK, CHUNK)
 
 
 @triton.jit
-def _lamb_moments_tensor_kernel(p, g, m, v, step_ptr, counter, numel, partials, grad_sumsq, n_slots, scale_ptr,
-                                inf_ptr, max_grad_norm: "fp64", beta1: "fp64", beta2: "fp64", eps, weight_decay,
-                                bias_correction, grad_averaging, adam_w_mode, DEFER: tl.constexpr,
+def _lamb_moments_tensor_kernel(p, g, m, v, step_ptr, counter, numel, partials, norms, slot, grad_sumsq, n_slots,
+                                scale_ptr, inf_ptr, max_grad_norm: "fp64", beta1: "fp64", beta2: "fp64", eps,
+                                weight_decay, bias_correction, grad_averaging, adam_w_mode, DEFER: tl.constexpr,
                                 SLOTS: tl.constexpr, BLOCK: tl.constexpr, CHUNK: tl.constexpr):
     block = tl.program_id(0)
     _lamb_moments_chunk(p, g, m, v, step_ptr, counter, numel, block.to(tl.int64) * CHUNK, tl.num_programs(0),
-                        block, 0, partials, grad_sumsq, n_slots, scale_ptr, inf_ptr, max_grad_norm, beta1, beta2,
-                        eps, weight_decay, bias_correction, grad_averaging, adam_w_mode, DEFER, SLOTS, BLOCK, CHUNK)
+                        block, 0, partials, norms + slot, grad_sumsq, n_slots, scale_ptr, inf_ptr, max_grad_norm,
+                        beta1, beta2, eps, weight_decay, bias_correction, grad_averaging, adam_w_mode, DEFER, SLOTS,
+                        BLOCK, CHUNK)
 
 
 @triton.jit
-def _lamb_update_tensor_kernel(p, g, m, v, step_ptr, counter, numel, partials, lr_ptr, grad_sumsq, n_slots,
-                               scale_ptr, inf_ptr, max_grad_norm: "fp64", beta1: "fp64", beta2: "fp64", eps,
-                               weight_decay, bias_correction, grad_averaging, adam_w_mode, use_trust_ratio, phi_min,
-                               phi_max, DEFER: tl.constexpr, SLOTS: tl.constexpr, BLOCK: tl.constexpr,
-                               CHUNK: tl.constexpr):
-    block = tl.program_id(0)
-    _lamb_update_chunk(p, g, m, v, step_ptr, counter, numel, block.to(tl.int64) * CHUNK, tl.num_programs(0),
-                       partials, lr_ptr, grad_sumsq, n_slots, scale_ptr, inf_ptr, max_grad_norm, beta1, beta2, eps,
-                       weight_decay, bias_correction, grad_averaging, adam_w_mode, use_trust_ratio, phi_min, phi_max,
-                       DEFER, SLOTS, BLOCK, CHUNK)
+def _lamb_apply_tensor_kernel(p, g, m, v, step_ptr, numel, norms, slot, lr_ptr, grad_sumsq, n_slots, scale_ptr,
+                              inf_ptr, max_grad_norm: "fp64", beta1: "fp64", beta2: "fp64", eps, weight_decay,
+                              bias_correction, grad_averaging, adam_w_mode, use_trust_ratio, phi_min, phi_max,
+                              DEFER: tl.constexpr, SLOTS: tl.constexpr, BLOCK: tl.constexpr, CHUNK: tl.constexpr):
+    _lamb_apply_chunk(p, g, m, v, step_ptr, numel, tl.program_id(0).to(tl.int64) * CHUNK, norms + slot, lr_ptr,
+                      grad_sumsq, n_slots, scale_ptr, inf_ptr, max_grad_norm, beta1, beta2, eps, weight_decay,
+                      bias_correction, grad_averaging, adam_w_mode, use_trust_ratio, phi_min, phi_max, DEFER, SLOTS,
+                      BLOCK, CHUNK)
 
 
-def lamb_step_triton(params: list[Tensor], grads: list[Tensor], exp_avgs: list[Tensor], exp_avg_sqs: list[Tensor],
-                     state_steps: list[Tensor], lr: Tensor, grad_sumsq: Tensor, max_grad_norm: float, beta1: float,
-                     beta2: float, eps: float, weight_decay: float, bias_correction: bool, grad_averaging: bool,
-                     adam_w_mode: bool, use_trust_ratio: bool, phi_min: float, phi_max: float,
-                     grad_scale: Tensor | None, found_inf: Tensor | None) -> None:
-    """Triton `lamb_step_` (see agd_kernels.ops.lamb_step_)."""
-    if not params:
-        return
-    op = "lamb_step_"
+def _prepare(op: str, params, grads, exp_avgs, exp_avg_sqs, state_steps, grad_sumsq: Tensor, norms: Tensor,
+             grad_scale: Tensor | None, found_inf: Tensor | None) -> tuple[Tensor, Tensor, dict]:
+    """Checks both ops share (raising ValueError before anything is written); returns (grad_scale, found_inf,
+    launch meta-parameters)."""
     mt.check_lists(op, params, {"grads": grads, "exp_avgs": exp_avgs, "exp_avg_sqs": exp_avg_sqs}, steps=state_steps)
     device = params[0].device
-    mt.check_scalar(op, "lr", lr, device)
     if grad_sumsq.dtype != torch.float32 or grad_sumsq.device != device or not grad_sumsq.is_contiguous():
         raise ValueError(f"{op}: grad_sumsq must be a contiguous float32 tensor on {device}; got "
                          f"{grad_sumsq.dtype} on {grad_sumsq.device}")
+    if (norms.dtype not in (torch.float64, torch.float32) or norms.device != device or norms.dim() != 1
+            or norms.numel() != 2 * len(params) or not norms.is_contiguous()):
+        raise ValueError(f"{op}: norms must be a contiguous 1-D float64 (or float32) tensor of 2 slots per tensor "
+                         f"of params ({2 * len(params)}) on {device}; got {norms.dtype}{list(norms.shape)} with "
+                         f"strides {norms.stride()} on {norms.device}")
     scale, inf = mt.amp_scalars(grad_scale, found_inf, device, op)
-    flags = (int(bias_correction), int(grad_averaging), int(adam_w_mode))
-    moments_hyper = (grad_sumsq, grad_sumsq.numel(), scale, inf, max_grad_norm, beta1, beta2, eps, weight_decay, *flags)
-    update_hyper = (lr, *moments_hyper, int(use_trust_ratio), phi_min, phi_max)
     cfg = mt.config(device)
-    # 16-bit moments would round (or underflow) when stored: launch 2 recomputes them (module docstring)
+    # 16-bit moments would round (or underflow) when stored: lamb_apply_ recomputes them (module docstring)
     meta = dict(DEFER=params[0].element_size() == 2, SLOTS=_SLOTS, BLOCK=cfg.block, CHUNK=cfg.chunk,
                 num_warps=cfg.num_warps)
+    return scale, inf, meta
+
+
+def _table(params, grads, exp_avgs, exp_avg_sqs, state_steps, chunk: int):
+    """The pointer table both ops launch over: one cached entry (keyed "lamb_", not by op), scratch for the
+    moments' per-program partials."""
+    return mt.elementwise_table("lamb_", params, grads, [exp_avgs, exp_avg_sqs], state_steps, chunk,
+                                scratch_per_block=2)
+
+
+def lamb_moments_triton(params: list[Tensor], grads: list[Tensor], exp_avgs: list[Tensor],
+                        exp_avg_sqs: list[Tensor], state_steps: list[Tensor], grad_sumsq: Tensor, norms: Tensor,
+                        max_grad_norm: float, beta1: float, beta2: float, eps: float, weight_decay: float,
+                        bias_correction: bool, grad_averaging: bool, adam_w_mode: bool, grad_scale: Tensor | None,
+                        found_inf: Tensor | None) -> None:
+    """Triton `lamb_moments_` (see agd_kernels.ops.lamb_moments_)."""
+    if not params:
+        return
+    scale, inf, meta = _prepare("lamb_moments_", params, grads, exp_avgs, exp_avg_sqs, state_steps, grad_sumsq,
+                                norms, grad_scale, found_inf)
+    hyper = (grad_sumsq, grad_sumsq.numel(), scale, inf, max_grad_norm, beta1, beta2, eps, weight_decay,
+             int(bias_correction), int(grad_averaging), int(adam_w_mode))
+    device = params[0].device
     if mt.traced(params[0]):
-        for p, g, m, v, s in zip(params, grads, exp_avgs, exp_avg_sqs, state_steps):
-            grid = (mt.n_programs(p.numel(), cfg.chunk),)
+        for i, (p, g, m, v, s) in enumerate(zip(params, grads, exp_avgs, exp_avg_sqs, state_steps)):
+            grid = (mt.n_programs(p.numel(), meta["CHUNK"]),)
             partials = torch.empty(2 * grid[0], dtype=torch.float64, device=device)
             counter = torch.zeros(1, dtype=torch.int32, device=device)
-            wrap_triton(_lamb_moments_tensor_kernel)[grid](p, g, m, v, s, counter, p.numel(), partials,
-                                                           *moments_hyper, **meta)
-            wrap_triton(_lamb_update_tensor_kernel)[grid](p, g, m, v, s, counter, p.numel(), partials,
-                                                          *update_hyper, **meta)
+            wrap_triton(_lamb_moments_tensor_kernel)[grid](p, g, m, v, s, counter, p.numel(), partials, norms, 2 * i,
+                                                           *hyper, **meta)
         return
-    tab, grad_ptrs, align = mt.elementwise_table(op, params, grads, [exp_avgs, exp_avg_sqs], state_steps, cfg.chunk,
-                                                 scratch_per_block=2)
-    dtype = mt.TL_DTYPE[params[0].dtype]
+    tab, grad_ptrs, align = _table(params, grads, exp_avgs, exp_avg_sqs, state_steps, meta["CHUNK"])
     wrap_triton(_lamb_moments_kernel)[(tab.n_blocks,)](tab.rows, grad_ptrs, tab.blocks, tab.counters, tab.scratch,
-                                                       *moments_hyper, DTYPE=dtype, ALIGN=align, **meta)
-    wrap_triton(_lamb_update_kernel)[(tab.n_blocks,)](tab.rows, grad_ptrs, tab.blocks, tab.counters, tab.scratch,
-                                                      *update_hyper, DTYPE=dtype, ALIGN=align, **meta)
+                                                       norms, *hyper, DTYPE=mt.TL_DTYPE[params[0].dtype], ALIGN=align,
+                                                       **meta)
+
+
+def lamb_apply_triton(params: list[Tensor], grads: list[Tensor], exp_avgs: list[Tensor], exp_avg_sqs: list[Tensor],
+                      state_steps: list[Tensor], lr: Tensor, grad_sumsq: Tensor, norms: Tensor, max_grad_norm: float,
+                      beta1: float, beta2: float, eps: float, weight_decay: float, bias_correction: bool,
+                      grad_averaging: bool, adam_w_mode: bool, use_trust_ratio: bool, phi_min: float, phi_max: float,
+                      grad_scale: Tensor | None, found_inf: Tensor | None) -> None:
+    """Triton `lamb_apply_` (see agd_kernels.ops.lamb_apply_)."""
+    if not params:
+        return
+    scale, inf, meta = _prepare("lamb_apply_", params, grads, exp_avgs, exp_avg_sqs, state_steps, grad_sumsq, norms,
+                                grad_scale, found_inf)
+    mt.check_scalar("lamb_apply_", "lr", lr, params[0].device)
+    hyper = (lr, grad_sumsq, grad_sumsq.numel(), scale, inf, max_grad_norm, beta1, beta2, eps, weight_decay,
+             int(bias_correction), int(grad_averaging), int(adam_w_mode), int(use_trust_ratio), phi_min, phi_max)
+    if mt.traced(params[0]):
+        for i, (p, g, m, v, s) in enumerate(zip(params, grads, exp_avgs, exp_avg_sqs, state_steps)):
+            grid = (mt.n_programs(p.numel(), meta["CHUNK"]),)
+            wrap_triton(_lamb_apply_tensor_kernel)[grid](p, g, m, v, s, p.numel(), norms, 2 * i, *hyper, **meta)
+        return
+    tab, grad_ptrs, align = _table(params, grads, exp_avgs, exp_avg_sqs, state_steps, meta["CHUNK"])
+    wrap_triton(_lamb_apply_kernel)[(tab.n_blocks,)](tab.rows, grad_ptrs, tab.blocks, norms, *hyper,
+                                                     DTYPE=mt.TL_DTYPE[params[0].dtype], ALIGN=align, **meta)

@@ -15,7 +15,7 @@ from agd_kernels.ops import SCHEMAS
 from .adagrad import adagrad_step_triton
 from .adam import adam_step_triton
 from .agd import agd_step_triton
-from .lamb import lamb_step_triton
+from .lamb import lamb_apply_triton, lamb_moments_triton
 from .rmsprop import rmsprop_step_triton
 from .sgd import sgd_step_triton
 from .sumsq import slice_sumsq_triton
@@ -31,7 +31,8 @@ LAUNCHERS = {
     "sgd_step_": sgd_step_triton,
     "rmsprop_step_": rmsprop_step_triton,
     "adagrad_step_": adagrad_step_triton,
-    "lamb_step_": lamb_step_triton,
+    "lamb_moments_": lamb_moments_triton,
+    "lamb_apply_": lamb_apply_triton,
     "yellowfin_stats_": yellowfin_stats_triton,
     "yellowfin_tune_": yellowfin_tune_triton,
     "yellowfin_apply_": yellowfin_apply_triton,

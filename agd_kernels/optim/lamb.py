@@ -1,8 +1,10 @@
 """LAMB: apex FusedLAMB semantics by default, the paper/TF-addons algorithm with variant="paper".
 
 Follows specs/lamb-lars.md §3. A step is the global gradient-norm pass (`slice_sumsq_` over every
-group's gradients into one fp32 buffer, one launch per (device, dtype) bucket) and one `lamb_step_`
-per (group, device, dtype) bucket: <= 3 launches per bucket, no host sync.
+group's gradients into one fp32 buffer, one launch per (device, dtype) bucket), then per (group,
+device, dtype) bucket `lamb_moments_` (Σp², Σu² per tensor into one fp64 buffer for all buckets) and
+`lamb_apply_`: <= 3 launches per bucket, no host sync. Sharded parameters: the two buffers are each
+completed by one all-reduce (docs/distributed.md), the first only when the clip is on.
 """
 from __future__ import annotations
 
@@ -88,7 +90,10 @@ class LAMB(FusedOptimizer):
                             phi_min=phi_min, phi_max=phi_max)
         self._grad_sumsq: Tensor | None = None  # this step's global-norm buffer (see _partials)
         self._clip_at = math.inf
-        self._clip_cache: tuple[tuple[int, ...], list[Tensor], Partials] | None = None  # (ids, tensors, layout)
+        #: per buffer ("clip", "norms"): (parameter ids, the parameters, their cross-rank layout)
+        self._layouts: dict[str, tuple[tuple[int, ...], list[Tensor], Partials]] = {}
+        self._step_launches: list[tuple] = []  # this step's buckets and buffer, from phase 1 to phase 2
+        self._step_norms: Tensor | None = None
         super().__init__(params, defaults, backend)
 
     def _check_hparams(self, hparams):
@@ -120,10 +125,10 @@ class LAMB(FusedOptimizer):
         state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
         state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
 
-    def _partials(self, collected):
+    def _clip_norm(self, collected) -> None:
         """The global-norm pass over every group's gradients, completed across ranks when parameters
         are sharded (the clip's own all-reduce: the clip factor scales the moments, so it must be known
-        before them): it must finish before the first lamb_step_ of any group reads it."""
+        before them): it must finish before the first lamb_moments_ of any group reads it."""
         values = {g["max_grad_norm"] for g in self.param_groups}
         if len(values) > 1:
             raise ValueError(f"max_grad_norm is global, but the param groups hold {sorted(values, key=str)}; "
@@ -135,7 +140,7 @@ class LAMB(FusedOptimizer):
             # No clip: nothing reads the norm, so the pass is skipped (an empty sum is 0).
             device = params[0].device if params else torch.device("cpu")
             self._grad_sumsq = torch.zeros(0, dtype=torch.float32, device=device)
-            return None
+            return
         # Each gradient has its parameter's device and dtype (checked when collected): the parameters'
         # (cached) buckets are the gradients' buckets.
         buckets = self._bucket_grads("all groups", params, grads)
@@ -150,34 +155,72 @@ class LAMB(FusedOptimizer):
             size = sum(num_slices(p.shape) for p in bucket)
             ops.slice_sumsq_(bucket_grads, self._grad_sumsq.narrow(0, start, size), backend=self.backend)
             start += size
-        self._clip_layout(ordered, spans).reduce_(self._grad_sumsq)
+        self._layout("clip", ordered, spans).reduce_(self._grad_sumsq)
+
+    # step() is the base class's. Phase 1 (`_partials`): the clip's gradient norm (its own all-reduce
+    # when sharded), then lamb_moments_ per (group, device, dtype) bucket, writing Σp² and Σu² of every
+    # tensor into one fp64 buffer, which the base all-reduces when sharded. Phase 2 (`_apply`):
+    # lamb_apply_ per bucket, the trust ratios from the completed sums. 3 launches per bucket.
+    def _partials(self, collected):
+        self._clip_norm(collected)
+        launches, tensors, spans, start = [], [], [], 0
+        for gi, (group, found) in enumerate(zip(self.param_groups, collected)):
+            for device, params, grads in self._bucket_grads(gi, *found):
+                launches.append((gi, device, params, grads, self._states(group, params), start))
+                tensors += params
+                spans += [(start + 2 * i, 2) for i in range(len(params))]
+                start += 2 * len(params)
+        self._step_launches = launches
+        if not launches:
+            return None
+        # Σp² and Σu² per tensor (specs/lamb-lars.md §3 item 8), fp64 as the kernels accumulate them.
+        norms = self._step_norms = torch.empty(start, dtype=torch.float64, device=tensors[0].device)
+        for gi, device, params, grads, states, first in launches:
+            group = self.param_groups[gi]
+            grad_scale, found_inf = self._amp_scalars(device)
+            ops.lamb_moments_(params, grads, [s["exp_avg"] for s in states], [s["exp_avg_sq"] for s in states],
+                              [s["step"] for s in states], self._grad_sumsq, norms.narrow(0, first, 2 * len(params)),
+                              **self._moment_args(group), grad_scale=grad_scale, found_inf=found_inf,
+                              backend=self.backend)
+        return norms, self._layout("norms", tensors, spans)
+
+    def _apply(self, collected):
+        for gi, device, params, grads, states, first in self._step_launches:
+            group = self.param_groups[gi]
+            grad_scale, found_inf = self._amp_scalars(device)
+            if self.variant == "paper":
+                use_trust_ratio = not group["exclude_from_layer_adaptation"]
+                phi_min, phi_max = group["phi_min"], group["phi_max"]
+            else:  # apex: layer adaptation only where weight decay is on, unless NVLAMB
+                use_trust_ratio = group["use_nvlamb"] or group["weight_decay"] != 0
+                phi_min, phi_max = 0.0, math.inf
+            ops.lamb_apply_(params, grads, [s["exp_avg"] for s in states], [s["exp_avg_sq"] for s in states],
+                            [s["step"] for s in states], self._lr_tensor(gi, group, device), self._grad_sumsq,
+                            self._step_norms.narrow(0, first, 2 * len(params)), **self._moment_args(group),
+                            use_trust_ratio=use_trust_ratio, phi_min=phi_min, phi_max=phi_max,
+                            grad_scale=grad_scale, found_inf=found_inf, backend=self.backend)
         return None
 
-    def _clip_layout(self, ordered: list[Tensor], spans: list[tuple[int, int]]) -> Partials:
-        """The cross-rank layout of the gradient-norm buffer (cached per parameter set)."""
-        key = tuple(map(id, ordered))
-        if self._clip_cache is None or self._clip_cache[0] != key:
-            self._clip_cache = (key, ordered, self._partials_layout(ordered, spans, ordered[0].device))
-        return self._clip_cache[2]
-
-    def _launch(self, group, params, grads, states, lr, grad_scale, found_inf):
+    def _moment_args(self, group) -> dict[str, Any]:
+        """The hyper-parameters lamb_moments_ and lamb_apply_ share, for one group."""
         weight_decay = group["weight_decay"]
         if self.variant == "paper":
-            if group["exclude_from_weight_decay"]:
-                weight_decay = 0.0
-            adam_w_mode, use_trust_ratio = True, not group["exclude_from_layer_adaptation"]
-            phi_min, phi_max = group["phi_min"], group["phi_max"]
+            weight_decay = 0.0 if group["exclude_from_weight_decay"] else weight_decay
+            adam_w_mode = True
         else:
-            # apex: layer adaptation only where weight decay is on, unless NVLAMB.
-            adam_w_mode, use_trust_ratio = group["adam_w_mode"], group["use_nvlamb"] or weight_decay != 0
-            phi_min, phi_max = 0.0, math.inf
+            adam_w_mode = group["adam_w_mode"]
         beta1, beta2 = group["betas"]
-        ops.lamb_step_(
-            params, grads, [s["exp_avg"] for s in states], [s["exp_avg_sq"] for s in states],
-            [s["step"] for s in states], lr, self._grad_sumsq, max_grad_norm=self._clip_at, beta1=beta1,
-            beta2=beta2, eps=group["eps"], weight_decay=weight_decay, bias_correction=group["bias_correction"],
-            grad_averaging=group["grad_averaging"], adam_w_mode=adam_w_mode, use_trust_ratio=use_trust_ratio,
-            phi_min=phi_min, phi_max=phi_max, grad_scale=grad_scale, found_inf=found_inf, backend=self.backend)
+        return dict(max_grad_norm=self._clip_at, beta1=beta1, beta2=beta2, eps=group["eps"], weight_decay=weight_decay,
+                    bias_correction=group["bias_correction"], grad_averaging=group["grad_averaging"],
+                    adam_w_mode=adam_w_mode)
+
+    def _layout(self, name: str, tensors: list[Tensor], spans: list[tuple[int, int]]) -> Partials:
+        """The cross-rank layout of buffer `name` ("clip" or "norms"), cached per parameter set."""
+        key = tuple(map(id, tensors))
+        hit = self._layouts.get(name)
+        if hit is None or hit[0] != key:
+            hit = self._layouts[name] = (key, tensors, self._partials_layout(tensors, spans, tensors[0].device))
+        return hit[2]
 
     def _check_loadable(self, state_dict: dict[str, Any]) -> None:
         super()._check_loadable(state_dict)  # every group's hyper-parameters, max_grad_norm included

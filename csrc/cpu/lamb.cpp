@@ -1,11 +1,11 @@
-// CPU backend of agd_kernels::lamb_step_ (schema in agd_kernels/ops.py, semantics in
-// agd_kernels/reference/lamb.py). With the gradient norm pass (slice_sumsq_, before this op) a step is
-// three passes over the parameters:
-//   stage 1: read p, g, m, v; write m, v; per-chunk fp64 partials of ||p||^2 and ||u||^2;
-//   (the calling thread: per-tensor trust ratios from the partials, added in chunk order);
-//   stage 2: read p, m, v; recompute u with the same arithmetic; write p.
-// fp32 moves 24 + 16 B per element over the two stages (apex: the same, plus separate norm passes);
-// 16-bit types defer the moments to stage 2 (see kDeferMoments).
+// CPU backend of agd_kernels::lamb_moments_ and lamb_apply_ (schemas in agd_kernels/ops.py, semantics in
+// agd_kernels/reference/lamb.py). With the gradient norm pass (slice_sumsq_, before both) a step is three
+// passes over the parameters:
+//   lamb_moments_: read p, g, m, v; write m, v; per-chunk fp64 partials of ||p||^2 and ||u||^2, added per
+//                  tensor in chunk order into norms (the caller may all-reduce them before lamb_apply_);
+//   lamb_apply_:   trust ratios from norms; read p, m, v; recompute u with the same arithmetic; write p.
+// fp32 moves 24 + 16 B per element over the two ops (apex: the same, plus separate norm passes); 16-bit
+// types defer the moments to lamb_apply_ (kLambDeferMoments in agd_kernels/lamb.h).
 #include <torch/library.h>
 
 #include <type_traits>
@@ -18,21 +18,13 @@
 namespace agd_kernels::cpu {
 namespace {
 
-// 16-bit m and v round when stored, while the reference takes u from the unrounded moments: recomputing
-// u from stored fp16 moments moved parameters by up to 5.8e3 (a v that rounds to 0 under eps = 1e-6).
-// So the 16-bit path leaves m and v alone in stage 1 and recomputes the moments from the old state in
-// stage 2 (one more read of g, 2 B per element). fp32/fp64 store them in stage 1 and stage 2 re-reads
-// them: storing rounds nothing there, so both stages see the same u.
 template <typename T>
-constexpr bool kDeferMoments = sizeof(T) == 2;
-
-template <typename T>
-using MomentPtr = std::conditional_t<kDeferMoments<T>, const T*, T*>;
+using MomentPtr = std::conditional_t<kLambDeferMoments<T>, const T*, T*>;
 
 template <typename T, bool kL2, bool kDecoupled>
-struct LambNorms {
-  // Stage 1 on n elements: the moments (stored unless deferred) and sum p^2, sum u^2 into sums[0..1],
-  // in fp64 (exact squares of fp32 values) with a fixed pairwise combine: deterministic.
+struct LambMoments {
+  // n elements: the moments (stored unless deferred) and sum p^2, sum u^2 into sums[0..1], in fp64 (exact
+  // squares of fp32 values) with a fixed pairwise combine: deterministic.
   template <Isa I>
   static void run(const T* p, const T* g, MomentPtr<T> m, MomentPtr<T> v, int64_t n, LambScalars<math_t<T>> s,
                   double* sums) {
@@ -62,11 +54,11 @@ struct LambNorms {
 
 template <typename T, bool kL2, bool kDecoupled>
 struct LambApply {
-  // Stage 2: p <- p - step_size * u (step_size = lr * this tensor's trust ratio).
+  // p <- p - step_size * u (step_size = lr * this tensor's trust ratio).
   template <Isa I>
   static void run(T* p, const T* g, T* m, T* v, int64_t n, LambScalars<math_t<T>> s, math_t<T> step_size) {
     using M = math_t<T>;
-    if constexpr (kDeferMoments<T>) {
+    if constexpr (kLambDeferMoments<T>) {
       map_elements<I>(n, [&](M& pv, M gv, M& mv, M& vv) {
         lamb_moments<kL2>(pv, gv, mv, vv, s);
         lamb_apply(pv, lamb_direction<kDecoupled>(pv, mv, vv, s), step_size);
@@ -79,15 +71,19 @@ struct LambApply {
   }
 };
 
-}  // namespace
+// Calls fn(l2, decoupled) with the two weight-decay modes as compile-time flags.
+template <class Fn>
+void dispatch_decay(bool adam_w_mode, double weight_decay, Fn&& fn) {
+  dispatch_bool(!adam_w_mode && weight_decay != 0.0, [&](auto l2) {
+    dispatch_bool(adam_w_mode && weight_decay != 0.0, [&](auto decoupled) { fn(l2, decoupled); });
+  });
+}
 
-void lamb_step_cpu(at::TensorList params, at::TensorList grads, at::TensorList exp_avgs, at::TensorList exp_avg_sqs,
-                   at::TensorList state_steps, const at::Tensor& lr, const at::Tensor& grad_sumsq,
-                   double max_grad_norm, double beta1, double beta2, double eps, double weight_decay,
-                   bool bias_correction, bool grad_averaging, bool adam_w_mode, bool use_trust_ratio,
-                   double phi_min, double phi_max, const std::optional<at::Tensor>& grad_scale,
-                   const std::optional<at::Tensor>& found_inf) {
-  constexpr const char* op = "lamb_step_";
+// What both ops check, before anything is written: the lists, grad_sumsq, norms (1-D, contiguous, float64
+// or float32, 2 slots per tensor) and the scalars. Returns grad_scale (1 without one).
+double check_lamb(const char* op, at::TensorList params, at::TensorList grads, at::TensorList exp_avgs,
+                  at::TensorList exp_avg_sqs, at::TensorList state_steps, const at::Tensor& grad_sumsq,
+                  const at::Tensor& norms, const std::optional<at::Tensor>& grad_scale) {
   check_params(op, params);
   check_like(op, "grads", params, grads);
   check_like(op, "exp_avgs", params, exp_avgs);
@@ -97,65 +93,143 @@ void lamb_step_cpu(at::TensorList params, at::TensorList grads, at::TensorList e
               "; the cpu backend takes CPU tensors");
   TORCH_CHECK_TYPE(grad_sumsq.scalar_type() == at::kFloat || grad_sumsq.scalar_type() == at::kDouble, op,
                    ": grad_sumsq must be float32 (or float64); got ", grad_sumsq.scalar_type());
-  const double lr_value = read_scalar(op, "lr", lr);
-  const double scale = grad_scale.has_value() ? read_scalar(op, "grad_scale", *grad_scale) : 1.0;
-  if (params.empty() || found_inf_set(op, found_inf)) return;
-  // N^2 = sum of every entry, added in order in fp64 (a few hundred values: serial and deterministic).
+  TORCH_CHECK(norms.device().is_cpu(), op, ": norms is on ", norms.device(), "; the cpu backend takes CPU tensors");
+  TORCH_CHECK_TYPE(norms.scalar_type() == at::kDouble || norms.scalar_type() == at::kFloat, op,
+                   ": norms must be float64 (or float32); got ", norms.scalar_type());
+  const int64_t slots = 2 * static_cast<int64_t>(params.size());
+  TORCH_CHECK_VALUE(norms.dim() == 1 && norms.numel() == slots, op,
+                    ": norms must be 1-D with 2 slots per tensor of params (", slots, "); got shape ", norms.sizes());
+  TORCH_CHECK_VALUE(norms.is_contiguous(), op, ": norms must be contiguous (e.g. a narrow() of a 1-D buffer); got "
+                    "strides ", norms.strides());
+  return grad_scale.has_value() ? read_scalar(op, "grad_scale", *grad_scale) : 1.0;
+}
+
+// The clip divisor k from N^2 = the sum of every grad_sumsq entry, added in order in fp64 (a few hundred
+// values: serial and deterministic).
+double clip_divisor(const at::Tensor& grad_sumsq, double max_grad_norm, double scale) {
   double total = 0.0;
   const at::Tensor sumsq = grad_sumsq.contiguous();
   AT_DISPATCH_FLOATING_TYPES(sumsq.scalar_type(), "lamb_grad_sumsq", [&] {
     const scalar_t* x = sumsq.const_data_ptr<scalar_t>();
     for (int64_t k = 0; k < sumsq.numel(); ++k) total += static_cast<double>(x[k]);
   });
-  const double clip = lamb_clip_divisor(total, max_grad_norm, scale);
+  return lamb_clip_divisor(total, max_grad_norm, scale);
+}
+
+template <typename M>
+std::vector<LambScalars<M>> lamb_scalars_of(const std::vector<double>& steps, double beta1, double beta2, double eps,
+                                            double weight_decay, bool bias_correction, bool grad_averaging,
+                                            double grad_mul) {
+  std::vector<LambScalars<M>> scalars;
+  scalars.reserve(steps.size());
+  for (const double t : steps) {
+    scalars.push_back(lamb_scalars<M>(t, beta1, beta2, eps, weight_decay, bias_correction, grad_averaging, grad_mul));
+  }
+  return scalars;
+}
+
+// The step counters as lamb_moments_ left them (already advanced), as doubles: read through data pointers
+// as advance_steps writes them (no dispatcher call per tensor, as item() would make).
+std::vector<double> read_steps(at::TensorList steps) {
+  std::vector<double> t(steps.size());
+  for (size_t i = 0; i < steps.size(); ++i) {
+    t[i] = steps[i].scalar_type() == at::kFloat ? *steps[i].const_data_ptr<float>()
+                                                : *steps[i].const_data_ptr<double>();
+  }
+  return t;
+}
+
+}  // namespace
+
+void lamb_moments_cpu(at::TensorList params, at::TensorList grads, at::TensorList exp_avgs,
+                      at::TensorList exp_avg_sqs, at::TensorList state_steps, const at::Tensor& grad_sumsq,
+                      const at::Tensor& norms, double max_grad_norm, double beta1, double beta2, double eps,
+                      double weight_decay, bool bias_correction, bool grad_averaging, bool adam_w_mode,
+                      const std::optional<at::Tensor>& grad_scale, const std::optional<at::Tensor>& found_inf) {
+  constexpr const char* op = "lamb_moments_";
+  const double scale = check_lamb(op, params, grads, exp_avgs, exp_avg_sqs, state_steps, grad_sumsq, norms,
+                                  grad_scale);
+  if (params.empty() || found_inf_set(op, found_inf)) return;
+  const double clip = clip_divisor(grad_sumsq, max_grad_norm, scale);
   const Isa isa = active_isa();
+  const auto chunks = make_chunks(params);
+  std::vector<double> partials(2 * chunks.size());
   const std::vector<double> steps = advance_steps(state_steps);
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, params[0].scalar_type(), "lamb_step_cpu", [&] {
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, params[0].scalar_type(), "lamb_moments_cpu", [&] {
+    const auto scalars = lamb_scalars_of<math_t<scalar_t>>(steps, beta1, beta2, eps, weight_decay, bias_correction,
+                                                           grad_averaging, 1.0 / (scale * clip));
+    const auto p = data_ptrs<const scalar_t>(params);
+    const auto g = data_ptrs<const scalar_t>(grads);
+    const auto m = data_ptrs<scalar_t>(exp_avgs);
+    const auto v = data_ptrs<scalar_t>(exp_avg_sqs);
+    dispatch_decay(adam_w_mode, weight_decay, [&](auto l2, auto decoupled) {
+      using Kernel = LambMoments<scalar_t, decltype(l2)::value, decltype(decoupled)::value>;
+      parallel_over_chunks(chunks, [&](const Chunk& c) {
+        const int64_t t = c.tensor, i = c.begin;
+        const int64_t k = &c - chunks.data();  // c is chunks[k]: its two partials sit at 2k, 2k + 1
+        run_isa<Kernel>(isa, p[t] + i, g[t] + i, MomentPtr<scalar_t>(m[t] + i), MomentPtr<scalar_t>(v[t] + i),
+                        c.numel(), scalars[t], partials.data() + 2 * k);
+      });
+    });
+  });
+  // A tensor's chunks are consecutive, so this adds its partials in chunk order.
+  std::vector<double> sums(2 * params.size(), 0.0);
+  for (size_t k = 0; k < chunks.size(); ++k) {
+    sums[2 * chunks[k].tensor] += partials[2 * k];
+    sums[2 * chunks[k].tensor + 1] += partials[2 * k + 1];
+  }
+  AT_DISPATCH_FLOATING_TYPES(norms.scalar_type(), "lamb_norms_out", [&] {
+    scalar_t* out = norms.mutable_data_ptr<scalar_t>();
+    for (size_t j = 0; j < sums.size(); ++j) out[j] = static_cast<scalar_t>(sums[j]);
+  });
+}
+
+void lamb_apply_cpu(at::TensorList params, at::TensorList grads, at::TensorList exp_avgs, at::TensorList exp_avg_sqs,
+                    at::TensorList state_steps, const at::Tensor& lr, const at::Tensor& grad_sumsq,
+                    const at::Tensor& norms, double max_grad_norm, double beta1, double beta2, double eps,
+                    double weight_decay, bool bias_correction, bool grad_averaging, bool adam_w_mode,
+                    bool use_trust_ratio, double phi_min, double phi_max, const std::optional<at::Tensor>& grad_scale,
+                    const std::optional<at::Tensor>& found_inf) {
+  constexpr const char* op = "lamb_apply_";
+  const double scale = check_lamb(op, params, grads, exp_avgs, exp_avg_sqs, state_steps, grad_sumsq, norms,
+                                  grad_scale);
+  const double lr_value = read_scalar(op, "lr", lr);
+  if (params.empty() || found_inf_set(op, found_inf)) return;
+  const double clip = clip_divisor(grad_sumsq, max_grad_norm, scale);  // used by the 16-bit (deferred) path
+  const Isa isa = active_isa();
+  const auto chunks = make_chunks(params);
+  const std::vector<double> steps = read_steps(state_steps);
+  std::vector<double> sums(norms.numel());
+  AT_DISPATCH_FLOATING_TYPES(norms.scalar_type(), "lamb_norms_in", [&] {
+    const scalar_t* in = norms.const_data_ptr<scalar_t>();
+    for (size_t j = 0; j < sums.size(); ++j) sums[j] = static_cast<double>(in[j]);
+  });
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, params[0].scalar_type(), "lamb_apply_cpu", [&] {
     using M = math_t<scalar_t>;
-    std::vector<LambScalars<M>> scalars;
-    scalars.reserve(params.size());
-    for (const double t : steps) {
-      scalars.push_back(lamb_scalars<M>(t, beta1, beta2, eps, weight_decay, bias_correction, grad_averaging,
-                                        1.0 / (scale * clip)));
+    const auto scalars = lamb_scalars_of<M>(steps, beta1, beta2, eps, weight_decay, bias_correction, grad_averaging,
+                                            1.0 / (scale * clip));
+    std::vector<M> step_size(params.size());
+    for (size_t t = 0; t < params.size(); ++t) {
+      const double ratio = use_trust_ratio ? lamb_trust_ratio(sums[2 * t], sums[2 * t + 1], phi_min, phi_max) : 1.0;
+      step_size[t] = static_cast<M>(lr_value * ratio);
     }
     const auto p = data_ptrs<scalar_t>(params);
     const auto g = data_ptrs<const scalar_t>(grads);
     const auto m = data_ptrs<scalar_t>(exp_avgs);
     const auto v = data_ptrs<scalar_t>(exp_avg_sqs);
-    const auto chunks = make_chunks(params);
-    std::vector<double> partials(2 * chunks.size());
-    const bool l2 = !adam_w_mode && weight_decay != 0.0, decoupled = adam_w_mode && weight_decay != 0.0;
-    dispatch_bool(l2, [&](auto l2_flag) {
-      dispatch_bool(decoupled, [&](auto decoupled_flag) {
-        constexpr bool kL2 = decltype(l2_flag)::value, kDecoupled = decltype(decoupled_flag)::value;
-        parallel_over_chunks(chunks, [&](const Chunk& c) {
-          const int64_t t = c.tensor, i = c.begin;
-          const int64_t k = &c - chunks.data();  // c is chunks[k]: its two partials sit at 2k, 2k + 1
-          run_isa<LambNorms<scalar_t, kL2, kDecoupled>>(isa, static_cast<const scalar_t*>(p[t] + i), g[t] + i,
-                                                        MomentPtr<scalar_t>(m[t] + i), MomentPtr<scalar_t>(v[t] + i),
-                                                        c.numel(), scalars[t], partials.data() + 2 * k);
-        });
-        // Per-tensor step sizes lr * ratio; a tensor's chunks are consecutive, so this adds in chunk order.
-        std::vector<double> p_sumsq(params.size(), 0.0), u_sumsq(params.size(), 0.0);
-        for (size_t k = 0; k < chunks.size(); ++k) {
-          p_sumsq[chunks[k].tensor] += partials[2 * k];
-          u_sumsq[chunks[k].tensor] += partials[2 * k + 1];
-        }
-        std::vector<M> step_size(params.size());
-        for (size_t t = 0; t < params.size(); ++t) {
-          const double ratio = use_trust_ratio ? lamb_trust_ratio(p_sumsq[t], u_sumsq[t], phi_min, phi_max) : 1.0;
-          step_size[t] = static_cast<M>(lr_value * ratio);
-        }
-        parallel_over_chunks(chunks, [&](const Chunk& c) {
-          const int64_t t = c.tensor, i = c.begin;
-          run_isa<LambApply<scalar_t, kL2, kDecoupled>>(isa, p[t] + i, g[t] + i, m[t] + i, v[t] + i, c.numel(),
-                                                        scalars[t], step_size[t]);
-        });
+    dispatch_decay(adam_w_mode, weight_decay, [&](auto l2, auto decoupled) {
+      using Kernel = LambApply<scalar_t, decltype(l2)::value, decltype(decoupled)::value>;
+      parallel_over_chunks(chunks, [&](const Chunk& c) {
+        const int64_t t = c.tensor, i = c.begin;
+        run_isa<Kernel>(isa, p[t] + i, g[t] + i, m[t] + i, v[t] + i, c.numel(), scalars[t], step_size[t]);
       });
     });
   });
 }
 
-TORCH_LIBRARY_IMPL(agd_kernels, CPU, m) { m.impl("lamb_step_", &lamb_step_cpu); }
+TORCH_LIBRARY_IMPL(agd_kernels, CPU, m) {
+  m.impl("lamb_moments_", &lamb_moments_cpu);
+  m.impl("lamb_apply_", &lamb_apply_cpu);
+}
 
 }  // namespace agd_kernels::cpu

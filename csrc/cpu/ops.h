@@ -37,11 +37,18 @@ std::tuple<at::Tensor, at::Tensor> agd_step_cpu(at::TensorList params, at::Tenso
                                                 at::IntArrayRef slice_count, int64_t depth, double gain,
                                                 const OptionalTensor& grad_scale, const OptionalTensor& found_inf);
 
-void lamb_step_cpu(at::TensorList params, at::TensorList grads, at::TensorList exp_avgs, at::TensorList exp_avg_sqs,
-                   at::TensorList state_steps, const at::Tensor& lr, const at::Tensor& grad_sumsq,
-                   double max_grad_norm, double beta1, double beta2, double eps, double weight_decay,
-                   bool bias_correction, bool grad_averaging, bool adam_w_mode, bool use_trust_ratio,
-                   double phi_min, double phi_max, const OptionalTensor& grad_scale, const OptionalTensor& found_inf);
+void lamb_moments_cpu(at::TensorList params, at::TensorList grads, at::TensorList exp_avgs,
+                      at::TensorList exp_avg_sqs, at::TensorList state_steps, const at::Tensor& grad_sumsq,
+                      const at::Tensor& norms, double max_grad_norm, double beta1, double beta2, double eps,
+                      double weight_decay, bool bias_correction, bool grad_averaging, bool adam_w_mode,
+                      const OptionalTensor& grad_scale, const OptionalTensor& found_inf);
+
+void lamb_apply_cpu(at::TensorList params, at::TensorList grads, at::TensorList exp_avgs, at::TensorList exp_avg_sqs,
+                    at::TensorList state_steps, const at::Tensor& lr, const at::Tensor& grad_sumsq,
+                    const at::Tensor& norms, double max_grad_norm, double beta1, double beta2, double eps,
+                    double weight_decay, bool bias_correction, bool grad_averaging, bool adam_w_mode,
+                    bool use_trust_ratio, double phi_min, double phi_max, const OptionalTensor& grad_scale,
+                    const OptionalTensor& found_inf);
 
 void yellowfin_stats_cpu(at::TensorList grads, at::TensorList grad_avgs, const at::Tensor& out);
 

@@ -124,7 +124,7 @@ def test_float64(op):
     check_backend(op, "cpu", shapes_for(op, SMALL), torch.float64, list(VARIANTS[op])[0])
 
 
-@pytest.mark.parametrize("op", ["slice_sumsq_", "agd_step_", "lamb_step_", "yellowfin_stats_", "adam_step_"])
+@pytest.mark.parametrize("op", ["slice_sumsq_", "agd_step_", "lamb_moments_", "yellowfin_stats_", "adam_step_"])
 def test_same_bits_for_one_and_two_threads_and_every_run(op, restore_threads):
     """Reductions cut the work into fixed blocks whatever the thread count and add the block partials
     in block order, so sums (and what is computed from them) have one possible value."""
@@ -192,8 +192,18 @@ BAD_INPUT = [
     ("agd_step_", "plain", _replace(5, lambda counts: [c + 1 for c in counts]), ValueError,
      r"agd_step_: params\[0\] of shape \[5, 1\] has 1 taps but slice_count\[0\] is 2"),
     ("agd_step_", "plain", _replace(6, lambda depth: 0), ValueError, r"agd_step_: depth must be >= 1"),
-    ("lamb_step_", "apex-clipped", _replace(6, lambda t: t.int()), TypeError,
-     r"lamb_step_: grad_sumsq must be float32 \(or float64\); got Int"),
+    ("lamb_moments_", "apex-clipped", _replace(5, lambda t: t.int()), TypeError,
+     r"lamb_moments_: grad_sumsq must be float32 \(or float64\); got Int"),
+    ("lamb_moments_", "apex-clipped", _replace(6, lambda t: torch.zeros(t.numel() + 2, dtype=t.dtype)), ValueError,
+     r"lamb_moments_: norms must be 1-D with 2 slots per tensor of params \(6\); got shape \[8\]"),
+    ("lamb_moments_", "apex-clipped", _replace(6, lambda t: t.half()), TypeError,
+     r"lamb_moments_: norms must be float64 \(or float32\); got Half"),
+    ("lamb_moments_", "apex-clipped", _replace(6, lambda t: torch.zeros(12, dtype=t.dtype)[::2]), ValueError,
+     r"lamb_moments_: norms must be contiguous \(e.g. a narrow\(\) of a 1-D buffer\); got strides \[2\]"),
+    ("lamb_apply_", "apex-clipped", _replace(7, lambda t: t.reshape(3, 2)), ValueError,
+     r"lamb_apply_: norms must be 1-D with 2 slots per tensor of params \(6\); got shape \[3, 2\]"),
+    ("lamb_apply_", "apex-clipped", _replace(5, lambda t: torch.ones(2)), ValueError,
+     r"lamb_apply_: lr must hold exactly one element"),
     ("yellowfin_tune_", "default", _replace(0, lambda t: t[:-1].clone()), ValueError,
      r"yellowfin_tune_: tuner must be a contiguous 1-D tensor of 23 slots \+ curv_win_width = 28 values"),
     ("yellowfin_apply_", "momentum", _replace(5, lambda t: t.reshape(-1)[:3].clone()), ValueError,

@@ -32,8 +32,8 @@ from agd_kernels.reference.agd import target_scale
 from agd_kernels.reference.sumsq import num_slices
 from agd_kernels.triton_kernels import multi_tensor, op_table
 from tests.models import clone_model, compute_grads, make_model, set_grads, two_groups
-from tests.op_cases import (MANY_SMALL, VARIANTS, _clone_args, check_backend, make_args, mutated_positions, run,
-                            shapes_for)
+from tests.op_cases import (MANY_SMALL, VARIANTS, _clone_args, _flat, check_backend, make_args, mutated_positions,
+                            run, shapes_for)
 from tests.tolerance import DTYPE_IDS, EPS, assert_within_2x_reference
 
 pytestmark = pytest.mark.skipif(
@@ -81,10 +81,11 @@ def test_per_tensor_path_matches_reference(op, variant, dtype, monkeypatch):
     check_backend(op, "triton", shapes_for(op, SIZES), dtype, variant)
 
 
-@pytest.mark.parametrize("op, variant, dtype", _cases(["lamb_step_"], [torch.bfloat16, torch.float16]))
+@pytest.mark.parametrize("op, variant, dtype", _cases(["lamb_moments_", "lamb_apply_"],
+                                                      [torch.bfloat16, torch.float16]))
 def test_lamb_per_tensor_path_16_bit(op, variant, dtype, monkeypatch):
-    """16-bit LAMB updates the moments in its second launch (triton_kernels/lamb.py, DEFER): the per-tensor
-    kernels take that path too."""
+    """16-bit LAMB updates the moments in lamb_apply_, not lamb_moments_ (triton_kernels/lamb.py, DEFER): the
+    per-tensor kernels take that path too."""
     monkeypatch.setattr(multi_tensor, "traced", lambda tensor: True)
     check_backend(op, "triton", shapes_for(op, SIZES), dtype, variant)
 
@@ -350,7 +351,8 @@ def test_traced_ops_decompose_into_triton_launches():
         "sgd_step_": ["_sgd_tensor_kernel"] * 3,
         "rmsprop_step_": ["_rmsprop_tensor_kernel"] * 3,
         "adagrad_step_": ["_adagrad_tensor_kernel"] * 3,
-        "lamb_step_": ["_lamb_moments_tensor_kernel", "_lamb_update_tensor_kernel"] * 3,
+        "lamb_moments_": ["_lamb_moments_tensor_kernel"] * 3,
+        "lamb_apply_": ["_lamb_apply_tensor_kernel"] * 3,
         "yellowfin_stats_": ["_yellowfin_stats_tensor_kernel"] * 3,
         "yellowfin_tune_": ["_yellowfin_tune_kernel"],
         "yellowfin_apply_": ["_yellowfin_apply_tensor_kernel"] * 3,
@@ -382,6 +384,21 @@ def test_bad_input_raises_and_changes_nothing(corrupt, match):
         run("adam_step_", "triton", args)
     for pos in mutated_positions("adam_step_"):
         for a, b in zip(args[pos], before[pos]):
+            assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("op, pos", [("lamb_moments_", 6), ("lamb_apply_", 7)])
+@pytest.mark.parametrize("norms", [torch.zeros(5, dtype=torch.float64), torch.zeros(6, dtype=torch.bfloat16),
+                                   torch.zeros(12, dtype=torch.float64)[::2]], ids=["numel", "dtype", "strided"])
+def test_lamb_bad_norms_raise_and_change_nothing(op, pos, norms):
+    args = list(make_args(op, shapes_for(op, [3, 5, 1]), torch.float32, "apex-clipped"))
+    args[pos] = norms
+    before = _clone_args(args)
+    with pytest.raises(ValueError, match=rf"{op}: norms must be a contiguous 1-D float64 \(or float32\) tensor of 2 "
+                                         r"slots per tensor of params \(6\)"):
+        run(op, "triton", tuple(args))
+    for p in mutated_positions(op):
+        for a, b in zip(_flat(args[p]), _flat(before[p])):
             assert torch.equal(a, b)
 
 

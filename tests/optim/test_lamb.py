@@ -117,11 +117,12 @@ def test_found_inf_skips_step_and_counters():
     assert_same_bits(snapshot(model, opt), before, "after found_inf")
 
 
-@pytest.mark.parametrize("max_grad_norm, launches", [(1.0, ["slice_sumsq_", "lamb_step_"]), (None, ["lamb_step_"])])
+@pytest.mark.parametrize("max_grad_norm, launches", [(1.0, ["slice_sumsq_", "lamb_moments_", "lamb_apply_"]),
+                                                     (None, ["lamb_moments_", "lamb_apply_"])])
 def test_launches_per_step_for_one_bucket(monkeypatch, max_grad_norm, launches):
-    """The global-norm pass (skipped when nothing clips) and one lamb_step_ (DESIGN.md rule 4)."""
+    """The global-norm pass (skipped when nothing clips), then lamb_moments_ and lamb_apply_ (DESIGN.md rule 4)."""
     calls = []
-    for name in ("slice_sumsq_", "lamb_step_"):
+    for name in ("slice_sumsq_", "lamb_moments_", "lamb_apply_"):
         real = getattr(ops, name)
         monkeypatch.setattr(ops, name, lambda *a, _real=real, _name=name, **k: (calls.append(_name), _real(*a, **k))[1])
     model = make_model()

@@ -19,6 +19,7 @@ import torch
 
 import agd_kernels as ak
 from agd_kernels import ops
+from agd_kernels.reference import lamb as ref_lamb
 from agd_kernels.reference.lamb import clip_divisor
 from tests.lamb_oracle import LambOracle
 from tests.models import compute_grads, make_model, two_groups
@@ -132,14 +133,20 @@ def test_clip_divisor():
     assert k([], 1.0) == 1.0
 
 
-def _op_args(params, grads, **hp):
-    n = len(params)
-    defaults = dict(max_grad_norm=1.0, beta1=0.9, beta2=0.999, eps=1e-6, weight_decay=0.01, bias_correction=True,
-                    grad_averaging=True, adam_w_mode=True, use_trust_ratio=True)
+def _step(params, grads, grad_scale=None, found_inf=None, **overrides):
+    """lamb_moments_ then lamb_apply_ (torch backend) on fresh zero state; returns (state lists, norms)."""
+    hp = dict(max_grad_norm=1.0, beta1=0.9, beta2=0.999, eps=1e-6, weight_decay=0.01, bias_correction=True,
+              grad_averaging=True, adam_w_mode=True, grad_scale=grad_scale, found_inf=found_inf, backend="torch")
+    trust = dict(use_trust_ratio=True)
+    for key, value in overrides.items():
+        (trust if key in ("use_trust_ratio", "phi_min", "phi_max") else hp)[key] = value
     sumsq = torch.stack([g.float().square().sum() for g in grads]) if grads else torch.zeros(0)
     state = ([torch.zeros_like(p) for p in params], [torch.zeros_like(p) for p in params],
-             [torch.zeros((), dtype=torch.float32) for _ in range(n)])
-    return (params, grads, *state, torch.tensor(0.1), sumsq), {**defaults, **hp}
+             [torch.zeros((), dtype=torch.float32) for _ in params])
+    norms = torch.full((2 * len(params),), math.nan, dtype=torch.float64)
+    ops.lamb_moments_(params, grads, *state, sumsq, norms, **hp)
+    ops.lamb_apply_(params, grads, *state, torch.tensor(0.1), sumsq, norms, **hp, **trust)
+    return state, norms
 
 
 def test_zero_norms_give_trust_ratio_one():
@@ -148,29 +155,99 @@ def test_zero_norms_give_trust_ratio_one():
     zero_p, zero_both = torch.zeros(3), torch.zeros(2)
     params = [zero_p, zero_both, torch.empty(0), torch.ones(1)]
     grads = [torch.tensor([0.1, -0.2, 0.3]), torch.zeros(2), torch.empty(0), torch.tensor([0.5])]
-    args, hp = _op_args(params, grads, max_grad_norm=math.inf)
-    ops.lamb_step_(*args, **hp, backend="torch")
+    _, norms = _step(params, grads, max_grad_norm=math.inf)
     u = torch.tensor([0.1, -0.2, 0.3]).sign() / (1 + 1e-6 / 0.1 * torch.tensor([1.0, 0.5, 1 / 3]))
     assert_close_ulps(zero_p, -0.1 * u, torch.float32, 4)
     assert torch.equal(zero_both, torch.zeros(2))
     # one element: ‖p‖ = 1 and u = sign(g) + wd·p: ratio = 1/‖u‖, the step is lr·sign(u)
     assert_close_ulps(params[3], torch.tensor([0.9]), torch.float32, 4)
+    assert norms[:6].tolist()[::2] == [0.0, 0.0, 0.0] and norms[6].item() == 1.0
+    assert norms[3].item() == 0.0 and norms[5].item() == 0.0
 
 
 def test_non_finite_gradient_propagates_without_found_inf():
     """As apex: a NaN global norm does not clip (k = 1) and the NaN reaches the parameters."""
     params = [torch.ones(4), torch.ones(2)]
     grads = [torch.tensor([1.0, math.nan, 0.0, 1.0]), torch.ones(2)]
-    args, hp = _op_args(params, grads)
-    ops.lamb_step_(*args, **hp, backend="torch")
+    _step(params, grads)
     assert params[0].isnan().all() and params[1].isfinite().all()
 
 
-def test_found_inf_changes_nothing_at_op_level():
-    params = [torch.randn(5), torch.randn(3)]
-    grads = [torch.randn(5), torch.tensor([1.0, math.inf, 2.0])]
-    args, hp = _op_args(params, grads)
-    before = [t.clone() for lst in args[:5] for t in lst]
-    ops.lamb_step_(*args, **hp, grad_scale=torch.tensor(4.0), found_inf=torch.tensor(1.0), backend="torch")
-    after = [t for lst in args[:5] for t in lst]
-    assert all(torch.equal(a, b) for a, b in zip(after, before))
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16], ids=DTYPE_IDS.get)
+def test_found_inf_changes_nothing_at_op_level(dtype):
+    params = [torch.randn(5).to(dtype), torch.randn(3).to(dtype)]
+    grads = [torch.randn(5).to(dtype), torch.tensor([1.0, math.inf, 2.0]).to(dtype)]
+    before = [t.clone() for t in params]
+    state, norms = _step(params, grads, grad_scale=torch.tensor(4.0), found_inf=torch.tensor(1.0))
+    assert all(torch.equal(a, b) for a, b in zip(params, before))
+    assert all(not t.any() for lst in state for t in lst) and norms.isnan().all()
+
+
+def _split_step(dtype):
+    gen = torch.Generator().manual_seed(0)
+    params = [torch.randn(n, generator=gen).to(dtype) for n in (7, 1, 300)]
+    grads = [torch.randn(n, generator=gen).to(dtype) for n in (7, 1, 300)]
+    sumsq = torch.stack([g.float().square().sum() for g in grads])
+    m = [torch.randn(p.shape, generator=gen).mul(0.1).to(dtype) for p in params]
+    v = [torch.rand(p.shape, generator=gen).mul(0.01).to(dtype) for p in params]
+    steps = [torch.tensor(3.0) for _ in params]
+    return params, grads, m, v, steps, sumsq
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16], ids=DTYPE_IDS.get)
+def test_moments_store_only_wide_moments_and_apply_reads_steps(dtype):
+    """The deferred-moments rule: lamb_moments_ stores m', v' for fp32 and leaves 16-bit ones alone, for
+    lamb_apply_ to store; the steps advance once, in lamb_moments_; norms hold Σp² (p before the update)."""
+    params, grads, m, v, steps, sumsq = _split_step(dtype)
+    m0, v0, p0 = [t.clone() for t in m], [t.clone() for t in v], [t.clone() for t in params]
+    hp = dict(max_grad_norm=1.0, beta1=0.9, beta2=0.999, eps=1e-6, weight_decay=0.01, bias_correction=True,
+              grad_averaging=True, adam_w_mode=True, backend="torch")
+    norms = torch.empty(6, dtype=torch.float64)
+    ops.lamb_moments_(params, grads, m, v, steps, sumsq, norms, **hp)
+    deferred = dtype != torch.float32
+    assert all(torch.equal(a, b) == deferred for a, b in zip(m + v, m0 + v0))
+    assert [s.item() for s in steps] == [4.0] * 3
+    assert_close_ulps(norms[::2], torch.stack([p.double().square().sum() for p in p0]), torch.float32, 8)
+    m1, v1 = [t.clone() for t in m], [t.clone() for t in v]
+    ops.lamb_apply_(params, grads, m, v, steps, torch.tensor(0.1), sumsq, norms, **hp, use_trust_ratio=True)
+    assert [s.item() for s in steps] == [4.0] * 3
+    # m' - m = 0.1·(g/k - m) shows in every dtype; v' - v = 0.001·(g²/k² - v) may round away in bf16
+    assert all(torch.equal(a, b) != deferred for a, b in zip(m, m1))
+    if not deferred:
+        assert all(torch.equal(a, b) for a, b in zip(v, v1))
+
+
+def test_norms_of_a_larger_buffer_and_in_fp32():
+    """norms may be a narrow() of a larger buffer (only its slots are written) or float32; the result is
+    the float64 one's (fp32 rounds Σp², Σu² by 2^-24, far below what the ratio moves)."""
+    results = []
+    for make_norms in (lambda: torch.full((10,), -1.0, dtype=torch.float64).narrow(0, 2, 6),
+                       lambda: torch.empty(6, dtype=torch.float32)):
+        params, grads, m, v, steps, sumsq = _split_step(torch.float32)
+        norms = make_norms()
+        hp = dict(max_grad_norm=1.0, beta1=0.9, beta2=0.999, eps=1e-6, weight_decay=0.01, bias_correction=True,
+                  grad_averaging=True, adam_w_mode=True, backend="torch")
+        ops.lamb_moments_(params, grads, m, v, steps, sumsq, norms, **hp)
+        ops.lamb_apply_(params, grads, m, v, steps, torch.tensor(0.1), sumsq, norms, **hp, use_trust_ratio=True)
+        if norms.dtype == torch.float64:
+            base = norms._base
+            assert base[:2].tolist() == [-1.0, -1.0] and base[8:].tolist() == [-1.0, -1.0]
+        results.append(params)
+    for a, b in zip(*results):
+        assert_close_ulps(a, b, torch.float32, 2)
+
+
+@pytest.mark.parametrize("op", ["lamb_moments_", "lamb_apply_"])
+@pytest.mark.parametrize("norms, error, match", [
+    (torch.zeros(5, dtype=torch.float64), ValueError, r"norms must be 1-D with 2 slots per tensor of params \(6\)"),
+    (torch.zeros(6, dtype=torch.int64), TypeError, r"norms must be float64 \(or float32\); got torch.int64"),
+], ids=["numel", "dtype"])
+def test_bad_norms_raise_naming_them(op, norms, error, match):
+    params, grads, m, v, steps, sumsq = _split_step(torch.float32)
+    before = [t.clone() for t in params + m + v + steps]
+    hp = (1.0, 0.9, 0.999, 1e-6, 0.01, True, True, True)
+    args = ((params, grads, m, v, steps, sumsq, norms, *hp, None, None) if op == "lamb_moments_" else
+            (params, grads, m, v, steps, torch.tensor(0.1), sumsq, norms, *hp, True, 0.0, math.inf, None, None))
+    with pytest.raises(error, match=f"{op}: {match}"):
+        getattr(ref_lamb, op)(*args)
+    assert all(torch.equal(a, b) for a, b in zip(params + m + v + steps, before))

@@ -1,11 +1,19 @@
 // LAMB per-element math and trust ratio (specs/lamb-lars.md §3, apex FusedLAMB semantics; the op order
-// follows agd_kernels/reference/lamb.py). Two element stages: moments (stage 1, which also yields u for
-// the norms) and the trust-scaled step (stage 2, which recomputes u from the stored m and v, so the
-// gradient is never overwritten).
+// follows agd_kernels/reference/lamb.py). Two element stages, one per op: lamb_moments_ (the moments, and u
+// for the norms) and lamb_apply_ (the trust-scaled step, which recomputes u, so the gradient is never
+// overwritten).
 #pragma once
 #include "agd_kernels/common.h"
 
 namespace agd_kernels {
+
+// Deferred moments (part of the ops' spec): 16-bit m and v round when stored, while u must come from the
+// unrounded moments; recomputing u from stored fp16 moments moved parameters by up to 5.8e3 (a v that
+// rounds to 0 under eps = 1e-6). So for 16-bit types lamb_moments_ leaves m and v alone and lamb_apply_
+// recomputes them from the old state (one more read of g, 2 B per element). fp32/fp64 store them in
+// lamb_moments_ and lamb_apply_ reads them back: storing rounds nothing there, so both see the same u.
+template <typename T>
+constexpr bool kLambDeferMoments = sizeof(T) == 2;
 
 template <typename M>
 struct LambScalars {
@@ -49,7 +57,7 @@ AGDK_HOST_DEVICE double lamb_trust_ratio(double p_sumsq, double u_sumsq, double 
   return p_norm != 0.0 && u_norm != 0.0 ? phi / u_norm : 1.0;
 }
 
-// Stage 1: m and v updated in place from the clipped gradient (+ L2 decay after the clip, apex mode 0).
+// lamb_moments_: m and v updated in place from the clipped gradient (+ L2 decay after the clip, apex mode 0).
 template <bool kL2, typename M>
 AGDK_HOST_DEVICE void lamb_moments(M p, M g, M& m, M& v, const LambScalars<M>& s) {
   g = g * s.grad_mul;
@@ -66,7 +74,7 @@ AGDK_HOST_DEVICE M lamb_direction(M p, M m, M v, const LambScalars<M>& s) {
   return u;
 }
 
-// Stage 2: step_size = lr * trust ratio of this tensor.
+// lamb_apply_: step_size = lr * trust ratio of this tensor.
 template <typename M>
 AGDK_HOST_DEVICE void lamb_apply(M& p, M u, M step_size) { p = p - step_size * u; }
 
