@@ -12,7 +12,7 @@ ln -sfn ../triton_kernels agd_kernels/triton_kernels  # the package layout an in
 AGD_KERNELS_NO_CUDA=1 MAX_JOBS=$(nproc) timeout 300 python3 setup.py build_ext --inplace >"$out/build.log" 2>&1
 echo "build rc $?"
 python3 -m agd_kernels.info 2>&1 | tail -6
-timeout 420 python3 -m pytest -m cuda -q -p no:cacheprovider -rfE --junitxml="$out/junit.xml" \
+timeout 330 python3 -m pytest -m cuda -q -p no:cacheprovider -rfE --junitxml="$out/junit.xml" \
   tests/backends/test_triton_cuda.py tests/test_dispatch_parity.py tests/optim/test_agd.py 2>&1 | tee "$out/pytest.log" | tail -40
 python3 scripts/triton_fp64_probe.py 2>&1 | tee "$out/fp64_probe.log"
 timeout 120 torchrun --standalone --nproc-per-node 1 examples/fsdp2_train.py --device cuda --optimizer AGD --steps 6 2>&1 | tail -2

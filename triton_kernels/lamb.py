@@ -43,7 +43,9 @@ _SLOTS = 1024
 @triton.jit
 def _lamb_direction(mv, vv, pv, bc1, bc2, eps, weight_decay, adam_w_mode):
     """u = (m/bc1)/(√(v/bc2) + eps) (+ weight_decay·p in adam_w_mode): the same arithmetic in both ops."""
-    u = (mv / bc1) / (tl.sqrt(vv / bc2) + eps)
+    # tl.div_rn/tl.sqrt_rn: on the GPU `/` and tl.sqrt compile to div.full.f32/sqrt.approx.f32, up to 2 ulps
+    # off the correctly rounded results torch computes (docs/gpu_runs.md)
+    u = tl.div_rn(tl.div_rn(mv, bc1), tl.sqrt_rn(tl.div_rn(vv, bc2)) + eps)
     if adam_w_mode & (weight_decay != 0):
         u = u + weight_decay * pv
     return u
@@ -83,7 +85,7 @@ def _moment_scalars(grad_sumsq, n_slots, scale_ptr, max_grad_norm, beta1, beta2,
 def _lamb_moments(p, g, m, v, offs, mask, clip, scale, beta1, beta3, beta2, one_minus_beta2, weight_decay,
                   adam_w_mode):
     """(p, m, v) of one tile in fp32, m and v updated with the clipped gradient; nothing stored."""
-    gv = load(g + offs, mask) / scale / clip
+    gv = tl.div_rn(tl.div_rn(load(g + offs, mask), scale), clip)
     pv = load(p + offs, mask)
     if (adam_w_mode == 0) & (weight_decay != 0):
         gv = gv + weight_decay * pv  # L2 mode: the decay enters the moments, after the clip
@@ -176,7 +178,7 @@ def _lamb_apply_chunk(p, g, m, v, step_ptr, numel, start, norms, lr_ptr, grad_su
     u_norm = tl.sqrt(tl.load(norms + 1).to(tl.float64)).to(tl.float32)
     phi = tl.minimum(tl.maximum(p_norm, scalar(phi_min, tl.float32), propagate_nan=tl.PropagateNan.ALL),
                      scalar(phi_max, tl.float32), propagate_nan=tl.PropagateNan.ALL)
-    ratio = tl.where((p_norm != 0) & (u_norm != 0), phi / tl.where(u_norm == 0, 1.0, u_norm), 1.0)
+    ratio = tl.where((p_norm != 0) & (u_norm != 0), tl.div_rn(phi, tl.where(u_norm == 0, 1.0, u_norm)), 1.0)
     ratio = tl.where(use_trust_ratio != 0, ratio, 1.0)
     step_size = (tl.load(lr_ptr).to(tl.float64) * ratio.to(tl.float64)).to(tl.float32)
     scalars = (moments, step_size, bc1, bc2, scalar(eps, tl.float32), scalar(weight_decay, tl.float32))
