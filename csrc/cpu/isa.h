@@ -120,13 +120,23 @@ struct TileIO<Isa::kAvx2, c10::Half> {
 template <Isa I, typename T>
 constexpr bool kTiled = I == Isa::kAvx2 && std::is_same_v<std::remove_const_t<T>, c10::Half>;
 
-// Elements per block of the element loops (map_elements): one 64-byte line of fp32.
-// No software prefetch: on the 2-core AMD EPYC build VM the hardware prefetcher keeps up with every
-// stream, and hints 2 KiB ahead of each stream (one per 64-byte line) cost time. Standalone loops over
-// 124M fp32 elements, 2 threads, interleaved, median of 12: p -= c*g 24.2 ms without, 26.9 with (512 B
-// ahead: 25.9); a sum of squares 11.0 vs 13.5 ms; an Adam-shaped 4-stream update 57.0 vs 62.2 and 64.2
-// vs 65.2 ms in two runs. (An older VM of this class had measured Adam 73.4 -> 67.2 ms with them.)
+// Software prefetch 2 KiB ahead of every stream, one hint per 64-byte line: fp32 Adam on 124M parameters
+// (4 read streams) went from 73.4 to 67.2 ms on 2 cores (torch fused: 71.9 ms; 1, 4 and 8 KiB ahead:
+// 68.1, 70.3, 72.2 ms), the fp32 sum of squares on one core from 9.1 to 10.2 GB/s. A hint past the end
+// of an array is harmless: prefetches never fault.
+constexpr int64_t kPrefetchBytes = 2048;
+// Elements per prefetch round of the element loops: one 64-byte line of fp32.
 constexpr int64_t kBlock = 16;
+
+// Addresses are computed as integers: a pointer moved past the end of its array would be undefined.
+template <typename T>
+inline void prefetch(const T* ptr, int64_t count) {
+  const uintptr_t ahead = reinterpret_cast<uintptr_t>(ptr) + kPrefetchBytes;
+  const int64_t bytes = count * static_cast<int64_t>(sizeof(T));
+  for (int64_t offset = 0; offset < bytes; offset += 64) {
+    __builtin_prefetch(reinterpret_cast<const void*>(ahead + offset));
+  }
+}
 
 // Independent fp64 accumulators of the reduction loops (sums of squares, LAMB norms, YellowFin stats):
 // 4 AVX2 registers per sum, enough to hide the FMA latency.
@@ -155,6 +165,7 @@ void map_tiles(std::index_sequence<S...>, int64_t n, Fn& fn, P*... ptrs) {
   std::tuple<std::array<math_t<P>, kTile>...> tiles;
   for (int64_t i = 0; i < n; i += kTile) {
     const int64_t len = n - i < kTile ? n - i : kTile;
+    (prefetch(ptrs + i, kTile), ...);
     if (len == kTile) {
       (TileIO<I, std::remove_const_t<P>>::load(ptrs + i, std::get<S>(tiles).data()), ...);
     } else {  // the tail: unused lanes hold zeros, computed on and never stored
@@ -174,8 +185,9 @@ void map_tiles(std::index_sequence<S...>, int64_t n, Fn& fn, P*... ptrs) {
 // them, and each stream is then stored in one run. With all loads ahead of all stores in program order,
 // gcc needs no aliasing proof to turn the block into vector loads, FMAs and stores. Element by element
 // (load, compute, store, next) it could not rule out that a store to p feeds the next load of g, and
-// emitted the unrolled block as scalar code: fp32 AGD's p -= c * g on GPT-2's matrices ran at 0.70-0.75x
-// the speed of torch's p.add_(g, alpha=c) over the same bytes, SGD with momentum likewise scalar.
+// emitted the unrolled block of AGD's p -= c * g and of SGD with momentum as scalar code: on GPT-2's 50
+// matrices, 2 threads, agd_step_ ran at 0.64-0.82x the speed of p.add_(g, alpha=c) over the same bytes,
+// 0.95-0.99x with blocks (3 interleaved runs each).
 template <typename Fn, typename... P, size_t... S>
 inline void map_block(std::index_sequence<S...>, Fn& fn, P*... ptrs) {
   std::tuple<std::array<math_t<P>, kBlock>...> x;
@@ -188,24 +200,35 @@ inline void map_block(std::index_sequence<S...>, Fn& fn, P*... ptrs) {
       ...);
 }
 
-template <Isa I, typename Fn, typename... P>
+// kLoadBlocks (AGD, SGD): whole blocks through map_block, without software prefetch, which on the
+// 2-core AMD EPYC VM slows such 2-3 stream loops (standalone, 124M fp32, 2 threads, interleaved:
+// p -= c*g 24.2 ms without, 26.9 with). Kept off for the other kernels: with blocks and no prefetch,
+// LAMB's step went from 0.73-0.78x to 0.35-0.53x of its floor and YellowFin's from 0.69-0.92x to
+// 0.32-0.34x on GPT-2 (their 4-6 stream loops into stack tiles), not yet investigated.
+template <Isa I, bool kLoadBlocks = false, typename Fn, typename... P>
 inline void map_elements(int64_t n, Fn&& fn, P* __restrict... ptrs) {
   if constexpr ((kTiled<I, P> || ...)) {
     map_tiles<I>(std::index_sequence_for<P...>{}, n, fn, ptrs...);
   } else {
+    const auto element = [&](int64_t i) {
+      std::tuple<math_t<P>...> x{agd_kernels::load(ptrs, i)...};
+      std::apply(fn, x);
+      std::apply([&](auto... v) { (store_if_mutable(ptrs, i, v), ...); }, x);
+    };
     // Full blocks have a constant trip count, so gcc emits them as straight vector code without the
     // remainder checks of a variable-length loop; the tail runs after. fp32 Adagrad on L2-resident data,
     // one core, against torch's fused kernel in the same process: 0.70 vs 0.63 ns per element before,
     // 0.45 vs 0.49 after (and on GPT-2's tensors, 2 cores: 89.1 vs 85.4 ms before, 95.3 vs 96.4 after).
     int64_t b = 0;
     for (; b + kBlock <= n; b += kBlock) {
-      map_block(std::index_sequence_for<P...>{}, fn, (ptrs + b)...);
+      if constexpr (kLoadBlocks) {
+        map_block(std::index_sequence_for<P...>{}, fn, (ptrs + b)...);
+      } else {
+        (prefetch(ptrs + b, kBlock), ...);
+        for (int64_t i = b; i < b + kBlock; ++i) element(i);
+      }
     }
-    for (int64_t i = b; i < n; ++i) {
-      std::tuple<math_t<P>...> x{agd_kernels::load(ptrs, i)...};
-      std::apply(fn, x);
-      std::apply([&](auto... v) { (store_if_mutable(ptrs, i, v), ...); }, x);
-    }
+    for (int64_t i = b; i < n; ++i) element(i);
   }
 }
 
