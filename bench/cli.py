@@ -5,7 +5,8 @@ For every (parameter set, dtype, algorithm) case the providers step their own co
 random parameters (gradients shared unless a provider writes them), interleaved repetition by
 repetition with an in-place bandwidth probe (a *= s over 512 MiB). Reported per provider: median
 time/step with p20/p80, params/s, GB/s at the algorithm's minimum bytes/param, % of the bandwidth
-measured alongside, and the speedup against each baseline. Output: a table on stdout, rows appended
+measured alongside, and the speedup against each baseline; the read-heavy steps (AGD, LAMB, YellowFin)
+also against their same-bytes floor ('vs floor': flat torch ops moving the same bytes, providers.py). Output: a table on stdout, rows appended
 to <out>/throughput.csv (tagged with machine, versions and git commit), and <out>/throughput.png.
 """
 from __future__ import annotations

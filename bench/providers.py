@@ -115,6 +115,53 @@ def _compiled_provider() -> Provider:
                     lambda algo, device, dtype: None, build, default=False)
 
 
+#: the floor provider's name: a peer, so read-heavy rows get a 'vs floor' ratio (table column, CSV speedup_vs)
+FLOOR = "floor"
+
+# Same-bytes floors of the read-heavy steps: flat torch ops over flat buffers of the step's element
+# count and dtype that move the algorithm's minimum bytes with its read/write mix (the passes above) and
+# allocate nothing per step (dot writes into a preallocated 0-d tensor). Read-only passes run at a
+# different bandwidth than read-modify-write ones on these machines (timing.BandwidthProbe), so a step
+# is judged against a floor of its own mix rather than against a *= s. Scalars keep values bounded over
+# any number of repetitions (a sign flip instead of a decay that would end in denormals).
+#   agd        dot(g, g)                               read g                       R 1
+#              p += c·g                                read p, g; write p           R 2, W 1   -> 4 [16]
+#   lamb       dot(g, g)                               grad-norm pass               R 1
+#              m += c·g; v += c·p                      stage 1: read p, g, m, v;
+#                                                      write m, v                   R 4, W 2
+#              p += c·m·v                              stage 2: read p, m, v;
+#                                                      write p                      R 3, W 1   -> 11 [44]
+#   yellowfin  dot(a, g)                               pass A: read g, ḡ            R 2
+#              a += c·g; m *= -1; p *= -1              pass B: read p, g, ḡ, m;
+#                                                      write p, ḡ, m                R 4, W 3   -> 9 [36]
+_FLOOR_BUFFERS = {"agd": "pg", "lamb": "pgmv", "yellowfin": "pgam"}
+
+
+def _floor_ops(name: str, b: dict, out: torch.Tensor, c: float) -> Callable[[], None]:
+    if name == "agd":
+        return lambda: (torch.dot(b["g"], b["g"], out=out), b["p"].add_(b["g"], alpha=c))
+    if name == "lamb":
+        return lambda: (torch.dot(b["g"], b["g"], out=out), b["m"].add_(b["g"], alpha=c),
+                        b["v"].add_(b["p"], alpha=c), b["p"].addcmul_(b["m"], b["v"], value=c))
+    return lambda: (torch.dot(b["a"], b["g"], out=out), b["a"].add_(b["g"], alpha=c), b["m"].mul_(-1.0),
+                    b["p"].mul_(-1.0))
+
+
+def _floor_provider() -> Provider:
+    def not_applicable(algo: Algorithm) -> str | None:
+        return None if algo.name in _FLOOR_BUFFERS else "no same-bytes floor: not a read-heavy step"
+
+    def build(algo: Algorithm, params):
+        n = sum(p.numel() for p in params)
+        like = params[0].detach()
+        gen = torch.Generator(device=like.device).manual_seed(0)
+        buffers = {k: torch.randn(n, generator=gen, dtype=like.dtype, device=like.device)
+                   for k in _FLOOR_BUFFERS[algo.name]}
+        out = torch.empty((), dtype=like.dtype, device=like.device)
+        return _floor_ops(algo.name, buffers, out, c=-1e-6)
+
+    return Provider(FLOOR, not_applicable, lambda algo, device, dtype: None, build)
+
 _AUTHORS = {"agd": AuthorsAGD, "yellowfin": AuthorsYellowFin}
 
 
@@ -138,6 +185,7 @@ PROVIDERS: dict[str, Provider] = {p.name: p for p in (
     _torch_provider("fused"),
     _compiled_provider(),
     _authors_provider(),
+    _floor_provider(),
 )}
 
 

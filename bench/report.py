@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from .providers import FLOOR
 from .timing import summary
 
 
@@ -221,8 +222,9 @@ def chart(path: str, rows: list[Row], env: dict[str, str]) -> bool:
                 med, p20, p80 = (x * 1e3 for x in r.quantiles())
                 x = i - 0.4 + (j + 0.5) * width
                 ax.bar(x, med, width, yerr=[[med - p20], [p80 - med]], color=colors[r.provider], capsize=2)
-                if not r.peer and r.speedups:
-                    ax.annotate(f"{min(r.speedups.values()):.2g}x", (x, p80), ha="center", va="bottom", fontsize=7,
+                baselines = [v for k, v in r.speedups.items() if k != FLOOR]  # the floor is no implementation
+                if not r.peer and baselines:
+                    ax.annotate(f"{min(baselines):.2g}x", (x, p80), ha="center", va="bottom", fontsize=7,
                                 xytext=(0, 2), textcoords="offset points")
         largest = max(mine, key=lambda r: r.n_tensors)
         ax.set_title(f"{preset} ({largest.n_tensors} tensors, {count(largest.numel)} params), {dtype}",

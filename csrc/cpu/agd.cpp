@@ -20,7 +20,7 @@ struct AgdUniform {
   static void run(T* p, const T* g, int64_t n, S coefficient) {
     using M = math_t<T>;
     const M c = static_cast<M>(coefficient);
-    map_elements<I>(n, [&](M& pv, M gv) { agd_element(pv, gv, c); }, p, g);
+    map_elements<I, true>(n, [&](M& pv, M gv) { agd_element(pv, gv, c); }, p, g);
   }
 };
 
@@ -33,7 +33,7 @@ struct AgdTaps {
     using M = math_t<T>;
     for (int64_t i = 0, j = j0; i < n; j = 0) {
       const int64_t len = std::min(n - i, K - j);
-      map_elements<I>(len, [&](M& pv, M gv, math_t<S> c) { agd_element(pv, gv, static_cast<M>(c)); },
+      map_elements<I, true>(len, [&](M& pv, M gv, math_t<S> c) { agd_element(pv, gv, static_cast<M>(c)); },
                       p + i, g + i, coefficients + j);
       i += len;
     }

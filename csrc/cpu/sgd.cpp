@@ -16,9 +16,9 @@ struct SgdChunk {
   static void run(T* p, const T* g, T* buf, int64_t n, SgdScalars<math_t<T>> s) {
     using M = math_t<T>;
     if constexpr (kMomentum) {
-      map_elements<I>(n, [&](M& pv, M gv, M& bv) { sgd_element<kWeightDecay, true>(pv, gv, bv, s); }, p, g, buf);
+      map_elements<I, true>(n, [&](M& pv, M gv, M& bv) { sgd_element<kWeightDecay, true>(pv, gv, bv, s); }, p, g, buf);
     } else {
-      map_elements<I>(n, [&](M& pv, M gv) {
+      map_elements<I, true>(n, [&](M& pv, M gv) {
         M unused = 0;
         sgd_element<kWeightDecay, false>(pv, gv, unused, s);
       }, p, g);

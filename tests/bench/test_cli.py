@@ -93,8 +93,8 @@ def test_run_prints_table_and_writes_csv_and_chart(tmp_path, capsys):
     rows = read_csv(tmp_path / "throughput.csv")
     assert list(rows[0]) == CSV_FIELDS
     got = {(r["algorithm"], r["provider"]): r for r in rows}
-    # agd: kernels + authors; adam, sgd: kernels + foreach + fused; rmsprop: kernels + foreach
-    assert set(got) == {("agd", "agd_kernels[torch]"), ("agd", "authors"),
+    # agd: kernels + authors + floor; adam, sgd: kernels + foreach + fused; rmsprop: kernels + foreach
+    assert set(got) == {("agd", "agd_kernels[torch]"), ("agd", "authors"), ("agd", "floor"),
                         ("adam", "agd_kernels[torch]"), ("adam", "torch-foreach"), ("adam", "torch-fused"),
                         ("sgd", "agd_kernels[torch]"), ("sgd", "torch-foreach"), ("sgd", "torch-fused"),
                         ("rmsprop", "agd_kernels[torch]"), ("rmsprop", "torch-foreach")}
@@ -123,6 +123,43 @@ def test_run_prints_table_and_writes_csv_and_chart(tmp_path, capsys):
     again = read_csv(tmp_path / "throughput.csv")
     assert len(again) == 2 * len(rows)
     assert sum(1 for line in (tmp_path / "throughput.csv").read_text().splitlines() if line.startswith("run_id")) == 1
+
+
+def test_read_heavy_steps_are_reported_against_their_floor(tmp_path, capsys):
+    """AGD, LAMB and YellowFin get a same-bytes floor row and a 'vs floor' ratio; other steps say why not."""
+    assert cli.main(TINY + ["--algorithms", "agd", "lamb", "yellowfin", "adam", "--backends", "torch",
+                            "--providers", "floor", "--out", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "vs floor" in out.splitlines()[out.splitlines().index("== shapes, float32") + 1]
+    assert "floor: adam (no same-bytes floor: not a read-heavy step)" in out
+    rows = {(r["algorithm"], r["provider"]): r for r in read_csv(tmp_path / "throughput.csv")}
+    assert set(rows) == {(a, p) for a in ("agd", "lamb", "yellowfin") for p in ("agd_kernels[torch]", "floor")} \
+        | {("adam", "agd_kernels[torch]")}
+    for algo, bytes_per_param in (("agd", 16), ("lamb", 44), ("yellowfin", 36)):
+        floor, kernels = rows[(algo, "floor")], rows[(algo, "agd_kernels[torch]")]
+        assert floor["status"] == "ok" and int(floor["bytes_per_param"]) == bytes_per_param
+        assert floor["n_params"] == kernels["n_params"]  # the same element count (AGD: matrices only)
+        (ratio,) = [kv.split("=")[1] for kv in kernels["speedup_vs"].split(";") if kv.startswith("floor=")]
+        assert float(ratio) == pytest.approx(float(floor["median_ms"]) / float(kernels["median_ms"]), rel=1e-3)
+    assert rows[("adam", "agd_kernels[torch]")]["speedup_vs"] == ""
+
+
+@pytest.mark.parametrize("algo", ["agd", "lamb", "yellowfin"])
+def test_floor_step_allocates_nothing_and_stays_bounded(algo):
+    """The floor moves bytes only: its buffers are made once, and 50 steps keep them finite and
+    away from denormals (which would slow the CPU and falsify the floor)."""
+    from bench.providers import FLOOR, PROVIDERS
+
+    p = torch.nn.Parameter(torch.randn(40, 30))
+    p.grad = torch.randn(40, 30)
+    step = PROVIDERS[FLOOR].build(ALGORITHMS[algo], [p])
+    buffers = [c.cell_contents for c in step.__closure__ if isinstance(c.cell_contents, dict)][0]
+    pointers = {k: b.data_ptr() for k, b in buffers.items()}
+    for _ in range(50):
+        step()
+    assert {k: b.data_ptr() for k, b in buffers.items()} == pointers
+    for b in buffers.values():
+        assert b.numel() == 1200 and torch.isfinite(b).all() and (b.abs() > 1e-30).float().mean() > 0.99
 
 
 def test_quick_keeps_torch_foreach_only_where_torch_has_no_fused(tmp_path, capsys):
