@@ -125,7 +125,7 @@ constexpr bool kTiled = I == Isa::kAvx2 && std::is_same_v<std::remove_const_t<T>
 // 68.1, 70.3, 72.2 ms), the fp32 sum of squares on one core from 9.1 to 10.2 GB/s. A hint past the end
 // of an array is harmless: prefetches never fault.
 constexpr int64_t kPrefetchBytes = 2048;
-// Elements per prefetch round of the element loops: one 64-byte line of fp32.
+// Elements per block of the element loops (a prefetch round, where they prefetch): one 64-byte line of fp32.
 constexpr int64_t kBlock = 16;
 
 // Addresses are computed as integers: a pointer moved past the end of its array would be undefined.
