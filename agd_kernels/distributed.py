@@ -54,19 +54,6 @@ def unwrap(args: Sequence[Any]) -> list[Any]:
     return out
 
 
-def any_dtensor(args: Sequence[Any]) -> bool:
-    """Whether an op's arguments hold a DTensor (checked on each list's first tensor, see `unwrap`)."""
-    if not _HAVE_DTENSOR:
-        return False
-    for a in args:
-        if isinstance(a, (list, tuple)):
-            if a and isinstance(a[0], DTensor):
-                return True
-        elif isinstance(a, DTensor):
-            return True
-    return False
-
-
 def all_reduce_(buffer: Tensor, group) -> None:
     """Sum `buffer` in place over `group`: the one collective an optimizer step issues per reduction."""
     dist.all_reduce(buffer, group=group)
