@@ -359,10 +359,27 @@ def _dist():
 HSDP_MESHES = {"hsdp-2x1": (WORLD, 1), "hsdp-1x2": (1, WORLD)}
 
 
+def _average_grad(p: torch.Tensor) -> None:
+    """What DDP does for a replicated parameter: its gradient averaged over the ranks (gloo has no AVG)."""
+    import torch.distributed as dist
+    dist.all_reduce(p.grad)
+    p.grad.div_(WORLD)
+
+
 def shard(model: nn.Module, topology: str = "fsdp") -> nn.Module:
-    """FSDP2: each layer, then the root, on a 1-D CPU mesh of WORLD ranks (or an HSDP mesh)."""
+    """FSDP2: each layer, then the root, on a 1-D CPU mesh of WORLD ranks (or an HSDP mesh).
+    "fsdp-mixed": conv, fc1 and fc2 sharded, `out` left as plain tensors replicated on both ranks
+    (gradients averaged in backward), so one optimizer holds sharded and replicated parameters: the
+    replicas' sums must count once in the all-reduce (agd_kernels.distributed.Partials)."""
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import fully_shard
+    if topology == "fsdp-mixed":
+        mesh = init_device_mesh("cpu", (WORLD,))
+        for name in SUBMODULES[:-1]:
+            fully_shard(getattr(model, name), mesh=mesh)
+        for p in model.out.parameters():
+            p.register_post_accumulate_grad_hook(_average_grad)
+        return model
     if topology == "fsdp":
         mesh = init_device_mesh("cpu", (WORLD,))
     else:
@@ -531,7 +548,7 @@ def job_cases(job: str, rank: int, directory: Path) -> Iterator[tuple[str, Calla
             yield f"no-collective/{case}", lambda case=case: case_no_collective(case, backend, rank)
         if backend == "cpu":
             yield "init_weights", lambda: case_init_weights("fsdp", rank)
-            for topology in HSDP_MESHES:
+            for topology in (*HSDP_MESHES, "fsdp-mixed"):
                 for case in NORM_CASES:
                     yield f"{topology}/{case}", lambda t=topology, case=case: case_train(t, case, backend, rank)
     elif job == "ddp":  # both backends in one job: DDP cases are quick, process start-up is not

@@ -88,3 +88,15 @@ def test_hsdp_matches_single_process(jobs, topology, case):
     h.reference(case, "cpu").check(ranks[0]["params"], f"{case} on {topology}")
     for name, t in ranks[0]["params"].items():
         assert torch.equal(t, ranks[1]["params"][name]), f"{name}: the ranks gathered different full tensors"
+
+
+@pytest.mark.parametrize("case", h.NORM_CASES)
+def test_sharded_and_replicated_parameters_in_one_optimizer(jobs, case):
+    """`out` stays plain (a replica on both ranks) beside sharded layers: its partial sums must count once
+    in the one all-reduce (rank 1 zeroes them), and the step still issues the FSDP2 case's collectives."""
+    ranks = jobs.get("fsdp-cpu").case(f"fsdp-mixed/{case}")
+    h.reference(case, "cpu").check(ranks[0]["params"], f"{case} on sharded + replicated parameters")
+    for name, t in ranks[0]["params"].items():
+        assert torch.equal(t, ranks[1]["params"][name]), f"{name}: the ranks hold different parameters"
+    fsdp = jobs.get("fsdp-cpu").case(f"train/{case}")
+    assert ranks[0]["counts"] == fsdp[0]["counts"], "a replicated parameter must not add a collective"
