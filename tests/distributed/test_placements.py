@@ -65,3 +65,11 @@ def test_nothing_sharded_means_no_collective(mesh):
     """Replicated DTensors and plain tensors hold whole tensors: no group, every rank's sums count."""
     group, keep = distributed.shard_layout([_param(mesh, (4, 3), Replicate()), torch.randn(2)], str)
     assert group is None and keep == [True, True]
+
+
+def test_parameters_on_two_meshes_are_refused_naming_one(mesh):
+    other = init_device_mesh("cpu", (1,), mesh_dim_names=("tp",))
+    first, second = _param(mesh, (4, 3), Shard(0)), _param(other, (5, 3), Shard(0))
+    opt = ak.AGD([{"params": [first, second], "param_names": ["a.weight", "b.weight"]}])
+    with pytest.raises(ValueError, match=r"parameter 'b.weight'.*lives on DeviceMesh.*give each mesh its own optimizer"):
+        opt.step()
