@@ -68,5 +68,10 @@ def lerp(start, end, weight):
 @triton.jit
 def scalar(x, DTYPE: tl.constexpr):
     """A float kernel argument as a DTYPE scalar tensor. Compiled, arguments are already typed (annotate fp64
-    where double matters); the interpreter passes Python floats, which arithmetic would round to fp32."""
+    where double matters); the interpreter passes Python floats, which arithmetic would round to fp32.
+
+    No module of triton_kernels may use `from __future__ import annotations`: it turns the annotation "fp64"
+    into the string "'fp64'", which Triton does not recognise, and the argument then reaches the compiled
+    kernel as fp32 (β2 = 0.999f makes 1 − β2 1.3e-5 off: the H200's Adam, LAMB and YellowFin mismatches,
+    docs/gpu_runs.md). tests/backends/test_triton_signatures.py guards it."""
     return tl.full([], x, DTYPE)

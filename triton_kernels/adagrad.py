@@ -2,7 +2,6 @@
 
 clr = lr / (1 + (step − 1)·lr_decay) is an fp64 scalar per program, as torch computes it on the host.
 """
-from __future__ import annotations
 
 import triton
 import triton.language as tl

@@ -4,7 +4,6 @@ Bytes per fp32 element: p, g, m, v read (16 B) and p, m, v written (12 B), plus 
 amsgrad. Bias corrections are fp64 scalars computed per program from the step counter, as torch computes
 them from its host-side step; the step counter advances in the last program of each tensor.
 """
-from __future__ import annotations
 
 import triton
 import triton.language as tl

@@ -5,7 +5,6 @@ runs redundantly at the start of every program: the slot table is small (one slo
 hundred for a ResNet-50) and every program sums it in the same order, so all programs get the same bits
 and a step is 2 launches (norms, update) with no third launch or grid-wide barrier in between.
 """
-from __future__ import annotations
 
 import torch
 import triton

@@ -18,7 +18,6 @@ fp32 moments, and a stored fp16 moment rounds or underflows (gradients ~1e-4 on 
 v ~ 1e-11, which is 0 in fp16; u from the stored moments moved parameters of magnitude ~3 by up to 6.2). Bytes
 per 16-bit element: 8 read, then 8 read + 6 written (one more read of g than storing in lamb_moments_).
 """
-from __future__ import annotations
 
 import torch
 import triton

@@ -18,7 +18,6 @@ once eagerly first (the usual warm-up), and every table a capture used stays cac
 Under torch.compile, make_fx or fake-tensor propagation (`traced`), tensors have no data pointers: the
 launchers then run one launch per tensor through `torch.library.wrap_triton`, which Inductor can see.
 """
-from __future__ import annotations
 
 import functools
 import itertools

@@ -5,7 +5,6 @@ Every op keeps the schema of agd_kernels.ops.SCHEMAS (mutations included) and is
 it as opaque. The ops live in their own namespace: `agd_kernels::<op>` is the reference-backed public op, and
 `_backends.register_kernel(op, "triton", ...)` is what makes these the triton backend.
 """
-from __future__ import annotations
 
 import torch
 

@@ -2,7 +2,6 @@
 
 eps is added outside the square root (torch, unlike TensorFlow); the momentum buffer starts at zeros.
 """
-from __future__ import annotations
 
 import triton
 import triton.language as tl

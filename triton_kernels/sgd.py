@@ -3,7 +3,6 @@
 Bytes per fp32 element: p and g read, p written (12 B); with momentum the buffer adds 4 + 4 B (on the first
 step the buffer is only written: torch creates it as a copy of the gradient).
 """
-from __future__ import annotations
 
 import triton
 import triton.language as tl

@@ -7,7 +7,6 @@ instead of one. The program stores its KP column sums (fp64) as one partial row;
 tensor to arrive adds the tensor's partial rows in chunk order, folds columns c ≡ tap (mod K) together and
 writes the K sums. The result has the same bits for any launch order: fixed order everywhere.
 """
-from __future__ import annotations
 
 import torch
 import triton

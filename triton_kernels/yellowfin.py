@@ -8,7 +8,6 @@
 A step is skipped on the device (nothing written, the tuner included) when found_inf is set or Σg² is not
 finite: tune and apply both test it from the stats, so no launch depends on a host decision.
 """
-from __future__ import annotations
 
 import torch
 import triton
