@@ -108,21 +108,17 @@ def shard_layout(tensors: Sequence[Tensor], describe: Callable[[int], str]) -> t
 class Partials:
     """Where each tensor's partial sums sit in a step's flat buffer, and how the buffer is summed.
 
-    Built once per parameter set (optimizers cache it with their step plan); `reduce_` runs every step.
+    Built once per parameter set (FusedOptimizer._partials_layout caches it); `reduce_` runs every step.
     """
 
-    def __init__(self, tensors: Sequence[Tensor], spans: Sequence[tuple[int, int]], device: torch.device,
-                 describe: Callable[[int], str]):
-        """`spans[i]` = (first slot, slot count) of tensor i in the buffer (slots of a flattened view)."""
+    def __init__(self, tensors: Sequence[Tensor], spans: Sequence[tuple[int, int]], describe: Callable[[int], str]):
+        """`spans[i]` = (first slot, slot count) of tensor i in the buffer (slots of a flattened view), which
+        lives on tensors[0]'s device."""
         self.group, keep = shard_layout(tensors, describe)
         zero = [s for (start, count), k in zip(spans, keep) if not k for s in range(start, start + count)]
         # non_blocking: a pageable host-to-device copy is staged without waiting for the device.
-        self.zero_index = (torch.tensor(zero, dtype=torch.long).to(device, non_blocking=True)
+        self.zero_index = (torch.tensor(zero, dtype=torch.long).to(tensors[0].device, non_blocking=True)
                            if zero and self.group is not None else None)
-
-    @property
-    def sharded(self) -> bool:
-        return self.group is not None
 
     def reduce_(self, buffer: Tensor) -> None:
         """Complete the partial sums in `buffer` across ranks (nothing to do when nothing is sharded)."""

@@ -71,8 +71,8 @@ class Collected(NamedTuple):
 
 def _collect_group_grads(group_params: list[Tensor]) -> tuple[list[Tensor], list[Tensor], bool, int]:
     """What agd_kernels._C.collect_grads returns, in Python, also for DTensor parameters: (parameters
-    with a gradient, their gradients, whether those share one dtype and device (and DTensor-ness), the position in `group_params` of the first
-    sparse gradient or one of another dtype than its parameter, else -1)."""
+    with a gradient, their gradients, whether those share one dtype, device and DTensor-ness, the position
+    in `group_params` of the first sparse gradient or one of another dtype than its parameter, else -1)."""
     params, grads = [], []
     for p in group_params:
         g = p.grad
@@ -107,6 +107,8 @@ class FusedOptimizer(torch.optim.Optimizer):
         self.backend = _backends.validate(backend)
         self._lr_cache: dict[tuple[int, torch.device], tuple[float, Tensor]] = {}
         self._bucket_cache: dict[Any, _BucketEntry] = {}
+        #: per partial-sums buffer: (ids of its tensors, the tensors, so the ids stay unique, their layout)
+        self._layout_cache: dict[str, tuple[tuple[int, ...], list[Tensor], Partials]] = {}
         super().__init__(params, defaults)
 
     # ---------------------------------------------------------------- param groups
@@ -306,10 +308,14 @@ class FusedOptimizer(torch.optim.Optimizer):
             return f"tensor {i} (shape {tuple(tensors[i].shape)})"
         return describe
 
-    def _partials_layout(self, tensors: list[Tensor], spans: list[tuple[int, int]],
-                         device: torch.device) -> Partials:
-        """The cross-rank layout of a partial-sums buffer whose tensor i fills slots spans[i]."""
-        return Partials(tensors, spans, device, self._describer(tensors))
+    def _partials_layout(self, name: str, tensors: list[Tensor], spans: list[tuple[int, int]]) -> Partials:
+        """The cross-rank layout of partial-sums buffer `name`, whose tensor i fills slots spans[i]; cached
+        per name until the tensors change (building it walks every placement)."""
+        key = tuple(map(id, tensors))
+        hit = self._layout_cache.get(name)
+        if hit is None or hit[0] != key:
+            hit = self._layout_cache[name] = (key, tensors, Partials(tensors, spans, self._describer(tensors)))
+        return hit[2]
 
     def _init_state(self, p: Tensor, state: dict[str, Any], group: dict[str, Any]) -> None:
         raise NotImplementedError

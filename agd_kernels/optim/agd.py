@@ -144,7 +144,7 @@ class AGD(FusedOptimizer):
         # non_blocking: a pageable host-to-device copy is staged without waiting for the device.
         plan = _Plan(len(matrices), norm_buckets, update_buckets,
                      torch.tensor(sv, dtype=torch.float32).to(device, non_blocking=True),
-                     self._partials_layout(ordered, spans, device))
+                     self._partials_layout("taps", ordered, spans))
         if len(self._plans) >= 16:  # gradient patterns rarely vary; bound the cache anyway
             self._plans.clear()
         self._plans[key] = plan

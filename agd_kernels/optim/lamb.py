@@ -16,7 +16,6 @@ from torch import Tensor
 
 from .. import ops
 from ..reference.sumsq import num_slices
-from ..distributed import Partials
 from ._base import FusedOptimizer, check_betas, check_non_negative, is_number
 
 VARIANTS = ("apex", "paper")
@@ -90,8 +89,6 @@ class LAMB(FusedOptimizer):
                             phi_min=phi_min, phi_max=phi_max)
         self._grad_sumsq: Tensor | None = None  # this step's global-norm buffer (see _partials)
         self._clip_at = math.inf
-        #: per buffer ("clip", "norms"): (parameter ids, the parameters, their cross-rank layout)
-        self._layouts: dict[str, tuple[tuple[int, ...], list[Tensor], Partials]] = {}
         self._step_launches: list[tuple] = []  # this step's buckets and buffer, from phase 1 to phase 2
         self._step_norms: Tensor | None = None
         super().__init__(params, defaults, backend)
@@ -144,18 +141,18 @@ class LAMB(FusedOptimizer):
         # Each gradient has its parameter's device and dtype (checked when collected): the parameters'
         # (cached) buckets are the gradients' buckets.
         buckets = self._bucket_grads("all groups", params, grads)
-        ordered = [p for _, bucket, _ in buckets for p in bucket]
-        spans, start = [], 0
-        for p in ordered:
-            spans.append((start, num_slices(p.shape)))
-            start += spans[-1][1]
-        self._grad_sumsq = torch.empty(start, dtype=torch.float32, device=params[0].device)
-        start = 0
+        ordered, spans, ranges, start = [], [], [], 0
         for _, bucket, bucket_grads in buckets:
-            size = sum(num_slices(p.shape) for p in bucket)
-            ops.slice_sumsq_(bucket_grads, self._grad_sumsq.narrow(0, start, size), backend=self.backend)
-            start += size
-        self._layout("clip", ordered, spans).reduce_(self._grad_sumsq)
+            first = start
+            for p in bucket:
+                ordered.append(p)
+                spans.append((start, num_slices(p.shape)))
+                start += spans[-1][1]
+            ranges.append((bucket_grads, first, start - first))
+        self._grad_sumsq = torch.empty(start, dtype=torch.float32, device=params[0].device)
+        for bucket_grads, first, size in ranges:
+            ops.slice_sumsq_(bucket_grads, self._grad_sumsq.narrow(0, first, size), backend=self.backend)
+        self._partials_layout("clip", ordered, spans).reduce_(self._grad_sumsq)
 
     # step() is the base class's. Phase 1 (`_partials`): the clip's gradient norm (its own all-reduce
     # when sharded), then lamb_moments_ per (group, device, dtype) bucket, writing Σp² and Σu² of every
@@ -182,7 +179,7 @@ class LAMB(FusedOptimizer):
                               [s["step"] for s in states], self._grad_sumsq, norms.narrow(0, first, 2 * len(params)),
                               **self._moment_args(group), grad_scale=grad_scale, found_inf=found_inf,
                               backend=self.backend)
-        return norms, self._layout("norms", tensors, spans)
+        return norms, self._partials_layout("norms", tensors, spans)
 
     def _apply(self, collected):
         for gi, device, params, grads, states, first in self._step_launches:
@@ -213,14 +210,6 @@ class LAMB(FusedOptimizer):
         return dict(max_grad_norm=self._clip_at, beta1=beta1, beta2=beta2, eps=group["eps"], weight_decay=weight_decay,
                     bias_correction=group["bias_correction"], grad_averaging=group["grad_averaging"],
                     adam_w_mode=adam_w_mode)
-
-    def _layout(self, name: str, tensors: list[Tensor], spans: list[tuple[int, int]]) -> Partials:
-        """The cross-rank layout of buffer `name` ("clip" or "norms"), cached per parameter set."""
-        key = tuple(map(id, tensors))
-        hit = self._layouts.get(name)
-        if hit is None or hit[0] != key:
-            hit = self._layouts[name] = (key, tensors, self._partials_layout(tensors, spans, tensors[0].device))
-        return hit[2]
 
     def _check_loadable(self, state_dict: dict[str, Any]) -> None:
         super()._check_loadable(state_dict)  # every group's hyper-parameters, max_grad_norm included

@@ -151,7 +151,7 @@ class YellowFin(FusedOptimizer):
             rows.setdefault((p.device, p.dtype, is_dtensor(p), keep[i]), []).append(i)
         row_list = list(rows.values())
         first = [params[idx[0]] for idx in row_list]
-        layout = self._partials_layout(first, [(4 * r, 4) for r in range(len(row_list))], self.tuner.device)
+        layout = self._partials_layout("stats", first, [(4 * r, 4) for r in range(len(row_list))])
         self._plan = _StatsPlan(key, params, row_list, layout, float(sum(p.numel() for p in params)))
         return self._plan
 
