@@ -3,6 +3,8 @@ CSV/TensorBoard writer and plot (agd_kernels/telemetry.py; docs/telemetry.md).""
 from __future__ import annotations
 
 import math
+import sys
+import types
 
 import pytest
 import torch
@@ -155,3 +157,25 @@ def test_writer_rejects_bad_arguments(tmp_path):
         TelemetryWriter()
     with pytest.raises(ValueError, match="every must be a positive int"):
         TelemetryWriter(csv_path=tmp_path / "a.csv", every=0)
+
+
+def test_writer_sends_tensorboard_scalars_tagged_stat_slash_layer(tmp_path, monkeypatch):
+    # tensorboard is not a dependency: a stand-in SummaryWriter records what the writer sends it
+    sent, closed = [], []
+
+    class FakeSummaryWriter:
+        def __init__(self, log_dir):
+            assert log_dir == str(tmp_path)
+
+        def add_scalar(self, tag, value, step):
+            sent.append((tag, value, step))
+
+        def close(self):
+            closed.append(True)
+
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", types.SimpleNamespace(SummaryWriter=FakeSummaryWriter))
+    with TelemetryWriter(tensorboard_dir=tmp_path, every=3) as writer:
+        for step in range(1, 4):
+            writer.write(step, _telemetry(step))
+    assert ("weight_norm/fc.bias", 3.0, 3) in sent and ("eta", 1.5, 3) in sent
+    assert {step for _, _, step in sent} == {3} and closed == [True]
