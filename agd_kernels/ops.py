@@ -11,7 +11,7 @@ exists on every machine (the compiled extension may be absent). Implementations 
 The functions below (`adam_step_`, ...) pick the backend through `_backends.resolve` and call it;
 optimizers call only these functions.
 
-Conventions shared by every op (DESIGN.md rules 3 and 5):
+Conventions shared by every op (docs/design.md rules 3 and 5):
 - Mutated lists carry `(x!)` annotations; ops return nothing unless stated.
 - Per-step scalars are tensors the kernel reads (lr, state_steps, grad_scale, found_inf): no host sync.
 - `grad_scale` (optional, 0-d): gradients are divided by it before any use; they are not written back.
