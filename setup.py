@@ -97,7 +97,7 @@ def get_extensions():
     debug = _env_flag("DEBUG")
     opt = ["-O0", "-g"] if debug else ["-O3"]
     # -fno-math-errno: without it gcc does not vectorise loops containing sqrt (fused AdamW on 124M
-    # params: 60 ms with it, 180 ms without, BUILD-NOTES.md). -fno-trapping-math: without it gcc keeps the
+    # params: 60 ms with it, 180 ms without, docs/build.md#compile-flags). -fno-trapping-math: without it gcc keeps the
     # selects of the fp16/bf16 conversions and of the element math as branches and vectorises none of
     # them (torch itself builds with both). No -march: the wheel must be portable; csrc/cpu/isa.h adds an
     # AVX2 build of the element loops chosen at run time instead.

@@ -18,7 +18,7 @@ from typing import Any, Callable, Sequence
 import torch
 from torch import Tensor
 
-try:  # import never fails (DESIGN.md rule 6): torch builds without distributed support have no DTensor
+try:  # import never fails (docs/design.md rule 6): torch builds without distributed support have no DTensor
     import torch.distributed as dist
     from torch.distributed.tensor import DTensor, Partial, distribute_tensor
 

@@ -11,7 +11,7 @@ exists on every machine (the compiled extension may be absent). Implementations 
 The functions below (`adam_step_`, ...) pick the backend through `_backends.resolve` and call it;
 optimizers call only these functions.
 
-Conventions shared by every op (DESIGN.md rules 3 and 5):
+Conventions shared by every op (docs/design.md rules 3 and 5):
 - Mutated lists carry `(x!)` annotations; ops return nothing unless stated.
 - Per-step scalars are tensors the kernel reads (lr, state_steps, grad_scale, found_inf): no host sync.
 - `grad_scale` (optional, 0-d): gradients are divided by it before any use; they are not written back.
@@ -207,7 +207,7 @@ def adam_step_(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, state_step
                beta1: float, beta2: float, eps: float, weight_decay: float, amsgrad: bool, maximize: bool,
                decoupled_weight_decay: bool, grad_scale: Tensor | None = None, found_inf: Tensor | None = None,
                backend: str | None = "auto") -> None:
-    """Adam / AdamW / AMSGrad step with torch.optim semantics (torch-optim-semantics.md §5).
+    """Adam / AdamW / AMSGrad step with torch.optim semantics (docs/torch_optim_semantics.md §5).
 
     `max_exp_avg_sqs` is empty unless amsgrad. `state_steps` are 0-d fp32 tensors, incremented here.
     """
@@ -257,7 +257,7 @@ def adagrad_step_(params, grads, state_sums, state_steps, lr: Tensor, *, lr_deca
 def agd_step_(params, grads, sumsq: Tensor, slice_sv: Tensor, slice_start: Sequence[int],
               slice_count: Sequence[int], *, depth: int, gain: float, grad_scale: Tensor | None = None,
               found_inf: Tensor | None = None, backend: str | None = "auto") -> tuple[Tensor, Tensor]:
-    """AGD update of one (device, dtype) group; returns (eta, G) as 0-d fp32 tensors (specs/agd.md §5).
+    """AGD update of one (device, dtype) group; returns (eta, G) as 0-d fp32 tensors (docs/agd.md §5).
 
     `sumsq` holds the per-slice sums of squares of the matrix gradients of *all* groups (from
     `slice_sumsq_`) and `slice_sv` the target scale sv of each slot's tensor, so
@@ -277,7 +277,7 @@ def lamb_moments_(params, grads, exp_avgs, exp_avg_sqs, state_steps, grad_sumsq:
                   max_grad_norm: float, beta1: float, beta2: float, eps: float, weight_decay: float,
                   bias_correction: bool, grad_averaging: bool, adam_w_mode: bool, grad_scale: Tensor | None = None,
                   found_inf: Tensor | None = None, backend: str | None = "auto") -> None:
-    """LAMB phase 1 of one group (specs/lamb-lars.md §3): the moments and the per-tensor sums of squares
+    """LAMB phase 1 of one group (docs/lamb.md §3): the moments and the per-tensor sums of squares
     the trust ratio needs. `lamb_apply_` is phase 2; between them the caller may sum `norms` across ranks.
 
     `grad_sumsq` (fp32) holds sums of squares of the gradients of *all* groups, in any slicing (its
@@ -335,7 +335,7 @@ def yellowfin_tune_(tuner: Tensor, stats: Tensor, *, numel: float, beta: float, 
                     force_non_inc_step: bool, h_min_log_smooth: bool, h_max_log_smooth: bool,
                     grad_scale: Tensor | None = None, found_inf: Tensor | None = None,
                     backend: str | None = "auto") -> tuple[Tensor, Tensor]:
-    """YellowFin scalar step (specs/yellowfin.md §2, §3, §8) in fp64 on the device.
+    """YellowFin scalar step (docs/yellowfin.md §2, §3, §8) in fp64 on the device.
 
     `stats` (fp64, (buckets, 4)) are the yellowfin_stats_ rows of every bucket; `numel` counts their
     elements. Updates `tuner` (fp64; layout in agd_kernels.reference.yellowfin.SLOTS, then the

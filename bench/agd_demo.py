@@ -3,7 +3,7 @@
 A check of the AGD paper's claim (arXiv 2304.05187) that AGD trains networks of any depth without
 tuning, on data that needs no download: scikit-learn's bundled 8x8 digits (1,797 images, 10
 classes; 80% train, 20% test). For each depth (default 2, 4, 8, 16) a bias-free MLP of width 128,
-hidden ReLUs scaled by √2 and the MSE loss against √C·one-hot (the authors' harness, specs/agd.md
+hidden ReLUs scaled by √2 and the MSE loss against √C·one-hot (the authors' harness, docs/agd.md
 §8) is trained from the same batches by
   - agd_kernels.AGD after AGD.init_weights(): no learning rate, nothing tuned;
   - torch.optim.Adam(lr=1e-3) and torch.optim.SGD(lr=0.1), at PyTorch's default init.

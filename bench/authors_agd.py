@@ -1,4 +1,4 @@
-"""The authors' AGD step (jxbz/agd `agd.py`, specs/agd.md §1), written from the spec as a baseline.
+"""The authors' AGD step (jxbz/agd `agd.py`, docs/agd.md §1), written from the spec as a baseline.
 
 This is what AGD users run today: a Python loop over the weights. Per weight it launches a norm,
 sum, multiply and add for G, then ~7 kernels for the update, reads the gradient three times and

@@ -1,4 +1,4 @@
-"""The authors' YellowFin step (JianGoForIt/YellowFin_Pytorch, specs/yellowfin.md §1-§4), written
+"""The authors' YellowFin step (JianGoForIt/YellowFin_Pytorch, docs/yellowfin.md §1-§4), written
 from the spec as a baseline, with the reference's default options.
 
 The tuner runs on the host, as in the reference: per step one `.item()` per parameter tensor (the

@@ -40,15 +40,15 @@ class Algorithm:
         return self.passes * torch.empty((), dtype=dtype).element_size()
 
 
-# Passes, from specs/prior-art.md §5 and the per-algorithm specs (fp32 bytes in brackets):
+# Passes, from docs/torch_optim_semantics.md §9 and the per-algorithm docs (fp32 bytes in brackets):
 #   agd       grad read twice (norms, update), param read + write                        4 [16]
 #   adam(w)   read p, g, m, v; write p, m, v                                             7 [28]
 #   sgd       momentum 0.9: read p, g, buf; write p, buf                                 5 [20]
 #   rmsprop   read p, g, square_avg; write p, square_avg                                 5 [20]
 #   adagrad   read p, g, sum; write p, sum                                               5 [20]
 #   lamb      grad-norm pass 1 + lamb_moments_ (read g, m, v, p; write m, v) 6
-#             + lamb_apply_ (read m, v, p; write p) 4 (lamb-lars.md §3 items 6, 8)     11 [44]
-#   yellowfin two-pass plan (yellowfin.md §9)                                            9 [36]
+#             + lamb_apply_ (read m, v, p; write p) 4 (docs/lamb.md §3 items 6, 8)     11 [44]
+#   yellowfin two-pass plan (docs/yellowfin.md §9)                                       9 [36]
 ALGORITHMS: dict[str, Algorithm] = {a.name: a for a in (
     Algorithm("agd", "AGD", None, {}, 4, ("slice_sumsq_", "agd_step_"), matrices_only=True),
     Algorithm("adam", "Adam", "Adam", dict(lr=1e-3), 7, ("adam_step_",)),

@@ -1,7 +1,7 @@
 """Timing: one clock per device, providers interleaved repetition by repetition, quantiles.
 
-Memory bandwidth on shared machines swings ~1.7x over minutes (BUILD-NOTES.md), so providers of one
-case are never timed one after another: every repetition runs each of them once, in an order that
+Memory bandwidth on shared machines swings ~1.7x over minutes (docs/build.md#measuring-on-shared-machines),
+so providers of one case are never timed one after another: every repetition runs each of them once, in an order that
 rotates, together with the in-place bandwidth probe, and each keeps its own list of times.
 """
 from __future__ import annotations

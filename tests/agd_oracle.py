@@ -1,4 +1,4 @@
-"""An independent AGD oracle for the tests: the formulas of specs/agd.md §1 and §5, written per tensor.
+"""An independent AGD oracle for the tests: the formulas of docs/agd.md §1 and §5, written per tensor.
 
 It follows the authors' reference (jxbz/agd `agd.py`: a Python loop over weights, norms over dims (0, 1),
 eta from Python doubles) and shares no code with agd_kernels. Run in float64 it is the truth the tests

@@ -1,6 +1,6 @@
 """An independent float64 transcription of LAMB, the oracle of the LAMB tests.
 
-Written from specs/lamb-lars.md, not from agd_kernels.reference.lamb: §2 (apex FusedLAMB: global
+Written from docs/lamb.md, not from agd_kernels.reference.lamb: §2 (apex FusedLAMB: global
 clip, the two weight-decay modes, trust ratio only where wd != 0 unless NVLAMB) for
 variant="apex", and §1/§3 (no clip, per-group exclusions, φ clamp) for variant="paper". Plain
 per-tensor float64 arithmetic in the spec's order; per-parameter step counters (decision 5).

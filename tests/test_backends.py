@@ -1,4 +1,4 @@
-"""Backend selection (agd_kernels/_backends.py; DESIGN.md rule 6).
+"""Backend selection (agd_kernels/_backends.py; docs/design.md rule 6).
 
 auto takes the first available backend per device type (cuda > triton > torch on CUDA, cpu > torch
 on CPU, torch elsewhere) and warns once when it falls back to the reference; a backend named by the

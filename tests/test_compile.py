@@ -1,4 +1,4 @@
-"""torch.compile traces agd_kernels ops (DESIGN.md rule 2) and gives eager's results.
+"""torch.compile traces agd_kernels ops (docs/design.md rule 2) and gives eager's results.
 
 The compiler backend is aot_eager: Dynamo tracing plus AOTAutograd functionalization, which is where
 the schemas' (x!) annotations matter. Inductor adds only code generation; on this 2-core machine its

@@ -1,4 +1,4 @@
-"""torch.library.opcheck on every op of the table (STYLE.md do 5; DESIGN.md rule 2).
+"""torch.library.opcheck on every op of the table (docs/design.md rule 2).
 
 opcheck runs each op for real and under FakeTensor/AOTAutograd, and checks that the schema's (x!)
 annotations say exactly which arguments change, that the fake kernel matches the real one, and that

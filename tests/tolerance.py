@@ -1,4 +1,4 @@
-"""Derived tolerances (STYLE.md, do 9) and readable mismatch reports, shared by every test.
+"""Derived tolerances (docs/design.md rule 1) and readable mismatch reports, shared by every test.
 
 Two rules:
 - `assert_within_2x_reference(kernel, reference, oracle)`: the kernel's max error against a float64

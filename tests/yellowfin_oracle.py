@@ -1,10 +1,10 @@
 """An independent float64 transcription of the PyTorch YellowFin reference, the YellowFin tests' oracle.
 
-Written from specs/yellowfin.md §2 (one step, in the reference's order) and §3 (the cubic), not from
+Written from docs/yellowfin.md §2 (one step, in the reference's order) and §3 (the cubic), not from
 agd_kernels.reference.yellowfin: Python floats for every scalar, float64 tensors for the per-element
 work, and the *three-pass* order the reference runs (clip the gradients, reduce ‖g‖², update ḡ,
 reduce Σḡ² after the update, then the momentum step), so it also checks the two-pass expansion of
-Σḡ² the ops use. Differences from the reference, all from specs/yellowfin.md §8: the cubic's root is
+Σḡ² the ops use. Differences from the reference, all from docs/yellowfin.md §8: the cubic's root is
 clamped into [0, 1) and a step whose ‖g‖² is not finite is skipped.
 """
 from __future__ import annotations
@@ -142,7 +142,7 @@ class YellowFinOracle:
         self.iter += 1
 
     def cubic_root(self) -> float:
-        """§3, with the root clamped into [0, 1) (specs/yellowfin.md decision 2)."""
+        """§3, with the root clamped into [0, 1) (docs/yellowfin.md decision 2)."""
         p = (self.D + EPS) ** 2 * (self.h_min + EPS) ** 2 / 2 / (self.C + EPS)
         w3 = (-math.sqrt(p ** 2 + 4.0 / 27.0 * p ** 3) - p) / 2.0
         w = math.copysign(1.0, w3) * math.pow(math.fabs(w3), 1.0 / 3.0)

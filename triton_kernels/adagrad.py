@@ -1,4 +1,4 @@
-"""Adagrad, dense gradients (`adagrad_step_`, torch-optim-semantics.md §4): one launch.
+"""Adagrad, dense gradients (`adagrad_step_`, docs/torch_optim_semantics.md §4): one launch.
 
 clr = lr / (1 + (step − 1)·lr_decay) is an fp64 scalar per program, as torch computes it on the host.
 """

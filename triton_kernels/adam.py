@@ -1,4 +1,4 @@
-"""Adam / AdamW / AMSGrad (`adam_step_`, torch-optim-semantics.md §5): one launch per step.
+"""Adam / AdamW / AMSGrad (`adam_step_`, docs/torch_optim_semantics.md §5): one launch per step.
 
 Bytes per fp32 element: p, g, m, v read (16 B) and p, m, v written (12 B), plus vmax (4 + 4 B) with
 amsgrad. Bias corrections are fp64 scalars computed per program from the step counter, as torch computes

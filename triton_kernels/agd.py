@@ -1,4 +1,4 @@
-"""AGD update (`agd_step_`, specs/agd.md §5-6): G, eta and p ← p − c·g in one launch.
+"""AGD update (`agd_step_`, docs/agd.md §5-6): G, eta and p ← p − c·g in one launch.
 
 The norm pass is `slice_sumsq_` (sumsq.py). The scalar phase (G over every slot of every group, then eta)
 runs redundantly at the start of every program: the slot table is small (one slot per kernel tap, a few

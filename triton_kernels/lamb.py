@@ -1,4 +1,4 @@
-"""LAMB (`lamb_moments_` and `lamb_apply_`, specs/lamb-lars.md §3): one launch each, after the grad-norm pass.
+"""LAMB (`lamb_moments_` and `lamb_apply_`, docs/lamb.md §3): one launch each, after the grad-norm pass.
 
   lamb_moments_  clip the gradient by the global norm, update m and v, and reduce per tensor ‖p‖² and ‖u‖²
                  (u the Adam direction, + weight_decay·p in adam_w_mode): each program stores fp64 partial

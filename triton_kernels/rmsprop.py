@@ -1,4 +1,4 @@
-"""RMSprop, centered and with momentum (`rmsprop_step_`, torch-optim-semantics.md §3): one launch.
+"""RMSprop, centered and with momentum (`rmsprop_step_`, docs/torch_optim_semantics.md §3): one launch.
 
 eps is added outside the square root (torch, unlike TensorFlow); the momentum buffer starts at zeros.
 """

@@ -1,4 +1,4 @@
-"""SGD with momentum, dampening and Nesterov (`sgd_step_`, torch-optim-semantics.md §2): one launch.
+"""SGD with momentum, dampening and Nesterov (`sgd_step_`, docs/torch_optim_semantics.md §2): one launch.
 
 Bytes per fp32 element: p and g read, p written (12 B); with momentum the buffer adds 4 + 4 B (on the first
 step the buffer is only written: torch creates it as a copy of the gradient).

@@ -1,4 +1,4 @@
-"""YellowFin (specs/yellowfin.md §8-9, two-pass plan): 3 launches per step for one (device, dtype) bucket.
+"""YellowFin (docs/yellowfin.md §8-9, two-pass plan): 3 launches per step for one (device, dtype) bucket.
 
   stats (pass A, per bucket)  Σg², Σḡ·g, Σḡ², nnz(g): fp32 products, fp64 sums. Each program stores its
                               four partial sums; the last program of the launch adds them in block order;

@@ -262,7 +262,7 @@ class FusedOptimizer(torch.optim.Optimizer):
                 self._init_state(p, state, group)
         return states
 
-    # A step has two phases around at most one collective (DESIGN.md rule 8): `_partials` writes every
+    # A step has two phases around at most one collective (docs/design.md rule 8): `_partials` writes every
     # whole-tensor quantity (sums over elements) into one flat buffer, which `Partials.reduce_` completes
     # across ranks when parameters are sharded (one all-reduce, nothing otherwise), then `_apply` updates.
     @torch.no_grad()

@@ -1,6 +1,6 @@
 """AGD: automatic gradient descent (arXiv 2304.05187) without a learning rate, fused and sync-free.
 
-Follows specs/agd.md §5. A step is two launches per (device, dtype) bucket: the per-tap gradient
+Follows docs/agd.md §5. A step is two launches per (device, dtype) bucket: the per-tap gradient
 norms (`slice_sumsq_`, into one fp32 buffer for all buckets) and the update (`agd_step_`, which
 computes G and eta from that buffer on the device). `step()` returns eta as a 0-d device tensor.
 """
@@ -58,7 +58,7 @@ class AGD(FusedOptimizer):
             normalises (per kernel tap for convolutions).
         gain: multiplies the update only (not G, not the returned eta); per group. Default 1.
         bias_mode: "reject" (default) raises for parameters of rank <= 1, naming them; "follow"
-            updates each one with the rule of its nearest preceding weight (specs/agd.md §5.1).
+            updates each one with the rule of its nearest preceding weight (docs/agd.md §5.1).
         backend: "auto" | "cuda" | "triton" | "cpu" | "torch".
 
     After a step, `last_eta` and `last_G` hold that step's eta and G as 0-d device tensors.
@@ -106,7 +106,7 @@ class AGD(FusedOptimizer):
         if plan is not None:
             return plan
         # A tensor listed twice (torch.optim only warns about duplicates inside a group) is one
-        # weight: it counts once in L and G and is updated once (specs/agd.md §4 item 15).
+        # weight: it counts once in L and G and is updated once (docs/agd.md §4 item 15).
         first = _first_occurrences(collected)
         matrices = [(gi, i) for gi, params in enumerate(collected) for i in first[gi] if params[i].dim() >= 2]
         for gi, i in matrices:
@@ -153,7 +153,7 @@ class AGD(FusedOptimizer):
     # step() is the base class's. Phase 1 (`_partials`): the per-tap sums of squares of every weight
     # gradient into one fp32 buffer, all-reduced by the base when weights are sharded. Phase 2
     # (`_apply`): agd_step_, which computes G and eta from that buffer on the device. With a closure,
-    # the closure runs first and step() still returns eta (specs/agd.md §5.6).
+    # the closure runs first and step() still returns eta (docs/agd.md §5.6).
     _RESULT_OVER_LOSS = True
 
     def _partials(self, collected):
@@ -189,7 +189,7 @@ class AGD(FusedOptimizer):
 
     @torch.no_grad()
     def init_weights(self) -> None:
-        """Orthogonal init at the target scale (specs/agd.md §5.9).
+        """Orthogonal init at the target scale (docs/agd.md §5.9).
 
         Each weight of rank >= 2 gets an independent orthogonal draw per kernel tap (row-major over
         the trailing dims), then the whole tensor is multiplied by sv = √(out/(in·Π kernel)), so every

@@ -1,6 +1,6 @@
 """LAMB: apex FusedLAMB semantics by default, the paper/TF-addons algorithm with variant="paper".
 
-Follows specs/lamb-lars.md §3. A step is the global gradient-norm pass (`slice_sumsq_` over every
+Follows docs/lamb.md §3. A step is the global gradient-norm pass (`slice_sumsq_` over every
 group's gradients into one fp32 buffer, one launch per (device, dtype) bucket), then per (group,
 device, dtype) bucket `lamb_moments_` (Σp², Σu² per tensor into one fp64 buffer for all buckets) and
 `lamb_apply_`: <= 3 launches per bucket, no host sync. Sharded parameters: the two buffers are each
@@ -170,7 +170,7 @@ class LAMB(FusedOptimizer):
         self._step_launches = launches
         if not launches:
             return None
-        # Σp² and Σu² per tensor (specs/lamb-lars.md §3 item 8), fp64 as the kernels accumulate them.
+        # Σp² and Σu² per tensor (docs/lamb.md §3 item 8), fp64 as the kernels accumulate them.
         norms = self._step_norms = torch.empty(start, dtype=torch.float64, device=tensors[0].device)
         for gi, device, params, grads, states, first in launches:
             group = self.param_groups[gi]

@@ -1,4 +1,4 @@
-"""YellowFin: momentum SGD that re-tunes its lr and momentum every step (specs/yellowfin.md §8).
+"""YellowFin: momentum SGD that re-tunes its lr and momentum every step (docs/yellowfin.md §8).
 
 A step is three ops, everything on the device: `yellowfin_stats_` per (device, dtype) bucket (the
 global sums, rows of one fp64 buffer), one `yellowfin_tune_` (all scalar tuning in fp64, on the

@@ -1,4 +1,4 @@
-"""Adagrad (dense gradients): torch.optim 2.14 semantics (torch-optim-semantics.md §4)."""
+"""Adagrad (dense gradients): torch.optim 2.14 semantics (docs/torch_optim_semantics.md §4)."""
 from __future__ import annotations
 
 from torch import Tensor

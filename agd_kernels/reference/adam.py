@@ -1,4 +1,4 @@
-"""Adam, AdamW and AMSGrad: torch.optim 2.14 semantics (specs/torch-optim-semantics.md §5)."""
+"""Adam, AdamW and AMSGrad: torch.optim 2.14 semantics (docs/torch_optim_semantics.md §5)."""
 from __future__ import annotations
 
 from torch import Tensor

@@ -1,4 +1,4 @@
-"""AGD (automatic gradient descent): the update op of specs/agd.md §5 (decisions) and §6 (kernel plan).
+"""AGD (automatic gradient descent): the update op of docs/agd.md §5 (decisions) and §6 (kernel plan).
 
 The norm pass is `slice_sumsq_` (sumsq.py); this module holds the scalar phase (G, eta) and the update.
 """

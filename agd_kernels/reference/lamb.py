@@ -1,4 +1,4 @@
-"""LAMB: apex FusedLAMB semantics and the paper variant (specs/lamb-lars.md §3), as two ops per group.
+"""LAMB: apex FusedLAMB semantics and the paper variant (docs/lamb.md §3), as two ops per group.
 
 The global gradient norm comes in as `grad_sumsq` (from `slice_sumsq_` over every group's gradients,
 so the clip spans all groups). `lamb_moments_` takes the clip, the moments and the direction u, and

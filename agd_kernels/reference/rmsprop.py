@@ -1,4 +1,4 @@
-"""RMSprop (centered, momentum): torch.optim 2.14 semantics (torch-optim-semantics.md §3)."""
+"""RMSprop (centered, momentum): torch.optim 2.14 semantics (docs/torch_optim_semantics.md §3)."""
 from __future__ import annotations
 
 from torch import Tensor

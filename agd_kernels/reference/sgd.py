@@ -1,4 +1,4 @@
-"""SGD with momentum, dampening and Nesterov: torch.optim 2.14 semantics (torch-optim-semantics.md §2)."""
+"""SGD with momentum, dampening and Nesterov: torch.optim 2.14 semantics (docs/torch_optim_semantics.md §2)."""
 from __future__ import annotations
 
 from torch import Tensor

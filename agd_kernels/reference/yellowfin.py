@@ -1,4 +1,4 @@
-"""YellowFin: the three ops of one step (specs/yellowfin.md §8 decisions, §9 two-pass plan).
+"""YellowFin: the three ops of one step (docs/yellowfin.md §8 decisions, §9 two-pass plan).
 
   yellowfin_stats_ (per bucket)  Σg², Σḡ·g, Σḡ², nnz(g) of the raw gradients and the old ḡ;
   yellowfin_tune_  (one, tiny)   every scalar of spec §2 in float64 on the device: clips, curvature

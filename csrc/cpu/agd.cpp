@@ -1,4 +1,4 @@
-// CPU backend of agd_kernels::agd_step_ (specs/agd.md §6 phases B and C; schema in agd_kernels/ops.py).
+// CPU backend of agd_kernels::agd_step_ (docs/agd.md §6 phases B and C; schema in agd_kernels/ops.py).
 // Phase B (G, eta and one coefficient per slice) runs once on the calling thread from the per-slice sums
 // of squares that slice_sumsq_ wrote; phase C is one parallel pass p <- p - c_tap * g over all tensors
 // (12 B per fp32 element: g and p read, p written).

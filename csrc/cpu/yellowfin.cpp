@@ -3,7 +3,7 @@
 //   yellowfin_stats_ (pass A, per bucket): sum g^2, sum gbar*g, sum gbar^2, nnz(g); reads g and gbar.
 //   yellowfin_tune_  (calling thread): the fp64 tuner step of csrc/include/agd_kernels/yellowfin.h.
 //   yellowfin_apply_ (pass B, per bucket): gbar EMA and the momentum step; reads g, p, gbar, buf and
-//                    writes p, gbar, buf (36 B per fp32 element over both passes, spec §9).
+//                    writes p, gbar, buf (36 B per fp32 element over both passes, docs/yellowfin.md §9).
 #include <ATen/ops/scalar_tensor.h>
 #include <ATen/ops/sum.h>
 #include <torch/library.h>

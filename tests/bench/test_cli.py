@@ -208,7 +208,7 @@ def test_csv_from_another_version_is_not_appended_to(tmp_path, capsys):
 # ------------------------------------------------------------------ what the numbers rest on
 def test_minimum_bytes_per_parameter():
     fp32 = {name: a.bytes_per_param(torch.float32) for name, a in ALGORITHMS.items()}
-    # specs/prior-art.md §5: Adam 28, SGD momentum 20; agd.md §6: 16; yellowfin.md §9: 36; LAMB 11 passes
+    # docs/torch_optim_semantics.md §9: Adam 28, SGD momentum 20, AGD 16, YellowFin 36, LAMB 11 passes
     assert fp32 == dict(agd=16, adam=28, adamw=28, sgd=20, rmsprop=20, adagrad=20, lamb=44, yellowfin=36)
     assert ALGORITHMS["adam"].bytes_per_param(torch.bfloat16) == 14
     assert ALGORITHMS["sgd"].bytes_per_param(torch.float16) == 10
@@ -244,7 +244,7 @@ def _with_grads(tensors, grads):
 
 def test_authors_agd_is_the_agd_step():
     """One step of the authors' loop (float64) moves every tap by exactly eta/L·sv in Frobenius norm
-    (specs/agd.md §7) and agrees with agd_kernels.AGD's reference backend, whose G and eta are fp32
+    (docs/agd.md §7) and agrees with agd_kernels.AGD's reference backend, whose G and eta are fp32
     device scalars by design (§5 decision 3): agreement to a few fp32 ulps."""
     gen = torch.Generator().manual_seed(0)
     shapes = [(7, 5), (4, 3, 3, 3), (6, 2, 1, 1), (3, 9)]
@@ -281,7 +281,7 @@ def _bisect_root(p: float) -> float:
 
 
 def test_cubic_root_solves_the_yellowfin_equation():
-    """x = √μ is the root of p·x = (1 − x)³ (specs/yellowfin.md §3) within the bias of the formula's
+    """x = √μ is the root of p·x = (1 − x)³ (docs/yellowfin.md §3) within the bias of the formula's
     eps = 1e-6 in w + eps: |δx| ≈ p·eps/(3w²), under 1e-6 for these p."""
     for D, C, h in [(1.0, 1.0, 1.0), (3.0, 0.5, 2.0), (0.1, 2.0, 0.5), (0.5, 1e-3, 1.0)]:
         p = (D + 1e-6) ** 2 * (h + 1e-6) ** 2 / (2 * (C + 1e-6))

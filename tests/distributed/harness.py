@@ -1,4 +1,4 @@
-"""Two gloo ranks on CPU for the distributed tests (DESIGN.md rule 8): the model, the data, the
+"""Two gloo ranks on CPU for the distributed tests (docs/design.md rule 8): the model, the data, the
 optimizer cases, the single-process references and tolerances, and the worker jobs.
 
 How a test gets its numbers: the parent (pytest) starts one *job* as two worker processes
@@ -97,7 +97,7 @@ class Case:
     name: str
     algo: str  # the tests/optim/registry.py entry
     overrides: dict
-    collectives: int  # all-reduces per step() on FSDP2 (DESIGN.md rule 8)
+    collectives: int  # all-reduces per step() on FSDP2 (docs/design.md rule 8)
     norms: bool  # has whole-tensor sums: wrong without the all-reduce
 
 

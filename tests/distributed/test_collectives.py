@@ -1,4 +1,4 @@
-"""The fewest collectives per step() (DESIGN.md rule 8): on FSDP2, one all-reduce for AGD, LAMB and
+"""The fewest collectives per step() (docs/design.md rule 8): on FSDP2, one all-reduce for AGD, LAMB and
 YellowFin (two for LAMB with its global clip), none for Adam, AdamW, SGD, RMSprop and Adagrad; with
 replicated (DDP) parameters none at all.
 

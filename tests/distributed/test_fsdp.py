@@ -1,4 +1,4 @@
-"""Every optimizer on FSDP2 (DTensor parameters, DESIGN.md rule 8) gives the single-process result.
+"""Every optimizer on FSDP2 (DTensor parameters, docs/design.md rule 8) gives the single-process result.
 
 Two ranks, each training on its half of every batch, against one process on the whole batch: after
 harness.STEPS steps the gathered parameters are within the derived tolerance of the float64

@@ -104,7 +104,7 @@ register(Entry(
                  "initial_accumulator_value": Bad(dict(initial_accumulator_value=-1.0),
                                                   r"initial_accumulator_value")}))
 
-# AGD normalises rank >= 2 weights; the model's biases follow their preceding weight (specs/agd.md §5.1).
+# AGD normalises rank >= 2 weights; the model's biases follow their preceding weight (docs/agd.md §5.1).
 register(Entry(
     "AGD", lambda params, **kw: ak.AGD(params, **{"bias_mode": "follow", **kw}),
     second_group={"gain": 0.5},

@@ -1,4 +1,4 @@
-"""agd_kernels.AGD as an optimizer, against the independent float64 oracle of tests/agd_oracle.py (specs/agd.md
+"""agd_kernels.AGD as an optimizer, against the independent float64 oracle of tests/agd_oracle.py (docs/agd.md
 §5 decisions, §7 tests): layer shapes, followers, missing gradients, gain, init_weights, the one-step
 identities, AMP, dtype buckets, launches per step, checkpoints, no host sync, and two small trainings."""
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Checkpoints are interchangeable with torch.optim (DESIGN.md rule 7).
+"""Checkpoints are interchangeable with torch.optim (docs/design.md rule 7).
 
 - ours -> torch.optim -> ours, then continuing, is bit-identical to never having stopped;
 - torch.optim's checkpoint continued by ours follows torch continuing (the parity rule);

@@ -1,4 +1,4 @@
-"""The GradScaler contract (`_step_supports_amp_scaling`, torch-optim-semantics.md §6).
+"""The GradScaler contract (`_step_supports_amp_scaling`, docs/torch_optim_semantics.md §6).
 
 GradScaler attaches `grad_scale` and `found_inf` tensors to the optimizer instead of unscaling the
 gradients itself: with found_inf = 1 the step must change nothing at all, and with grads multiplied

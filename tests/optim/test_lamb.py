@@ -120,7 +120,7 @@ def test_found_inf_skips_step_and_counters():
 @pytest.mark.parametrize("max_grad_norm, launches", [(1.0, ["slice_sumsq_", "lamb_moments_", "lamb_apply_"]),
                                                      (None, ["lamb_moments_", "lamb_apply_"])])
 def test_launches_per_step_for_one_bucket(monkeypatch, max_grad_norm, launches):
-    """The global-norm pass (skipped when nothing clips), then lamb_moments_ and lamb_apply_ (DESIGN.md rule 4)."""
+    """The global-norm pass (skipped when nothing clips), then lamb_moments_ and lamb_apply_ (docs/design.md rule 4)."""
     calls = []
     for name in ("slice_sumsq_", "lamb_moments_", "lamb_apply_"):
         real = getattr(ops, name)

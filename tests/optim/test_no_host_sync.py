@@ -1,4 +1,4 @@
-"""step() never converts a tensor to a Python value (DESIGN.md rule 3).
+"""step() never converts a tensor to a Python value (docs/design.md rule 3).
 
 While step() runs, every Tensor method that copies device data to the host (item, tolist, cpu,
 numpy, and the float/int/index/bool conversions) is replaced by a trap. On CPU none of these would

@@ -1,4 +1,4 @@
-"""agd_kernels optimizers follow torch.optim's trajectories (specs/torch-optim-semantics.md).
+"""agd_kernels optimizers follow torch.optim's trajectories (docs/torch_optim_semantics.md).
 
 Three runs of 20 steps start from the same conv + MLP model (tests/models.py) with two param groups
 (different lr and weight_decay): ours and torch.optim in the test dtype, and torch.optim in float64

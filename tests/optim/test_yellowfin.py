@@ -253,7 +253,7 @@ def test_set_lr_factor_scales_the_applied_lr():
 
 
 def test_three_launches_per_step_for_one_bucket(monkeypatch):
-    """stats, tune, apply: one call each for a one-group, one-dtype model (DESIGN.md rule 4)."""
+    """stats, tune, apply: one call each for a one-group, one-dtype model (docs/design.md rule 4)."""
     calls = []
     for name in ("yellowfin_stats_", "yellowfin_tune_", "yellowfin_apply_"):
         real = getattr(ops, name)

@@ -1,5 +1,5 @@
 """The reference AGD ops (backend="torch") against the independent oracle of tests/agd_oracle.py and the
-identities of specs/agd.md §7: target scale, eta formula, per-tap sums of squares, the update with its
+identities of docs/agd.md §7: target scale, eta formula, per-tap sums of squares, the update with its
 zero-norm, follower, gain, grad_scale and found_inf rules, and argument errors."""
 from __future__ import annotations
 

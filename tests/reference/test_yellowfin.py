@@ -1,6 +1,6 @@
 """The YellowFin reference (backend="torch") against the spec: an independent float64 oracle of the
 PyTorch reference's step order (tests/yellowfin_oracle.py, three-pass) on quadratics with known
-curvature, the limits of specs/yellowfin.md §3, the clips, and the 16-bit parameter dtypes.
+curvature, the limits of docs/yellowfin.md §3, the clips, and the 16-bit parameter dtypes.
 
 Tolerances. Oracle and ops differ only in fp64 rounding order and in how Σḡ² is formed (expanded
 from pass-A sums vs reduced after the update), so every tracked quantity agrees to ~1e-13 relative

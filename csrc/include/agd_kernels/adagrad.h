@@ -1,4 +1,4 @@
-// Adagrad per-element math, dense gradients (torch.optim semantics, specs/torch-optim-semantics.md §4).
+// Adagrad per-element math, dense gradients (torch.optim semantics, docs/torch_optim_semantics.md §4).
 #pragma once
 #include "agd_kernels/common.h"
 

@@ -1,4 +1,4 @@
-// Adam / AdamW / AMSGrad per-element math (torch.optim semantics, specs/torch-optim-semantics.md §5).
+// Adam / AdamW / AMSGrad per-element math (torch.optim semantics, docs/torch_optim_semantics.md §5).
 #pragma once
 #include "agd_kernels/common.h"
 

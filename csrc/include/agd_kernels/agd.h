@@ -1,4 +1,4 @@
-// AGD (automatic gradient descent) scalar phase and per-element update (specs/agd.md §5 and §6).
+// AGD (automatic gradient descent) scalar phase and per-element update (docs/agd.md §5 and §6).
 // Phase A (per-slice sums of squares) is the slice_sumsq_ op; this header holds phase B (G, eta and one
 // coefficient per slice) and phase C (p <- p - c * g).
 #pragma once

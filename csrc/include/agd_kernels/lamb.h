@@ -1,4 +1,4 @@
-// LAMB per-element math and trust ratio (specs/lamb-lars.md §3, apex FusedLAMB semantics; the op order
+// LAMB per-element math and trust ratio (docs/lamb.md §3, apex FusedLAMB semantics; the op order
 // follows agd_kernels/reference/lamb.py). Two element stages, one per op: lamb_moments_ (the moments, and u
 // for the norms) and lamb_apply_ (the trust-scaled step, which recomputes u, so the gradient is never
 // overwritten).

@@ -1,4 +1,4 @@
-// RMSprop per-element math (torch.optim semantics, specs/torch-optim-semantics.md §3).
+// RMSprop per-element math (torch.optim semantics, docs/torch_optim_semantics.md §3).
 #pragma once
 #include "agd_kernels/common.h"
 

@@ -1,4 +1,4 @@
-// SGD per-element math (torch.optim.SGD semantics, specs/torch-optim-semantics.md §2).
+// SGD per-element math (torch.optim.SGD semantics, docs/torch_optim_semantics.md §2).
 #pragma once
 #include "agd_kernels/common.h"
 

@@ -1,4 +1,4 @@
-// YellowFin (specs/yellowfin.md §8-9): the scalar tuner step in fp64 and the per-element apply pass. The
+// YellowFin (docs/yellowfin.md §8-9): the scalar tuner step in fp64 and the per-element apply pass. The
 // semantics, operation order and slot layout are those of agd_kernels/reference/yellowfin.py (its SLOTS
 // tuple); the tuner runs on one thread (the CUDA kernels run it in a single-thread block).
 #pragma once
