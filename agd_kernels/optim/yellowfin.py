@@ -81,7 +81,8 @@ class YellowFin(FusedOptimizer):
     reference's in-memory/disk checkpoints and exception-and-restore path; a step whose gradients
     are not finite (or with GradScaler's found_inf) is skipped instead, statistics included.
     All parameters must live on one device. State: per parameter `grad_avg` (ḡ) and
-    `momentum_buffer`; globally the fp64 tuner, saved under state_dict()["tuner"].
+    `momentum_buffer`; the fp64 tuner in the first parameter's state under "yellowfin_tuner", where
+    torch.distributed.checkpoint keeps it (checkpoints with the older top-level "tuner" still load).
     """
 
     _STATE_SHAPES = {"grad_avg": True, "momentum_buffer": True}
