@@ -5,6 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 python -m pip install --quiet torch==2.14.1
-python -m pip install --quiet pybind11 ninja pytest pytest-benchmark numpy scikit-learn matplotlib tqdm
+python -m pip install --quiet pybind11 ninja pytest pytest-benchmark numpy scikit-learn matplotlib tqdm \
+    transformers accelerate lightning  # examples/ and tests/test_integrations.py
 python -m pip install --quiet --no-build-isolation -e .
 python -m agd_kernels.info

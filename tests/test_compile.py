@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import pytest
 import torch
+from torch._dynamo.utils import counters
 
 import agd_kernels as ak
 from agd_kernels import _backends, ops
-from tests.models import clone_model, compute_grads, make_model, snapshot
+from tests.models import assert_same_bits, clone_model, compute_grads, make_model, snapshot, two_groups
 from tests.tolerance import assert_close_ulps
 
 SHAPES = [(7,), (33,), (1,), (0,), (3, 5)]
@@ -102,3 +103,45 @@ def test_compiled_optimizer_step_matches_eager():
     assert actual.keys() == expected.keys()
     for key, e in expected.items():
         assert_close_ulps(actual[key], e, torch.float32, ulps=2, name=key)
+
+
+# Every optimizer that reads a float lr: hyper-parameters that create all of its state.
+_SCHEDULED = {
+    "Adam": (ak.Adam, dict(lr=1e-2, amsgrad=True)),
+    "AdamW": (ak.AdamW, dict(lr=1e-2)),
+    "SGD": (ak.SGD, dict(lr=0.05, momentum=0.9)),
+    "RMSprop": (ak.RMSprop, dict(lr=1e-2, centered=True, momentum=0.5)),
+    "Adagrad": (ak.Adagrad, dict(lr=0.05)),
+    "LAMB": (ak.LAMB, dict(lr=1e-2)),
+}
+
+
+@pytest.mark.filterwarnings("ignore:Detected call of `lr_scheduler.step\\(\\)` before")  # compile-first
+@pytest.mark.parametrize("order", ["scheduler-first", "compile-first"])
+@pytest.mark.parametrize("name", _SCHEDULED)
+def test_scheduled_float_lr_compiles_at_most_once_more(name, order):
+    """A scheduler moving a float lr every step costs at most one recompile of torch.compile(opt.step)
+    (Dynamo makes lr a graph input once it has changed; before, each new value recompiled: frames 1, 2,
+    3, ... up to the cache limit), and the compiled steps give eager's bits. "scheduler-first" compiles
+    the scheduler's wrapper of step (a graph break into our step), "compile-first" our step directly."""
+    cls, hparams = _SCHEDULED[name]
+    models = {"eager": make_model(), "compiled": None}
+    models["compiled"] = clone_model(models["eager"])
+    opts, steps, schedulers = {}, {}, {}
+    for who, model in models.items():
+        opt = opts[who] = cls(two_groups(model, {"lr": hparams["lr"] / 2}), **hparams)
+        if who == "compiled" and order == "compile-first":
+            steps[who] = torch.compile(opt.step, backend="aot_eager")
+        schedulers[who] = torch.optim.lr_scheduler.LambdaLR(opt, lambda k: 1.0 / (1.0 + 0.3 * k))
+        steps.setdefault(who, torch.compile(opt.step, backend="aot_eager") if who == "compiled" else opt.step)
+    counters.clear()
+    frames = []
+    for k in range(6):
+        for who, model in models.items():
+            compute_grads(model, k)
+            steps[who]()
+            schedulers[who].step()
+        frames.append(counters["frames"]["total"])
+    assert frames[-1] - frames[0] <= 1, f"{name}: compiled frames after each step {frames}"
+    assert_same_bits(snapshot(models["compiled"], opts["compiled"]), snapshot(models["eager"], opts["eager"]),
+                     f"{name} compiled vs eager")

@@ -15,6 +15,7 @@ from torch import Tensor
 from .. import _backends, _ext
 from .._grouping import group_by_device_dtype
 from ..distributed import Partials, is_dtensor
+from ._lr import LrTensors
 
 
 def describe_param(group: dict[str, Any], group_index: int, position: int, p: Tensor) -> str:
@@ -43,13 +44,23 @@ def check_non_negative(name: str, value: float | Tensor) -> None:
 def check_betas(betas: tuple[float, float]) -> None:
     if len(betas) != 2:
         raise ValueError(f"betas must be a pair (beta1, beta2), got {betas!r}")
+    # torch.optim's rule and message. Unlike torch, an int beta (betas=(0, 0.999)) counts as a float.
+    if isinstance(betas[0], Tensor) != isinstance(betas[1], Tensor):
+        raise ValueError("betas must be either both floats or both Tensors")
     for i, b in enumerate(betas):
         if not 0.0 <= float(b) < 1.0:
             raise ValueError(f"Invalid beta parameter at index {i}: {b}")
 
 
-def check_not_differentiable(hparams: dict[str, Any]) -> None:
-    """The kernels update in place outside autograd, so torch's differentiable=True cannot be honoured."""
+def check_flags(hparams: dict[str, Any]) -> None:
+    """The implementation flags: torch.optim's RuntimeErrors for fused=True with differentiable=True or
+    foreach=True (same messages, same order), then our ValueError for differentiable=True: the kernels
+    update in place outside autograd, so it cannot be honoured."""
+    if hparams.get("fused"):
+        if hparams.get("differentiable"):
+            raise RuntimeError("`fused` does not support `differentiable`")
+        if hparams.get("foreach"):
+            raise RuntimeError("`fused` and `foreach` cannot be `True` together.")
     if hparams.get("differentiable"):
         raise ValueError("differentiable=True is not supported by agd_kernels optimizers")
 
@@ -105,7 +116,7 @@ class FusedOptimizer(torch.optim.Optimizer):
     def __init__(self, params, defaults: dict[str, Any], backend: str = "auto"):
         self._check_hparams(defaults)
         self.backend = _backends.validate(backend)
-        self._lr_cache: dict[tuple[int, torch.device], tuple[float, Tensor]] = {}
+        self._lr_cache: dict[int, LrTensors] = {}  # by group index
         self._bucket_cache: dict[Any, _BucketEntry] = {}
         #: per partial-sums buffer: (ids of its tensors, the tensors, so the ids stay unique, their layout)
         self._layout_cache: dict[str, tuple[tuple[int, ...], list[Tensor], Partials]] = {}
@@ -119,7 +130,7 @@ class FusedOptimizer(torch.optim.Optimizer):
         index = len(self.param_groups) - 1
         try:
             self._validate_group(self.param_groups[index], index)
-        except ValueError:
+        except (ValueError, RuntimeError):  # RuntimeError: check_flags, as torch raises it
             self.param_groups.pop()  # a rejected group leaves the optimizer as it was
             raise
 
@@ -153,26 +164,14 @@ class FusedOptimizer(torch.optim.Optimizer):
         ValueError naming the key; add_param_group then drops the group)."""
 
     # ---------------------------------------------------------------- device scalars
-    def _lr_tensor(self, group_index: int, group: dict[str, Any], device: torch.device) -> Tensor:
-        """The group's lr as a 0-d fp32 tensor on `device`, without a host sync.
-
-        A tensor lr is used as given (fill_ it to change lr under CUDA graphs). A float lr (what LR
-        schedulers write) lives in a cached device tensor refilled only when the value changes.
-        """
-        lr = group["lr"]
-        if isinstance(lr, Tensor):
-            return lr if lr.device == device else lr.to(device, non_blocking=True)
-        key = (group_index, device)
-        cached = self._lr_cache.get(key)
-        if cached is None:
-            tensor = torch.full((), lr, dtype=torch.float32, device=device)
-            self._lr_cache[key] = (lr, tensor)
-            return tensor
-        value, tensor = cached
-        if value != lr:
-            tensor.fill_(lr)  # a fill kernel on the device: no host sync
-            self._lr_cache[key] = (lr, tensor)
-        return tensor
+    def _lr_tensor(self, group_index: int, group: dict[str, Any], device: torch.device,
+                   param_dtype: torch.dtype) -> Tensor:
+        """The group's lr as a 0-d tensor on `device` (fp64 for fp64 parameters, else fp32), without a
+        host sync; a float lr lives in a cached tensor refilled when it changes (see _lr)."""
+        cache = self._lr_cache.get(group_index)
+        if cache is None:
+            cache = self._lr_cache[group_index] = LrTensors()
+        return cache.get(group["lr"], device, param_dtype)
 
     def _amp_scalars(self, device: torch.device) -> tuple[Tensor | None, Tensor | None]:
         """grad_scale and found_inf that GradScaler attached for this step, on `device`."""
@@ -295,7 +294,7 @@ class FusedOptimizer(torch.optim.Optimizer):
             for device, bucket, bucket_grads in self._bucket_grads(gi, *found):
                 grad_scale, found_inf = self._amp_scalars(device)
                 self._launch(group, bucket, bucket_grads, self._states(group, bucket),
-                             self._lr_tensor(gi, group, device), grad_scale, found_inf)
+                             self._lr_tensor(gi, group, device, bucket[0].dtype), grad_scale, found_inf)
         return None
 
     def _describer(self, tensors: list[Tensor]) -> Callable[[int], str]:

@@ -5,12 +5,16 @@ import torch
 from torch import Tensor
 
 from .. import ops
-from ._base import FusedOptimizer, check_non_negative, check_not_differentiable
+from ._base import FusedOptimizer, check_non_negative, check_flags
 
 
 class Adagrad(FusedOptimizer):
     """torch.optim.Adagrad on one fused op per (group, device, dtype). State is created eagerly in
-    __init__ (step = 0, sum = initial_accumulator_value), as torch does."""
+    __init__ (step = 0, sum = initial_accumulator_value), as torch does.
+
+    foreach and fused are recorded for drop-in use (the kernel reads lr, float or tensor, on the
+    device); fused=True with foreach=True or differentiable=True raises torch's RuntimeError.
+    """
 
     _COMPAT_KEYS = {"foreach": None, "differentiable": False, "fused": None}
     _STATE_SHAPES = {"sum": True}
@@ -33,7 +37,7 @@ class Adagrad(FusedOptimizer):
         check_non_negative("weight_decay value", hparams["weight_decay"])
         check_non_negative("initial_accumulator_value value", hparams["initial_accumulator_value"])
         check_non_negative("epsilon value", hparams["eps"])
-        check_not_differentiable(hparams)
+        check_flags(hparams)
 
     def __setstate__(self, state):
         super().__setstate__(state)

@@ -5,7 +5,7 @@ import torch
 from torch import Tensor
 
 from .. import ops
-from ._base import FusedOptimizer, check_betas, check_non_negative, check_not_differentiable
+from ._base import FusedOptimizer, check_betas, check_non_negative, check_flags
 
 
 class Adam(FusedOptimizer):
@@ -13,6 +13,9 @@ class Adam(FusedOptimizer):
 
     foreach, capturable and fused are accepted for drop-in use and recorded in param_groups; the
     kernels always behave as fused and capturable (lr, step, grad_scale, found_inf read on device).
+    So a tensor lr or tensor betas are accepted with foreach=True too, where torch.optim raises
+    ValueError unless capturable=True (tensor betas are read once, as floats). foreach=True with
+    fused=True, and fused=True with differentiable=True, raise torch's RuntimeError.
     `backend` picks the implementation (see agd_kernels._backends).
     """
 
@@ -34,7 +37,7 @@ class Adam(FusedOptimizer):
         check_non_negative("epsilon value", hparams["eps"])
         check_betas(hparams["betas"])
         check_non_negative("weight_decay value", hparams["weight_decay"])
-        check_not_differentiable(hparams)
+        check_flags(hparams)
 
     def __setstate__(self, state):
         super().__setstate__(state)

@@ -57,6 +57,11 @@ class AGD(FusedOptimizer):
         params: tensors, named parameters or param groups. Rank >= 2 tensors are the weights AGD
             normalises (per kernel tap for convolutions).
         gain: multiplies the update only (not G, not the returned eta); per group. Default 1.
+        lr: a second factor of the update, per group, default 1.0, so that an LR scheduler (which
+            multiplies each group's "lr") scales AGD's step: under Hugging Face Trainer's default
+            linear warmup and decay the update is gain·lr·(eta/depth)·..., ramping 0 -> 1 -> 0. A
+            finite number >= 0 (0 freezes the group); saved and loaded with the param groups (a
+            checkpoint without it loads as 1.0). Not a learning rate AGD needs: leave it at 1.
         bias_mode: "reject" (default) raises for parameters of rank <= 1, naming them; "follow"
             updates each one with the rule of its nearest preceding weight (docs/agd.md §5.1).
         backend: "auto" | "cuda" | "triton" | "cpu" | "torch".
@@ -66,7 +71,8 @@ class AGD(FusedOptimizer):
 
     _ONE_DEVICE_BECAUSE = "G spans every layer"
 
-    def __init__(self, params, gain: float = 1.0, *, bias_mode: str = "reject", backend: str = "auto"):
+    def __init__(self, params, gain: float = 1.0, *, lr: float = 1.0, bias_mode: str = "reject",
+                 backend: str = "auto"):
         if bias_mode not in BIAS_MODES:
             raise ValueError(f"bias_mode must be one of {BIAS_MODES}; got {bias_mode!r}")
         if not _valid_gain(gain):
@@ -77,7 +83,13 @@ class AGD(FusedOptimizer):
         self._step_sumsq: Tensor | None = None
         self.last_eta: Tensor | None = None
         self.last_G: Tensor | None = None
-        super().__init__(params, dict(gain=float(gain)), backend)
+        super().__init__(params, dict(gain=float(gain), lr=lr), backend)
+
+    def _check_hparams(self, hparams):
+        lr = hparams.get("lr", 1.0)
+        if not (is_number(lr) and math.isfinite(lr) and lr >= 0):
+            raise ValueError(f"Invalid learning rate: {lr!r}; AGD's lr multiplies its gain (default 1.0) and "
+                             "must be a finite Python number >= 0 (a tensor lr is not supported)")
 
     def _check_group(self, group, index):
         gain = group["gain"]
@@ -180,12 +192,18 @@ class AGD(FusedOptimizer):
         for gi, positions, starts, counts in plan.update_buckets:
             params, grads = collected[gi].params, collected[gi].grads
             out = ops.agd_step_([params[i] for i in positions], [grads[i] for i in positions], self._step_sumsq,
-                                plan.slice_sv, starts, counts, depth=plan.depth, gain=self.param_groups[gi]["gain"],
+                                plan.slice_sv, starts, counts, depth=plan.depth,
+                                gain=self.param_groups[gi]["gain"] * self.param_groups[gi]["lr"],
                                 grad_scale=grad_scale, found_inf=found_inf, backend=self.backend)
             if eta is None:
                 eta, G = out
         self.last_eta, self.last_G = eta, G
         return eta
+
+    def load_state_dict(self, state_dict) -> None:
+        super().load_state_dict(state_dict)
+        for group in self.param_groups:
+            group.setdefault("lr", 1.0)  # saved before AGD groups had an lr
 
     @torch.no_grad()
     def init_weights(self) -> None:

@@ -192,7 +192,8 @@ class LAMB(FusedOptimizer):
                 use_trust_ratio = group["use_nvlamb"] or group["weight_decay"] != 0
                 phi_min, phi_max = 0.0, math.inf
             ops.lamb_apply_(params, grads, [s["exp_avg"] for s in states], [s["exp_avg_sq"] for s in states],
-                            [s["step"] for s in states], self._lr_tensor(gi, group, device), self._grad_sumsq,
+                            [s["step"] for s in states], self._lr_tensor(gi, group, device, params[0].dtype),
+                            self._grad_sumsq,
                             self._step_norms.narrow(0, first, 2 * len(params)), **self._moment_args(group),
                             use_trust_ratio=use_trust_ratio, phi_min=phi_min, phi_max=phi_max,
                             grad_scale=grad_scale, found_inf=found_inf, backend=self.backend)

@@ -5,7 +5,7 @@ import torch
 from torch import Tensor
 
 from .. import ops
-from ._base import FusedOptimizer, check_non_negative, check_not_differentiable
+from ._base import FusedOptimizer, check_non_negative, check_flags
 
 
 class RMSprop(FusedOptimizer):
@@ -29,7 +29,7 @@ class RMSprop(FusedOptimizer):
         check_non_negative("momentum value", hparams["momentum"])
         check_non_negative("weight_decay value", hparams["weight_decay"])
         check_non_negative("alpha value", hparams["alpha"])
-        check_not_differentiable(hparams)
+        check_flags(hparams)
 
     def __setstate__(self, state):
         super().__setstate__(state)

@@ -5,11 +5,16 @@ import torch
 from torch import Tensor
 
 from .. import ops
-from ._base import FusedOptimizer, check_non_negative, check_not_differentiable
+from ._base import FusedOptimizer, check_non_negative, check_flags
 
 
 class SGD(FusedOptimizer):
-    """torch.optim.SGD on one fused op per (group, device, dtype); state `momentum_buffer` only."""
+    """torch.optim.SGD on one fused op per (group, device, dtype); state `momentum_buffer` only, and
+    none at all without momentum (as torch).
+
+    foreach and fused are recorded for drop-in use (the kernel reads lr, float or tensor, on the
+    device); fused=True with foreach=True or differentiable=True raises torch's RuntimeError.
+    """
 
     _COMPAT_KEYS = {"foreach": None, "differentiable": False, "fused": None}
     _STATE_SHAPES = {"momentum_buffer": True}
@@ -29,13 +34,18 @@ class SGD(FusedOptimizer):
         check_non_negative("weight_decay value", hparams["weight_decay"])
         if hparams["nesterov"] and (hparams["momentum"] <= 0 or hparams["dampening"] != 0):
             raise ValueError("Nesterov momentum requires a momentum and zero dampening")
-        check_not_differentiable(hparams)
+        check_flags(hparams)
 
     def __setstate__(self, state):
         super().__setstate__(state)
         for group in self.param_groups:
             group.setdefault("nesterov", False)
             group.setdefault("maximize", False)
+
+    def _states(self, group, params):
+        # torch keeps no state at all without momentum: looking up self.state[p] (a defaultdict) would
+        # write an empty entry per parameter into state_dict()
+        return super()._states(group, params) if group["momentum"] != 0 else []
 
     def _init_state(self, p, state, group):
         pass  # the momentum buffer is created on the first step with momentum, as in torch

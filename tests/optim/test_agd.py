@@ -552,3 +552,53 @@ def test_fcn_trains_at_every_depth_without_tuning(digits, depth):
     loss, acc = evaluate()
     # Measured margins: loss 1.0-1.2 -> 0.2-0.7 and accuracy 0.04-0.13 -> 0.44-0.94 over depths and seeds.
     assert loss < 0.8 * loss0 and acc > acc0 + 0.2, (depth, loss0, loss, acc0, acc)
+
+
+# ---------------------------------------------------------------- lr (LR schedulers)
+def test_scheduler_lr_scales_the_update_like_gain():
+    """An LR scheduler multiplies each group's lr (default 1.0), which multiplies the gain: LambdaLR
+    with a linear warmup (Hugging Face's default schedule is this LambdaLR) gives the same bits as
+    setting gain·factor by hand each step; the first warmup step (lr 0) changes nothing."""
+    shapes = [(6, 4), (6,), (3, 6)]
+    factor = lambda k: min(1.0, k / 3)  # noqa: E731 - warmup over 3 steps, then 1
+    scheduled_params, manual_params = params_of(shapes, [torch.float32] * 3), params_of(shapes, [torch.float32] * 3)
+    scheduled = AGD([dict(params=scheduled_params[:2]), dict(params=scheduled_params[2:], gain=2.0)],
+                    bias_mode="follow")
+    manual = AGD([dict(params=manual_params[:2]), dict(params=manual_params[2:], gain=2.0)], bias_mode="follow")
+    schedule = torch.optim.lr_scheduler.LambdaLR(scheduled, factor)
+    for k in range(5):
+        grads = grads_of(scheduled_params, seed=20 + k)
+        for p, q, g in zip(scheduled_params, manual_params, grads):
+            p.grad, q.grad = g.clone(), g.clone()
+        eta = scheduled.step()
+        if k > 0:  # manual's gain cannot be 0: at k = 0 it skips the step the scheduled run takes at lr 0
+            for group, gain in zip(manual.param_groups, (1.0, 2.0)):
+                group["gain"] = gain * factor(k)
+            assert torch.equal(eta, manual.step())
+        assert all(torch.equal(p, q) for p, q in zip(scheduled_params, manual_params)), f"step {k}"
+        schedule.step()
+    assert [g["lr"] for g in scheduled.param_groups] == [1.0, 1.0]
+
+
+def test_lr_round_trips_and_old_checkpoints_load_as_one():
+    params = params_of([(6, 4), (3, 6)], [torch.float32] * 2)
+    opt = AGD([dict(params=params[:1], lr=0.5), dict(params=params[1:])])
+    state = opt.state_dict()
+    assert [g["lr"] for g in state["param_groups"]] == [0.5, 1.0]
+    resumed = AGD([dict(params=params[:1]), dict(params=params[1:])], lr=0.25)
+    resumed.load_state_dict(state)
+    assert [g["lr"] for g in resumed.param_groups] == [0.5, 1.0]
+    for group in state["param_groups"]:
+        del group["lr"]  # written before AGD groups had an lr
+    resumed.load_state_dict(state)
+    assert [g["lr"] for g in resumed.param_groups] == [1.0, 1.0]
+
+
+@pytest.mark.parametrize("lr", [-0.1, math.inf, torch.tensor(1.0), "1"], ids=["negative", "inf", "tensor", "str"])
+def test_bad_lr_says_what_to_pass(lr):
+    with pytest.raises(ValueError, match=r"Invalid learning rate.*AGD's lr multiplies its gain.*finite Python number"):
+        AGD([nn.Parameter(torch.zeros(2, 2))], lr=lr)
+    opt = AGD([nn.Parameter(torch.zeros(2, 2))])
+    with pytest.raises(ValueError, match=r"param_groups\[1\].*Invalid learning rate"):
+        opt.add_param_group(dict(params=[nn.Parameter(torch.zeros(2, 2))], lr=lr))
+    assert len(opt.param_groups) == 1

@@ -13,6 +13,7 @@ import pytest
 import torch
 from torch import nn
 
+import agd_kernels as ak
 from tests.models import assert_same_bits, compute_grads, make_model, snapshot, two_groups
 from tests.optim.registry import REGISTRY, entries
 
@@ -134,3 +135,53 @@ def test_invalid_hyperparameter_in_added_group_rejected(entry, bad):
     assert len(opt.param_groups) == groups, "the rejected group was kept"
     assert all(extra is not p for g in opt.param_groups for p in g["params"])
     assert_same_bits(snapshot(model, opt), before, "after a rejected param group")
+
+
+def _error_of(make) -> tuple[type, str] | None:
+    """(type, message) of what make() raises, or None when it returns."""
+    try:
+        make()
+    except Exception as exc:  # noqa: BLE001 - the exception itself is what is compared
+        return type(exc), str(exc)
+    return None
+
+
+# torch.optim is the oracle: for each of these arguments ours must raise what torch raises.
+_TORCH_REJECTS = {
+    "betas-tensor-float": (("Adam", "AdamW"), dict(betas=(torch.tensor(0.9), 0.999))),
+    "betas-float-tensor": (("Adam", "AdamW"), dict(betas=(0.9, torch.tensor(0.999)))),
+    "fused-foreach": (("Adam", "AdamW", "SGD", "Adagrad"), dict(fused=True, foreach=True)),
+    "fused-differentiable": (("Adam", "AdamW", "SGD", "Adagrad"), dict(fused=True, differentiable=True)),
+    "fused-foreach-differentiable": (("Adam", "AdamW", "SGD", "Adagrad"),
+                                     dict(fused=True, foreach=True, differentiable=True)),
+}
+
+
+@pytest.mark.parametrize("name, kwargs", [pytest.param(name, kwargs, id=f"{name}-{case}")
+                                          for case, (names, kwargs) in _TORCH_REJECTS.items() for name in names])
+def test_rejected_like_torch(name, kwargs):
+    params = [nn.Parameter(torch.ones(3))]
+    lr = {"lr": 0.1}
+    expected = _error_of(lambda: getattr(torch.optim, name)(params, **lr, **kwargs))
+    assert expected is not None, f"torch.optim.{name} accepts {kwargs}: the oracle changed"
+    assert _error_of(lambda: getattr(ak, name)(params, **lr, **kwargs)) == expected
+
+
+def test_mixed_betas_rejected_by_lamb():
+    with pytest.raises(ValueError, match="betas must be either both floats or both Tensors"):
+        ak.LAMB([nn.Parameter(torch.ones(3))], betas=(torch.tensor(0.9), 0.999))
+
+
+@pytest.mark.parametrize("name", ["Adam", "AdamW"])
+def test_tensor_hyperparameters_with_foreach_accepted(name):
+    """torch.optim.Adam(W) refuse a tensor lr or tensor betas with foreach=True unless capturable; ours
+    read them on the device (betas once, as floats), so they are accepted, as the docstring says, and
+    step as the same floats would."""
+    def run(lr, betas):
+        p = nn.Parameter(torch.ones(3))
+        opt = getattr(ak, name)([p], lr=lr, betas=betas, foreach=True)
+        p.grad = torch.full((3,), 0.5)
+        opt.step()
+        return p.detach()
+    tensors = run(torch.tensor(0.125), (torch.tensor(0.75), torch.tensor(0.875)))  # exact in fp32
+    assert torch.equal(tensors, run(0.125, (0.75, 0.875)))

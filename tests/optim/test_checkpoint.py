@@ -132,3 +132,18 @@ def test_resume_from_saved_checkpoint_is_bitwise(entry, map_location):
             assert state["step"].dtype == torch.float32 and state["step"].dim() == 0
     train(resumed_model, resumed, range(3, 6))
     assert_same_bits(snapshot(resumed_model, resumed), snapshot(whole_model, whole), f"{entry.name} resumed")
+
+
+@pytest.mark.parametrize("backend", cpu_backends("sgd_step_"))
+def test_sgd_without_momentum_writes_torchs_state_dict(backend):
+    """torch.optim.SGD keeps no state without momentum: state_dict() has an empty 'state', not one
+    empty entry per parameter; switching momentum on later creates the buffers, as in torch."""
+    runs = make_runs(CASES[[c.id for c in CASES].index("sgd")], torch.float32, backend)
+    run_lockstep(runs, range(3))
+    ours, theirs = runs["ours"][1], runs["torch"][1]
+    assert ours.state_dict() == theirs.state_dict() and not ours.state_dict()["state"]
+    for _, opt in runs.values():
+        opt.param_groups[0]["momentum"] = 0.9
+    run_lockstep(runs, range(3, 5))
+    assert _layout(ours.state_dict()) == _layout(theirs.state_dict())
+    assert_parity(runs, "SGD with momentum switched on at step 3")
