@@ -10,6 +10,8 @@ with the CUDA build of torch, GPU or not. Per kernel and arch it reports:
              anything non-zero is a spill or a dynamically indexed array. ld.local/st.local (LDL/STL) in
              the SASS are counted too;
   shared     static shared memory per block, in bytes;
+  calls      CALL instructions: ptxas moves rare paths (the correctly rounded division's special cases)
+             into subroutines, and values live across a call may be saved on the stack;
   loads, stores  global load/store instructions (LDG/STG) by access width in bits: 128 is a 16-byte vector
              access (LDG.E.128), 32 a scalar fp32 one. A memory-bound fp32 kernel that only issues 32-bit
              loads needs 4x the instructions for the same bytes.
@@ -50,6 +52,10 @@ class Kernel:
     loads: Counter = field(default_factory=Counter)  # global loads: width in bits -> instructions
     stores: Counter = field(default_factory=Counter)  # global stores: width in bits -> instructions
     local_ops: int = 0  # LDL/STL instructions
+    local_ops_in_loops: int = 0  # of those, inside a loop (between a backward branch and its target)
+    calls: int = 0  # CALL instructions (ptxas' subroutines, e.g. the slow path of div.rn.f32)
+    _local_at: list = field(default_factory=list, repr=False)
+    _loops: list = field(default_factory=list, repr=False)
 
     @property
     def uses_local_memory(self) -> bool:
@@ -62,13 +68,21 @@ _RESOURCE = re.compile(r"\b(REG|STACK|SHARED|LOCAL):(\d+)")
 _CODE_FOR = re.compile(r"^\s*code for (sm_\w+)")
 _SASS_FN = re.compile(r"^\s*Function : (\S+)")
 # "/*0050*/  @!P0 LDG.E.128 R4, desc[UR4][R2.64] ;" -> "LDG.E.128"
-_INSTRUCTION = re.compile(r"^\s*/\*[0-9a-f]{4,}\*/\s+(?:@!?U?P[T0-9]+\s+)?([A-Z][A-Z0-9_.]*)")
+_INSTRUCTION = re.compile(r"^\s*/\*([0-9a-f]{4,})\*/\s+(?:@!?U?P[T0-9]+\s+)?([A-Z][A-Z0-9_.]*)(.*)")
+_TARGET = re.compile(r"0x([0-9a-f]+)")
 # width modifiers of LDG/STG; no modifier is a 32-bit access
 _WIDTHS = {"256": 256, "128": 128, "64": 64, "U16": 16, "S16": 16, "U8": 8, "S8": 8}
 
 
 def _width(modifiers: list[str]) -> int:
     return next((_WIDTHS[m] for m in modifiers if m in _WIDTHS), 32)
+
+
+def _close(kernel: Kernel | None) -> None:
+    """Count the kernel's local-memory instructions that sit inside a loop: a backward branch at address a
+    to t <= a makes [t, a] a loop body (a spill there costs local traffic per iteration, not per program)."""
+    if kernel is not None:
+        kernel.local_ops_in_loops = sum(any(t <= at <= a for t, a in kernel._loops) for at in kernel._local_at)
 
 
 def parse(text: str) -> list[Kernel]:
@@ -81,6 +95,7 @@ def parse(text: str) -> list[Kernel]:
     arch = "unknown"
     for line in text.splitlines():
         if line.startswith("Resource usage:"):
+            _close(current)
             resources, current = {}, None
             continue
         match = _RESOURCE_FN.match(line)
@@ -93,11 +108,13 @@ def parse(text: str) -> list[Kernel]:
             continue
         match = _CODE_FOR.match(line)
         if match:
+            _close(current)
             arch, current = match.group(1), None
             continue
         match = _SASS_FN.match(line)
         if match:
             name = match.group(1)
+            _close(current)
             res = resources.get(name, {})
             current = Kernel(name, arch, res.get("REG", 0), res.get("STACK", 0), res.get("LOCAL", 0),
                              res.get("SHARED", 0))
@@ -108,13 +125,21 @@ def parse(text: str) -> list[Kernel]:
         match = _INSTRUCTION.match(line)
         if not match:
             continue
-        op, *modifiers = match.group(1).split(".")
-        if op == "LDG":
+        address, (op, *modifiers), rest = int(match.group(1), 16), match.group(2).split("."), match.group(3)
+        if op == "BRA":
+            target = _TARGET.search(rest)
+            if target and int(target.group(1), 16) <= address:
+                current._loops.append((int(target.group(1), 16), address))
+        elif op == "CALL":
+            current.calls += 1
+        elif op == "LDG":
             current.loads[_width(modifiers)] += 1
         elif op == "STG":
             current.stores[_width(modifiers)] += 1
         elif op in ("LDL", "STL"):
             current.local_ops += 1
+            current._local_at.append(address)
+    _close(current)
     return kernels
 
 
@@ -127,6 +152,12 @@ def inspect(path: str) -> list[Kernel]:
             return []
         raise RuntimeError(f"cuobjdump failed on {path}: {out.stderr.strip()}")
     return parse(out.stdout)
+
+
+def embedded_archs(path: str) -> list[str]:
+    """Archs of the cubins embedded in an ELF ("sm_80", ...), kernels or not; [] without device code."""
+    out = subprocess.run([tool("cuobjdump"), "-lelf", path], capture_output=True, text=True)
+    return sorted(set(re.findall(r"\.(sm_\w+)\.cubin", out.stdout)))
 
 
 def base_name(symbol: str) -> str:
