@@ -4,7 +4,7 @@ the README table (tests/bench/test_bytes_table.py checks that README.md holds ex
 
 Ours: the launches are counted by running each optimizer's step with the Triton backend (the GPU path
 today) on CPU tensors in the Triton interpreter, with every kernel launch counted; the bytes are the sum,
-over the ops that step ran, of what each kernel reads and writes per element (STREAMS, from the kernels'
+over the kernels that step launched, of what each reads and writes per element (STREAMS, from the kernels'
 loads and stores; tests/backends/test_sass_census.py checks the vector accesses of the compiled kernels).
 
 torch fused (`fused=True`) and apex (FusedAdam, FusedSGD, FusedAdagrad, FusedLAMB): both batch tensors with
@@ -18,7 +18,7 @@ import os
 
 os.environ.setdefault("TRITON_INTERPRET", "1")  # must precede the first @triton.jit (the CPU run of the GPU path)
 
-BANDWIDTH = {"H100": 3.35e12, "H200": 4.8e12}  # bytes/s, the vendors' HBM3/HBM3e figures
+BANDWIDTH = {"H100": 3.35e12, "H200": 4.8e12}  # bytes/s: H100 SXM (HBM3) and H200 (HBM3e) peak figures
 CHUNK, MAX_CHUNKS = 65536, 320  # multi-tensor apply: elements per chunk, chunks per launch
 MAX_TENSORS = {1: 110, 2: 64, 3: 48, 4: 36, 5: 30}  # tensors per launch by number of tensor lists
 
@@ -58,18 +58,19 @@ ALGORITHMS = {
                      ([(4, 4, 3, "params")], 0)),
     "SGD momentum": (("SGD", {"lr": 0.1, "momentum": 0.9}), ([(3, 3, 2, "params")], 0), ([(3, 3, 2, "params")], 0)),
     "RMSprop": (("RMSprop", {"lr": 1e-2}), None, None),
-    "Adagrad": (("Adagrad", {"lr": 1e-2}), None, ([(3, 3, 2, "params")], 0)),
+    "Adagrad": (("Adagrad", {"lr": 1e-2}), ([(3, 3, 2, "params"), (1, 0, 0, "steps")], 0),
+                ([(3, 3, 2, "params")], 0)),
     "LAMB": (("LAMB", {"lr": 1e-3}), None,
              ([(1, 1, 0, "params"), (1, 0, 0, "norms"), (1, 1, 0, "params"), (4, 4, 3, "params"),
                (1, 1, 0, "params"), (2, 2, 1, "params")], 4)),
     "YellowFin": (("YellowFin", {}), None, None),
 }
-# torch fused Adam: the update pass, then the step counters' increment (one pass over 1-element tensors);
-# torch's fused Adagrad runs on CPU tensors only, RMSprop and LAMB have no fused version. apex LAMB: grad
+# torch fused Adam and Adagrad: the step counters' increment (one pass over 1-element tensors), then the
+# update pass; RMSprop and LAMB have no fused version. apex LAMB: grad
 # norm, blend of the norms (2 one-element tensors), stage 1 (g p m v -> m v and the update, stored in g),
 # parameter norms, update norms, stage 2 (p, update -> p); 4 norm passes + 4 reductions.
-_NOTES = {"Adagrad": ("CPU only", None), "RMSprop": ("none", "none"), "LAMB": ("none", None),
-          "AGD": ("none", "none"), "YellowFin": ("none", "none")}
+_NOTES = {"RMSprop": ("none", "none"), "LAMB": ("none", None), "AGD": ("none", "none"),
+          "YellowFin": ("none", "none")}
 
 
 def launches(lists: int, sizes: list[int]) -> int:
