@@ -1,189 +1,21 @@
 """Ahead-of-time compile check of the real GPU path: every @triton.jit kernel of agd_kernels.triton_kernels,
-compiled with triton.compile for sm_80 and sm_90 (a GPUTarget needs no GPU) for every parameter dtype, with
-exactly the argument types and tile sizes its launcher passes on a GPU.
-
-The interpreter that runs the kernels in CI never lowers them, so GPU-only errors (types, layouts, PTX)
-surface only here. Launches are recorded by running every launcher on small CPU inputs with
-`wrap_triton` replaced by a recorder (both the multi-tensor table path and the per-tensor path torch.compile
-takes, with the GPU tile config); a subprocess without TRITON_INTERPRET then compiles each distinct launch.
-"""
-from __future__ import annotations
-
-import contextlib
-import importlib
-import json
-import os
-import subprocess
-import sys
-import tempfile
-
+compiled for sm_80 and sm_90 for every parameter dtype, with exactly the argument types and tile sizes its
+launcher passes on a GPU (tests/backends/triton_aot.py records the launches and compiles them)."""
 import pytest
-import torch
 
-PACKAGE = "agd_kernels.triton_kernels"
-MODULES = ("sumsq", "agd", "adam", "sgd", "rmsprop", "adagrad", "lamb", "yellowfin")
-ARCHS = (80, 90)
-DTYPES = {torch.float32: "f32", torch.bfloat16: "bf16", torch.float16: "f16"}
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-
-def _kernels() -> list[str]:
-    """'module.name' of every jit kernel (functions named *_kernel; the other jit functions are helpers
-    compiled inside them)."""
-    names = []
-    for mod in MODULES:
-        module = importlib.import_module(f"{PACKAGE}.{mod}")
-        for name, obj in vars(module).items():
-            if name.endswith("_kernel") and hasattr(obj, "fn") and getattr(obj.fn, "__module__", "") == module.__name__:
-                names.append(f"{mod}.{name}")
-    return sorted(names)
-
-
-KERNELS = _kernels()
-
-
-# ------------------------------------------------------------------------------------- recording
-def _spec(value, constexpr: bool):
-    """JSON description of one launch argument: its value for a constexpr, else just what fixes its type
-    (so launches that differ only in runtime values compile once)."""
-    if isinstance(value, torch.Tensor):
-        return {"tensor": str(value.dtype).removeprefix("torch.")}
-    if hasattr(value, "primitive_bitwidth"):  # a triton.language dtype passed as a constexpr
-        return {"tl": value.name}
-    if constexpr or isinstance(value, bool):
-        return {"value": value}
-    if isinstance(value, int):  # i32 or i64, as Triton types an int argument
-        return {"value": 0 if -2**31 <= value < 2**31 else 2**40}
-    if isinstance(value, float):
-        return {"value": 0.0}
-    raise TypeError(f"unexpected launch argument {value!r}")
-
-
-class _Recorder:
-    """Stands in for torch.library.wrap_triton: kernel[grid](*args, **meta) records instead of running."""
-
-    def __init__(self):
-        self.launches: list[dict] = []
-        self.dtype: torch.dtype | None = None
-
-    def __call__(self, kernel):
-        recorder = self
-
-        class _Grid:
-            def __getitem__(self, grid):
-                def launch(*args, **kwargs):
-                    options = {k: kwargs.pop(k) for k in ("num_warps",) if k in kwargs}
-                    bound = dict(zip(kernel.arg_names, args), **kwargs)
-                    annotations = kernel.fn.__annotations__
-                    recorder.launches.append({
-                        "kernel": f"{kernel.fn.__module__.rsplit('.', 1)[1]}.{kernel.fn.__name__}",
-                        "dtype": DTYPES[recorder.dtype],
-                        "args": {k: _spec(v, "constexpr" in str(annotations.get(k, "")))
-                                 for k, v in bound.items()},
-                        "options": options,
-                    })
-                return launch
-        return _Grid()
-
-
-def _record_all() -> list[dict]:
-    from agd_kernels.triton_kernels import multi_tensor, op_table
-    from tests.op_cases import VARIANTS, make_args, shapes_for
-
-    recorder = _Recorder()
-    with contextlib.ExitStack() as stack:
-        mp = stack.enter_context(pytest.MonkeyPatch.context())
-        for mod in (*MODULES, "multi_tensor"):  # multi_tensor launches the elementwise ops
-            module = importlib.import_module(f"{PACKAGE}.{mod}")
-            if hasattr(module, "wrap_triton"):
-                mp.setattr(module, "wrap_triton", recorder)
-        mp.setattr(multi_tensor, "config", lambda device: multi_tensor.GPU)
-        # both table alignments (16-byte vector loads, or not) and the per-tensor path torch.compile takes
-        for traced, align in ((False, 16), (False, 1), (True, None)):
-            mp.setattr(multi_tensor, "traced", lambda tensor, traced=traced: traced)
-            mp.setattr(multi_tensor, "alignment", lambda addresses, align=align: align)
-            for op, launcher in op_table.LAUNCHERS.items():
-                for dtype in DTYPES:
-                    recorder.dtype = dtype
-                    for variant in VARIANTS[op]:
-                        # with kernel taps (conv shapes: tap width 16) and matrices only (tap width 1)
-                        for shapes in (shapes_for(op, [1, 7, 4097]), [(1, 1), (7, 1), (4097, 1)]):
-                            launcher(*make_args(op, shapes, dtype, variant))
-    return recorder.launches
-
-
-# ------------------------------------------------------------------------------------- compiling
-def compile_main(arch: int) -> None:
-    """Subprocess entry (no TRITON_INTERPRET): compile the JSON jobs on stdin for sm_<arch>; print
-    {job id: error or ''}."""
-    import triton
-    import triton.language as tl
-    from triton.backends.compiler import GPUTarget
-    from triton.compiler import ASTSource
-    from triton.runtime.jit import MockTensor, mangle_type
-
-    def value(spec):
-        kind, v = next(iter(spec.items()))
-        if kind == "tensor":
-            return MockTensor(getattr(torch, v))
-        return tl.dtype(v) if kind == "tl" else v  # kind "value"
-
-    results = {}
-    for job in json.load(sys.stdin):
-        mod, name = job["kernel"].split(".")
-        kernel = getattr(importlib.import_module(f"{PACKAGE}.{mod}"), name)
-        signature, constexprs = {}, {}
-        for param in kernel.params:
-            v = value(job["args"][param.name])
-            if param.is_constexpr:
-                signature[param.name] = "constexpr"
-                constexprs[param.name] = v
-            else:
-                signature[param.name] = param.annotation_type or mangle_type(v)
-        try:
-            compiled = triton.compile(ASTSource(fn=kernel, signature=signature, constexprs=constexprs),
-                                      target=GPUTarget("cuda", arch, 32), options=job["options"])
-            results[job["id"]] = "" if "cubin" in compiled.asm else "no cubin produced"
-        except Exception as exc:  # every compile error is reported, none stops the others
-            results[job["id"]] = f"{type(exc).__name__}: {exc}"[:2000]
-    json.dump(results, sys.stdout)
-
-
-@pytest.fixture(scope="module")
-def compiled() -> dict[tuple[str, str], dict[str, str]]:
-    """{(kernel, dtype id): {launch description @ arch: error or ''}} for every recorded launch."""
-    jobs, owners = {}, {}
-    for launch in _record_all():
-        desc = json.dumps({k: launch[k] for k in ("kernel", "args", "options")}, sort_keys=True)
-        jobs.setdefault(desc, dict(launch, id=str(len(jobs))))
-        owners.setdefault((launch["kernel"], launch["dtype"]), set()).add(jobs[desc]["id"])
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    results = {}
-    with tempfile.TemporaryDirectory(prefix="agdk-aot-") as cache:
-        env["TRITON_CACHE_DIR"] = cache
-        # one process per arch: the two compile side by side on a 2-core CI machine
-        procs = {arch: subprocess.Popen(
-            [sys.executable, "-c", f"from tests.backends.test_triton_aot import compile_main; compile_main({arch})"],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT)
-            for arch in ARCHS}
-        for arch, proc in procs.items():
-            out, err = proc.communicate(json.dumps(list(jobs.values())), timeout=600)
-            assert proc.returncode == 0, err[-4000:]
-            results[arch] = json.loads(out)
-    by_id = {job["id"]: desc for desc, job in jobs.items()}
-    return {owner: {f"{by_id[i]} @sm_{arch}": results[arch][i] for i in ids for arch in ARCHS}
-            for owner, ids in owners.items()}
+from tests.backends.triton_aot import ARCHS, DTYPES, KERNELS, Compiled
 
 
 @pytest.mark.parametrize("dtype", list(DTYPES.values()))
 @pytest.mark.parametrize("kernel", KERNELS)
-def test_kernel_compiles_for_sm80_and_sm90(compiled, kernel, dtype):
-    results = compiled.get((kernel, dtype))
-    assert results, f"no launcher launched {kernel} for {dtype}: it is dead code or the recording misses it"
-    failures = {k: v for k, v in results.items() if v}
+def test_kernel_compiles_for_sm80_and_sm90(triton_aot, kernel, dtype):
+    ids = triton_aot.owners.get((kernel, dtype))
+    assert ids, f"no launcher launched {kernel} for {dtype}: it is dead code or the recording misses it"
+    failures = {f"{Compiled.describe(triton_aot.jobs[i])} @sm_{arch}": triton_aot.errors[arch][i]
+                for i in ids for arch in ARCHS if triton_aot.errors[arch][i]}
     assert not failures, "\n\n".join(f"{k}\n{v}" for k, v in failures.items())
 
 
-def test_every_launch_belongs_to_a_listed_kernel(compiled):
+def test_every_launch_belongs_to_a_listed_kernel(triton_aot):
     """A kernel the enumeration above misses would escape the per-kernel test."""
-    assert {kernel for kernel, _ in compiled} <= set(KERNELS)
+    assert {kernel for kernel, _ in triton_aot.owners} <= set(KERNELS)

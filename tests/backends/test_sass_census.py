@@ -1,0 +1,194 @@
+"""Static evidence from the real GPU build, no GPU needed: what the sm_80/sm_90 cubins contain.
+
+Triton kernels: the AOT cubins of every launch (tests/backends/triton_aot.py, compiled once per session).
+Extension: the `_C*.so` nvcc built (csrc/cuda), read with the same tool; EXPECTED_CUDA_KERNELS is the one list
+to extend when a CUDA kernel lands. The tool itself is checked on a probe nvcc compiles here.
+"""
+import shutil
+import subprocess
+
+import pytest
+
+from tests import sass_tools
+from tests.backends.triton_aot import ARCHS, KERNELS
+
+# ------------------------------------------------------------------------------------- limits
+# 128 registers per thread: a 128-thread program then takes 16K of an SM's 64K registers, so 4 programs
+# (16 warps) fit per SM, enough outstanding 16-byte loads to stream at full bandwidth. The most today: 117.
+MAX_REGISTERS = 128
+# Per-thread stack + local bytes. Some variants keep one or two 64-bit values (a table pointer, a partial
+# sum) on the stack across ptxas' subroutine CALLs (the correctly rounded division/sqrt slow paths, up to
+# 100 per kernel): 8-16 bytes saved once and reloaded once per program, outside the element loops. More
+# than 16 bytes would be new spilling.
+MAX_STACK_BYTES = 16
+
+#: fp32 elementwise kernels: (streams read, streams written) per element on the full-tile path, where every
+#: pointer is 16-byte aligned. Each stream must be moved by 16-byte vector accesses only: BLOCK/(32·warps)
+#: = 8 elements per thread per tile are exactly 2 LDG.E.128 per stream (tails and ALIGN=1 use scalar ones).
+#: Runtime flags are not constexprs, so a kernel holds every optional stream (amsgrad's vmax, centered
+#: RMSprop's average, momentum buffers).
+STREAMS = {
+    "adam._adam_kernel": (5, 4), "adam._adam_tensor_kernel": (5, 4),  # p g m v vmax / p m v vmax
+    "sgd._sgd_kernel": (3, 2), "sgd._sgd_tensor_kernel": (3, 2),  # p g buf / p buf
+    "rmsprop._rmsprop_kernel": (5, 4), "rmsprop._rmsprop_tensor_kernel": (5, 4),  # p g sq gavg buf
+    "adagrad._adagrad_kernel": (3, 2), "adagrad._adagrad_tensor_kernel": (3, 2),  # p g sum / p sum
+    "agd._agd_update_kernel": (2, 1), "agd._agd_update_tensor_kernel": (2, 1),  # p g / p
+    "lamb._lamb_moments_kernel": (4, 2), "lamb._lamb_moments_tensor_kernel": (4, 2),  # p g m v / m v
+    "lamb._lamb_apply_kernel": (3, 1), "lamb._lamb_apply_tensor_kernel": (3, 1),  # p m v / p
+    "yellowfin._yellowfin_apply_kernel": (4, 3), "yellowfin._yellowfin_apply_tensor_kernel": (4, 3),
+    "yellowfin._yellowfin_stats_kernel": (2, 0), "yellowfin._yellowfin_stats_tensor_kernel": (2, 0),  # g avg
+    "sumsq._slice_sumsq_kernel": (1, 0), "sumsq._slice_sumsq_tensor_kernel": (1, 0),  # KP=1 (matrices)
+}
+
+
+@pytest.fixture(scope="module")
+def census(triton_aot):
+    """[(job, arch, Kernel)] of every compiled launch."""
+    out = []
+    for job_id, job in triton_aot.jobs.items():
+        for arch in ARCHS:
+            if not triton_aot.errors[arch][job_id]:  # test_triton_aot.py reports compile errors
+                out += [(job, arch, k) for k in sass_tools.inspect(triton_aot.cubin(job_id, arch))]
+    return out
+
+
+def _label(job, arch) -> str:
+    constexprs = {k: v.get("value", v.get("tl")) for k, v in job["args"].items() if k.isupper()}
+    return f"{job['kernel']} {job['dtype']} {constexprs} sm_{arch}"
+
+
+@pytest.mark.parametrize("kernel", KERNELS)
+def test_every_kernel_has_sm80_and_sm90_sass(census, kernel):
+    name = kernel.split(".")[1]
+    archs = {k.arch for job, _, k in census if job["kernel"] == kernel and k.name == name}
+    assert {"sm_80", "sm_90a"} <= archs, f"{kernel}: SASS for {sorted(archs)} only"
+
+
+def test_registers_within_limit(census):
+    over = [f"{_label(job, arch)}: {k.registers}" for job, arch, k in census if k.registers > MAX_REGISTERS]
+    assert not over, "\n".join(over)
+
+
+def test_local_memory_bounded_and_outside_fp32_loops(census):
+    """Stack + local <= MAX_STACK_BYTES everywhere; no fp32 kernel touches local memory inside a loop. (Two
+    bf16 variants reload a saved value inside their loops today: docs/sass_census.md, README.)"""
+    bad = [f"{_label(job, arch)}: {k.stack + k.local} B, {k.local_ops_in_loops} local ops in loops"
+           for job, arch, k in census
+           if k.stack + k.local > MAX_STACK_BYTES or (job["dtype"] == "f32" and k.local_ops_in_loops)]
+    assert not bad, "\n".join(bad)
+
+
+def test_fp32_elementwise_kernels_use_128_bit_accesses(census):
+    checked, bad = set(), []
+    for job, arch, k in census:
+        args = job["args"]
+        if job["kernel"] not in STREAMS or job["dtype"] != "f32" or args.get("KP", {}).get("value", 1) != 1:
+            continue
+        aligned = args.get("ALIGN", {"value": 16})["value"] == 16 and all(
+            v["aligned"] for v in args.values() if "tensor" in v)
+        per_stream = args["BLOCK"]["value"] // (32 * job["options"].get("num_warps", 4)) // 4
+        reads, writes = STREAMS[job["kernel"]]
+        want = (reads * per_stream, writes * per_stream) if aligned else (0, 0)
+        got = (k.loads[128], k.stores[128])
+        checked.add(job["kernel"])
+        if got != want:
+            bad.append(f"{_label(job, arch)}: 128-bit loads/stores {got}, expected {want}")
+    assert not bad, "\n".join(bad)
+    assert checked == set(STREAMS), f"no fp32 launch of {sorted(set(STREAMS) - checked)} was compiled"
+
+
+def test_census_file_is_current(triton_aot):
+    from scripts.sass_census import CENSUS, render
+
+    with open(CENSUS) as f:
+        current = f.read()
+    assert current == render(triton_aot), "docs/sass_census.md is stale: run `python -m scripts.sass_census`"
+
+
+# ------------------------------------------------------------------------------------- extension
+#: base names (sass_tools.base_name) of the CUDA kernels csrc/cuda must contain for every built arch.
+#: csrc/cuda/runtime_info.cu is host code only: none yet. Add a name here when its kernel lands.
+EXPECTED_CUDA_KERNELS: set[str] = set()
+
+
+def _extension():
+    """(path of the imported agd_kernels' _C*.so, the archs it was built for), or skip when it has no CUDA
+    part."""
+    import importlib.util
+
+    from agd_kernels import _ext
+
+    info = _ext._read_build_info()
+    if "cuda" not in info.get("parts", []):
+        pytest.skip(f"agd_kernels was built without its CUDA part ({info.get('cuda_reason', 'no build info')})")
+    spec = importlib.util.find_spec("agd_kernels._C")
+    assert spec is not None and spec.origin, "the build info says CUDA was built, but agd_kernels._C is missing"
+    # TORCH_CUDA_ARCH_LIST syntax: "8.0;9.0+PTX" -> sm_80, sm_90
+    archs = {f"sm_{a.strip().removesuffix('+PTX').replace('.', '')}" for a in info["cuda_arch_list"].split(";")}
+    return spec.origin, archs
+
+
+def test_extension_has_sass_for_its_archs_and_the_expected_kernels():
+    path, archs = _extension()
+    assert archs <= set(sass_tools.embedded_archs(path)), f"{path}: no cubin for {archs}"
+    kernels = sass_tools.inspect(path)
+    for arch in sorted(archs):
+        found = {sass_tools.base_name(k.name) for k in kernels if k.arch == arch}
+        assert found == EXPECTED_CUDA_KERNELS, (f"{arch}: kernels {sorted(found)}; expected "
+                                                f"{sorted(EXPECTED_CUDA_KERNELS)} (update EXPECTED_CUDA_KERNELS)")
+    bad = [f"{k.arch} {k.name}: {k.registers} regs, {k.stack + k.local} B stack+local" for k in kernels
+           if k.registers > MAX_REGISTERS or k.uses_local_memory]
+    assert not bad, "\n".join(bad)
+
+
+# ------------------------------------------------------------------------------------- the tool itself
+_PROBE = r"""
+namespace probe {
+__global__ void vec4_copy(const float4* __restrict__ x, float4* __restrict__ y, int n) {
+  int i = blockIdx.x * blockDim.x + threadIdx.x;
+  if (i < n) y[i] = x[i];
+}
+template <typename T> __global__ void block_sum(const T* x, T* y) {
+  __shared__ T s[256];
+  s[threadIdx.x] = x[threadIdx.x];
+  __syncthreads();
+  if (threadIdx.x == 0) { T a = 0; for (int j = 0; j < 256; ++j) a += s[j]; y[blockIdx.x] = a; }
+}
+template __global__ void block_sum<double>(const double*, double*);
+}
+// a dynamically indexed array cannot live in registers: 1 KiB of stack, stored to inside a loop of
+// run-time length (one ptxas cannot unroll)
+extern "C" __global__ void scattered(const float* x, float* y, const int* idx, int n) {
+  float buf[256];
+  for (int j = 0; j < n; ++j) buf[idx[j] & 255] = x[j * 32 + threadIdx.x];
+  y[threadIdx.x] = buf[idx[threadIdx.x] & 255];
+}
+"""
+
+
+def test_tool_reads_an_nvcc_built_library(tmp_path):
+    """cuobjdump's view of a probe library with known properties, for both archs."""
+    nvcc = shutil.which("nvcc")
+    if nvcc is None:
+        pytest.skip("nvcc not on PATH")
+    (tmp_path / "probe.cu").write_text(_PROBE)
+    so = tmp_path / "probe.so"
+    subprocess.run([nvcc, "-shared", "-Xcompiler", "-fPIC", "-gencode", "arch=compute_80,code=sm_80",
+                    "-gencode", "arch=compute_90,code=sm_90", str(tmp_path / "probe.cu"), "-o", str(so)],
+                   check=True, capture_output=True)
+    assert sass_tools.embedded_archs(str(so)) == ["sm_80", "sm_90"]
+    kernels = {(sass_tools.base_name(k.name), k.arch): k for k in sass_tools.inspect(str(so))}
+    assert set(kernels) == {(n, a) for n in ("vec4_copy", "block_sum", "scattered") for a in ("sm_80", "sm_90")}
+    for arch in ("sm_80", "sm_90"):
+        vec, block, scattered = (kernels[n, arch] for n in ("vec4_copy", "block_sum", "scattered"))
+        assert vec.loads == {128: 1} and vec.stores == {128: 1} and not vec.uses_local_memory
+        assert block.shared >= 256 * 8  # 256 doubles (sm_90 adds 1 KiB it reserves)
+        assert block.loads == {64: 1} and block.registers > 0
+        assert scattered.stack >= 1024 and scattered.local_ops_in_loops > 0 and scattered.uses_local_memory
+
+
+def test_base_name():
+    assert sass_tools.base_name("_ZN11agd_kernels4cuda11adam_kernelIfEEvPf") == "adam_kernel"
+    assert sass_tools.base_name("_Z6kernelPf") == "kernel"
+    assert sass_tools.base_name("_ZN12_GLOBAL__N_16kernelEv") == "kernel"
+    assert sass_tools.base_name("_adam_kernel") == "_adam_kernel"
