@@ -5,6 +5,7 @@
 // Kernel names in the SASS: agdk_kernel<agd_kernels::grid::AdamKernel<float, false, false, false>> etc.,
 // one instance per (body, dtype, flags); `cuobjdump -symbols` / `-sass` list them by those names.
 #pragma once
+#include <ATen/ops/empty.h>
 #include <c10/core/Device.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
@@ -51,8 +52,15 @@ struct CudaDevice {
   bool accepts(const at::Tensor& t) const { return t.device() == device; }
   std::string where() const { return "tensors on " + device.str() + " (the device of params[0])"; }
 
+  std::vector<at::Tensor> scratch;  // freed after the launch: the caching allocator orders reuse on the stream
+
   grid::Table table(std::vector<int64_t> words, int64_t tensors, int32_t lists) {
     return cached_table(device, std::move(words), tensors, lists);
+  }
+
+  double* scratch_doubles(int64_t n) {
+    scratch.push_back(at::empty({n}, at::TensorOptions().dtype(at::kDouble).device(device)));
+    return scratch.back().mutable_data_ptr<double>();
   }
 
   template <class K>
@@ -64,9 +72,10 @@ struct CudaDevice {
   }
 };
 
-// The device of a call: params[0]'s, or lr's when there are no parameters (then nothing is launched).
-inline CudaDevice device_of(at::TensorList params, const at::Tensor& lr) {
-  const c10::Device d = params.empty() ? lr.device() : params[0].device();
+// The device of a call: params[0]'s, or that of `other` (lr, out) when there are no parameters (then
+// nothing is launched).
+inline CudaDevice device_of(at::TensorList params, const at::Tensor& other) {
+  const c10::Device d = params.empty() ? other.device() : params[0].device();
   TORCH_CHECK(d.is_cuda(), "the cuda backend takes CUDA tensors; got ", d);
   return CudaDevice{d};
 }

@@ -95,19 +95,40 @@ Scalar device_scalar(const Device& dev, const char* op, const char* name, const 
   return Scalar{t->const_data_ptr(), st == at::kDouble ? Scalar::kDouble : Scalar::kFloat};
 }
 
-// The table words (layout in grid/block.h) for element lists (an empty list: 0 pointers, never read) and,
-// last, the step counters (empty when the op has none). Pointers only of the element lists count for
-// vector_ok: the steps are read as scalars.
+// The table words (layout in grid/block.h) from per-entry words: words[l * n + t] for l < lists (data
+// pointers, or any per-entry word a body defines), each entry's element count and vector_ok flag. Appends
+// the block map and returns the number of blocks.
+inline int64_t finish_table(std::vector<int64_t>& words, int64_t lists, const std::vector<int64_t>& numels,
+                            const std::vector<bool>& vector_ok) {
+  const int64_t n = static_cast<int64_t>(numels.size());
+  words.resize((lists + 2) * n, 0);
+  int64_t blocks = 0;
+  for (int64_t t = 0; t < n; ++t) {
+    words[lists * n + t] = numels[t];
+    words[(lists + 1) * n + t] = vector_ok[t] ? 1 : 0;
+    const int64_t b = blocks_of(numels[t]);
+    TORCH_CHECK_VALUE(b <= INT32_MAX, "a tensor of ", numels[t], " elements exceeds the grid kernels' limit of ",
+                      static_cast<int64_t>(INT32_MAX) * kChunk);
+    for (int64_t c = 0; c < b; ++c) words.push_back(t << 32 | c);
+    blocks += b;
+  }
+  return blocks;
+}
+
+inline int64_t address(const at::Tensor& t) {
+  return static_cast<int64_t>(reinterpret_cast<uintptr_t>(t.const_data_ptr()));
+}
+
+// The table words of an elementwise op: one entry per parameter, lists = the element lists (an empty list:
+// 0 pointers, never read) and, last, the step counters (empty when the op has none). Only the element
+// lists' pointers count for vector_ok: steps are read as scalars.
 inline std::vector<int64_t> table_words(at::TensorList params, std::initializer_list<at::TensorList> element_lists,
                                         at::TensorList steps, int64_t* blocks_out) {
   const int64_t n = static_cast<int64_t>(params.size());
   const int64_t lists = static_cast<int64_t>(element_lists.size()) + 1;
-  std::vector<int64_t> words((lists + 2) * n, 0);
+  std::vector<int64_t> words(lists * n, 0), numels(n);
   std::vector<bool> aligned(n, true);
   int64_t l = 0;
-  const auto address = [](const at::Tensor& t) {
-    return static_cast<int64_t>(reinterpret_cast<uintptr_t>(t.const_data_ptr()));
-  };
   for (at::TensorList list : element_lists) {
     for (int64_t t = 0; t < static_cast<int64_t>(list.size()); ++t) {
       words[l * n + t] = address(list[t]);
@@ -116,17 +137,8 @@ inline std::vector<int64_t> table_words(at::TensorList params, std::initializer_
     ++l;
   }
   for (int64_t t = 0; t < static_cast<int64_t>(steps.size()); ++t) words[l * n + t] = address(steps[t]);
-  int64_t blocks = 0;
-  for (int64_t t = 0; t < n; ++t) {
-    words[lists * n + t] = params[t].numel();
-    words[(lists + 1) * n + t] = aligned[t] ? 1 : 0;
-    const int64_t b = blocks_of(params[t].numel());
-    TORCH_CHECK_VALUE(b <= INT32_MAX, "params[", t, "] has ", params[t].numel(), " elements; at most ",
-                      static_cast<int64_t>(INT32_MAX) * kChunk, " per tensor");
-    for (int64_t c = 0; c < b; ++c) words.push_back(t << 32 | c);
-    blocks += b;
-  }
-  *blocks_out = blocks;
+  for (int64_t t = 0; t < n; ++t) numels[t] = params[t].numel();
+  *blocks_out = finish_table(words, lists, numels, aligned);
   return words;
 }
 

@@ -2,14 +2,17 @@
 // (schemas: the op table's, defined by tests/backends/emulated.py before it loads this library). Tests run
 // the op matrix through them against the reference, exactly as for the real backends.
 #include <ATen/ops/empty.h>
+#include <ATen/ops/full.h>
 #include <ATen/ops/zeros.h>
 #include <torch/library.h>
 
 #include <algorithm>
+#include <limits>
 
 #include <string>
 
 #include "../grid/elementwise_ops.h"
+#include "../grid/reduction_ops.h"
 #include "emulator.h"
 
 namespace agd_kernels::emulator {
@@ -18,25 +21,30 @@ namespace {
 // The Device policy of csrc/grid/host.h for CPU memory: the "device-side" table is a CPU tensor kept
 // alive for the call, the counters start at zero as the CUDA cache's do.
 struct EmuDevice {
-  std::vector<at::Tensor> keep_alive;
+  at::Tensor words, counters;          // the call's table, alive until the launch returns
+  std::vector<at::Tensor> scratch;
 
   const char* backend() const { return "emulated cuda"; }
   bool accepts(const at::Tensor& t) const { return t.device().is_cpu(); }
   std::string where() const { return "CPU tensors"; }
 
   grid::Table table(std::vector<int64_t> words, int64_t tensors, int32_t lists) {
-    at::Tensor w = at::empty({static_cast<int64_t>(words.size())}, at::TensorOptions().dtype(at::kLong));
-    std::memcpy(w.mutable_data_ptr<int64_t>(), words.data(), words.size() * sizeof(int64_t));
-    at::Tensor counters = at::zeros({tensors}, at::TensorOptions().dtype(at::kInt));
-    keep_alive = {w, counters};
-    return grid::Table{w.const_data_ptr<int64_t>(), counters.mutable_data_ptr<int32_t>(), tensors, lists};
+    this->words = at::empty({static_cast<int64_t>(words.size())}, at::TensorOptions().dtype(at::kLong));
+    std::memcpy(this->words.mutable_data_ptr<int64_t>(), words.data(), words.size() * sizeof(int64_t));
+    counters = at::zeros({tensors}, at::TensorOptions().dtype(at::kInt));
+    return grid::Table{this->words.const_data_ptr<int64_t>(), counters.mutable_data_ptr<int32_t>(), tensors, lists};
+  }
+
+  double* scratch_doubles(int64_t n) {
+    // NaN-filled: a partial read before it is written shows in the result.
+    scratch.push_back(at::full({n}, std::numeric_limits<double>::quiet_NaN(), at::TensorOptions().dtype(at::kDouble)));
+    return scratch.back().mutable_data_ptr<double>();
   }
 
   template <class K>
   void launch(int64_t blocks, const typename K::Args& args) {
     emulator::launch<K>(blocks, args);
     // Every counter must be back at zero: the next launch on a cached table (CUDA) relies on it.
-    const at::Tensor& counters = keep_alive.at(1);
     const int32_t* c = counters.const_data_ptr<int32_t>();
     TORCH_CHECK(std::all_of(c, c + counters.numel(), [](int32_t x) { return x == 0; }),
                 "grid emulator: arrival counters not reset after the launch");
@@ -81,6 +89,11 @@ void adagrad_step_emu(at::TensorList params, at::TensorList grads, at::TensorLis
                      grad_scale, found_inf);
 }
 
+void slice_sumsq_emu(at::TensorList tensors, const at::Tensor& out) {
+  EmuDevice dev;
+  grid::slice_sumsq(dev, tensors, out);
+}
+
 // A deliberately wrong body: threads 128..255 return before the barrier the others wait at. The emulator
 // must report it (tests/backends/test_cuda_emulated.py), as it would for a real kernel with that bug.
 struct DivergentBarrierProbe {
@@ -105,6 +118,7 @@ TORCH_LIBRARY_IMPL(agd_kernels_emu, CPU, m) {
   m.impl("sgd_step_", &sgd_step_emu);
   m.impl("rmsprop_step_", &rmsprop_step_emu);
   m.impl("adagrad_step_", &adagrad_step_emu);
+  m.impl("slice_sumsq_", &slice_sumsq_emu);
 }
 
 }  // namespace agd_kernels::emulator

@@ -79,7 +79,7 @@ def test_misaligned_tensors_take_the_scalar_path(op, variant, dtype):
             assert_within_2x_reference(g, r, o, name=f"misaligned {op} arg {pos} tensor {i}")
 
 
-@pytest.mark.parametrize("op", emulated.OPS)
+@pytest.mark.parametrize("op", [op for op in emulated.OPS if op != "slice_sumsq_"])
 def test_found_inf_changes_no_bit(op):
     """found_inf is read on the device by every block: nothing is written, step counters included (also
     across a multi-block tensor), NaNs keep their bits."""

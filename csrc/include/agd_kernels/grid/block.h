@@ -102,6 +102,8 @@ struct Table {
   AGDK_DEVICE T* ptr(int list, int64_t tensor) const {
     return reinterpret_cast<T*>(static_cast<uintptr_t>(words[list * tensors + tensor]));
   }
+  // A per-entry word of list `list` that is not a pointer (a body's own table column).
+  AGDK_DEVICE int64_t word(int list, int64_t tensor) const { return words[list * tensors + tensor]; }
   AGDK_DEVICE int64_t numel(int64_t tensor) const { return words[lists * tensors + tensor]; }
   AGDK_DEVICE bool vector_ok(int64_t tensor) const { return words[(lists + 1) * tensors + tensor] != 0; }
   AGDK_DEVICE int64_t block_word(int64_t block) const { return words[(lists + 2) * tensors + block]; }
