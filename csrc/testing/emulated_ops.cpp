@@ -11,6 +11,7 @@
 
 #include <string>
 
+#include "../grid/agd_ops.h"
 #include "../grid/elementwise_ops.h"
 #include "../grid/reduction_ops.h"
 #include "emulator.h"
@@ -45,6 +46,7 @@ struct EmuDevice {
   void launch(int64_t blocks, const typename K::Args& args) {
     emulator::launch<K>(blocks, args);
     // Every counter must be back at zero: the next launch on a cached table (CUDA) relies on it.
+    if (!counters.defined()) return;  // a launch without a table (AGD's scalars)
     const int32_t* c = counters.const_data_ptr<int32_t>();
     TORCH_CHECK(std::all_of(c, c + counters.numel(), [](int32_t x) { return x == 0; }),
                 "grid emulator: arrival counters not reset after the launch");
@@ -94,6 +96,16 @@ void slice_sumsq_emu(at::TensorList tensors, const at::Tensor& out) {
   grid::slice_sumsq(dev, tensors, out);
 }
 
+std::tuple<at::Tensor, at::Tensor> agd_step_emu(at::TensorList params, at::TensorList grads, const at::Tensor& sumsq,
+                                                const at::Tensor& slice_sv, at::IntArrayRef slice_start,
+                                                at::IntArrayRef slice_count, int64_t depth, double gain,
+                                                const std::optional<at::Tensor>& grad_scale,
+                                                const std::optional<at::Tensor>& found_inf) {
+  EmuDevice dev;
+  return grid::agd_step(dev, params, grads, sumsq, slice_sv, slice_start, slice_count, depth, gain, grad_scale,
+                        found_inf);
+}
+
 // A deliberately wrong body: threads 128..255 return before the barrier the others wait at. The emulator
 // must report it (tests/backends/test_cuda_emulated.py), as it would for a real kernel with that bug.
 struct DivergentBarrierProbe {
@@ -119,6 +131,7 @@ TORCH_LIBRARY_IMPL(agd_kernels_emu, CPU, m) {
   m.impl("rmsprop_step_", &rmsprop_step_emu);
   m.impl("adagrad_step_", &adagrad_step_emu);
   m.impl("slice_sumsq_", &slice_sumsq_emu);
+  m.impl("agd_step_", &agd_step_emu);
 }
 
 }  // namespace agd_kernels::emulator
