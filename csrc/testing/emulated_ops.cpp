@@ -13,6 +13,7 @@
 
 #include "../grid/agd_ops.h"
 #include "../grid/elementwise_ops.h"
+#include "../grid/lamb_ops.h"
 #include "../grid/reduction_ops.h"
 #include "emulator.h"
 
@@ -106,6 +107,28 @@ std::tuple<at::Tensor, at::Tensor> agd_step_emu(at::TensorList params, at::Tenso
                         found_inf);
 }
 
+void lamb_moments_emu(at::TensorList params, at::TensorList grads, at::TensorList exp_avgs,
+                      at::TensorList exp_avg_sqs, at::TensorList state_steps, const at::Tensor& grad_sumsq,
+                      const at::Tensor& norms, double max_grad_norm, double beta1, double beta2, double eps,
+                      double weight_decay, bool bias_correction, bool grad_averaging, bool adam_w_mode,
+                      const std::optional<at::Tensor>& grad_scale, const std::optional<at::Tensor>& found_inf) {
+  EmuDevice dev;
+  grid::lamb_moments(dev, params, grads, exp_avgs, exp_avg_sqs, state_steps, grad_sumsq, norms, max_grad_norm, beta1,
+                     beta2, eps, weight_decay, bias_correction, grad_averaging, adam_w_mode, grad_scale, found_inf);
+}
+
+void lamb_apply_emu(at::TensorList params, at::TensorList grads, at::TensorList exp_avgs,
+                    at::TensorList exp_avg_sqs, at::TensorList state_steps, const at::Tensor& lr,
+                    const at::Tensor& grad_sumsq, const at::Tensor& norms, double max_grad_norm, double beta1,
+                    double beta2, double eps, double weight_decay, bool bias_correction, bool grad_averaging,
+                    bool adam_w_mode, bool use_trust_ratio, double phi_min, double phi_max,
+                    const std::optional<at::Tensor>& grad_scale, const std::optional<at::Tensor>& found_inf) {
+  EmuDevice dev;
+  grid::lamb_apply(dev, params, grads, exp_avgs, exp_avg_sqs, state_steps, lr, grad_sumsq, norms, max_grad_norm,
+                   beta1, beta2, eps, weight_decay, bias_correction, grad_averaging, adam_w_mode, use_trust_ratio,
+                   phi_min, phi_max, grad_scale, found_inf);
+}
+
 // A deliberately wrong body: threads 128..255 return before the barrier the others wait at. The emulator
 // must report it (tests/backends/test_cuda_emulated.py), as it would for a real kernel with that bug.
 struct DivergentBarrierProbe {
@@ -132,6 +155,8 @@ TORCH_LIBRARY_IMPL(agd_kernels_emu, CPU, m) {
   m.impl("adagrad_step_", &adagrad_step_emu);
   m.impl("slice_sumsq_", &slice_sumsq_emu);
   m.impl("agd_step_", &agd_step_emu);
+  m.impl("lamb_moments_", &lamb_moments_emu);
+  m.impl("lamb_apply_", &lamb_apply_emu);
 }
 
 }  // namespace agd_kernels::emulator

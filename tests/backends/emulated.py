@@ -18,7 +18,8 @@ from agd_kernels import ops
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 NAMESPACE = "agd_kernels_emu"
 #: The ops that have grid kernels, hence an emulated kernel.
-OPS = ("adam_step_", "sgd_step_", "rmsprop_step_", "adagrad_step_", "slice_sumsq_", "agd_step_")
+OPS = ("adam_step_", "sgd_step_", "rmsprop_step_", "adagrad_step_", "slice_sumsq_", "agd_step_",
+       "lamb_moments_", "lamb_apply_")
 _LIB = None
 
 
