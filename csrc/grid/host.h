@@ -32,15 +32,15 @@ void check_tensor_device(const Device& dev, const char* op, const std::string& n
 }
 
 template <class Device>
-void check_params(const Device& dev, const char* op, at::TensorList params) {
+void check_params(const Device& dev, const char* op, at::TensorList params, const char* list = "params") {
   for (size_t i = 0; i < params.size(); ++i) {
     const at::Tensor& p = params[i];
-    const std::string name = "params[" + std::to_string(i) + "]";
+    const std::string name = std::string(list) + "[" + std::to_string(i) + "]";
     check_tensor_device(dev, op, name, p);
     TORCH_CHECK_TYPE(is_kernel_dtype(p.scalar_type()), op, ": ", name, " has dtype ", p.scalar_type(),
                      "; the ", dev.backend(), " backend takes float32, float16 or bfloat16");
     TORCH_CHECK_TYPE(p.scalar_type() == params[0].scalar_type(), op, ": ", name, " is ", p.scalar_type(),
-                     " but params[0] is ", params[0].scalar_type(), "; one call takes one dtype");
+                     " but ", list, "[0] is ", params[0].scalar_type(), "; one call takes one dtype");
     TORCH_CHECK_VALUE(p.is_non_overlapping_and_dense(), op, ": ", name,
                       " must be dense and non-overlapping (e.g. contiguous); got strides ", p.strides());
   }
@@ -49,19 +49,20 @@ void check_params(const Device& dev, const char* op, at::TensorList params) {
 // `other` must match params tensor by tensor: count, device, dtype, shape and memory layout (elementwise
 // kernels walk memory order, so any dense layout both share works).
 template <class Device>
-void check_like(const Device& dev, const char* op, const char* name, at::TensorList params, at::TensorList other) {
-  TORCH_CHECK_VALUE(other.size() == params.size(), op, ": ", name, " has ", other.size(), " tensors, params has ",
-                    params.size());
+void check_like(const Device& dev, const char* op, const char* name, at::TensorList params, at::TensorList other,
+                const char* base = "params") {
+  TORCH_CHECK_VALUE(other.size() == params.size(), op, ": ", name, " has ", other.size(), " tensors, ", base,
+                    " has ", params.size());
   for (size_t i = 0; i < params.size(); ++i) {
     const at::Tensor& o = other[i];
     check_tensor_device(dev, op, std::string(name) + "[" + std::to_string(i) + "]", o);
     TORCH_CHECK_TYPE(o.scalar_type() == params[i].scalar_type(), op, ": ", name, "[", i, "] is ", o.scalar_type(),
-                     ", params[", i, "] is ", params[i].scalar_type());
+                     ", ", base, "[", i, "] is ", params[i].scalar_type());
     TORCH_CHECK_VALUE(o.sizes() == params[i].sizes(), op, ": ", name, "[", i, "] has shape ", o.sizes(),
-                      ", params[", i, "] has ", params[i].sizes());
+                      ", ", base, "[", i, "] has ", params[i].sizes());
     const bool same_layout = (o.is_contiguous() && params[i].is_contiguous()) || o.strides() == params[i].strides();
     TORCH_CHECK_VALUE(o.is_non_overlapping_and_dense() && same_layout, op, ": ", name, "[", i, "] has strides ",
-                      o.strides(), ", params[", i, "] has ", params[i].strides(),
+                      o.strides(), ", ", base, "[", i, "] has ", params[i].strides(),
                       "; both must be dense with the same memory layout");
   }
 }

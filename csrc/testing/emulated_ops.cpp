@@ -15,6 +15,7 @@
 #include "../grid/elementwise_ops.h"
 #include "../grid/lamb_ops.h"
 #include "../grid/reduction_ops.h"
+#include "../grid/yellowfin_ops.h"
 #include "emulator.h"
 
 namespace agd_kernels::emulator {
@@ -129,6 +130,29 @@ void lamb_apply_emu(at::TensorList params, at::TensorList grads, at::TensorList 
                    phi_min, phi_max, grad_scale, found_inf);
 }
 
+void yellowfin_stats_emu(at::TensorList grads, at::TensorList grad_avgs, const at::Tensor& out) {
+  EmuDevice dev;
+  grid::yellowfin_stats(dev, grads, grad_avgs, out);
+}
+
+std::tuple<at::Tensor, at::Tensor> yellowfin_tune_emu(
+    const at::Tensor& tuner, const at::Tensor& stats, double numel, double beta, int64_t curv_win_width,
+    bool zero_debias, bool sparsity_debias, double clip_thresh, double auto_clip_fac, bool adapt_clip,
+    double stat_protect_fac, double catastrophic_move_thresh, bool force_non_inc_step, bool h_min_log_smooth,
+    bool h_max_log_smooth, const std::optional<at::Tensor>& grad_scale, const std::optional<at::Tensor>& found_inf) {
+  EmuDevice dev;
+  return grid::yellowfin_tune(dev, tuner, stats, numel, beta, curv_win_width, zero_debias, sparsity_debias,
+                              clip_thresh, auto_clip_fac, adapt_clip, stat_protect_fac, catastrophic_move_thresh,
+                              force_non_inc_step, h_min_log_smooth, h_max_log_smooth, grad_scale, found_inf);
+}
+
+void yellowfin_apply_emu(at::TensorList params, at::TensorList grads, at::TensorList grad_avgs,
+                         at::TensorList momentum_buffers, const at::Tensor& tuner, const at::Tensor& stats,
+                         double beta, double weight_decay, const std::optional<at::Tensor>& found_inf) {
+  EmuDevice dev;
+  grid::yellowfin_apply(dev, params, grads, grad_avgs, momentum_buffers, tuner, stats, beta, weight_decay, found_inf);
+}
+
 // A deliberately wrong body: threads 128..255 return before the barrier the others wait at. The emulator
 // must report it (tests/backends/test_cuda_emulated.py), as it would for a real kernel with that bug.
 struct DivergentBarrierProbe {
@@ -157,6 +181,9 @@ TORCH_LIBRARY_IMPL(agd_kernels_emu, CPU, m) {
   m.impl("agd_step_", &agd_step_emu);
   m.impl("lamb_moments_", &lamb_moments_emu);
   m.impl("lamb_apply_", &lamb_apply_emu);
+  m.impl("yellowfin_stats_", &yellowfin_stats_emu);
+  m.impl("yellowfin_tune_", &yellowfin_tune_emu);
+  m.impl("yellowfin_apply_", &yellowfin_apply_emu);
 }
 
 }  // namespace agd_kernels::emulator

@@ -17,9 +17,8 @@ from agd_kernels import ops
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 NAMESPACE = "agd_kernels_emu"
-#: The ops that have grid kernels, hence an emulated kernel.
-OPS = ("adam_step_", "sgd_step_", "rmsprop_step_", "adagrad_step_", "slice_sumsq_", "agd_step_",
-       "lamb_moments_", "lamb_apply_")
+#: Every op of the table has a grid kernel, hence an emulated one.
+OPS = tuple(ops.SCHEMAS)
 _LIB = None
 
 

@@ -2,7 +2,7 @@
 emulator (test_cuda_emulated.py) cannot confirm. Marked `cuda`: skipped without a GPU; run with
 `pytest -m cuda` on any machine with one and a CUDA build of the extension.
 
-- the op matrix of the ops with grid kernels on CUDA tensors against the reference, with a tensor above a
+- the op matrix (every op of the table) on CUDA tensors against the reference, with a tensor above a
   million elements and 300 small tensors in one launch, and misaligned views (scalar path);
 - emulated == real, bit for bit, on the same inputs (both sides round operation by operation: -fmad=false
   and -ffp-contract=off, tests/backends/emulated.py);
@@ -17,8 +17,9 @@ import pytest
 import torch
 
 import agd_kernels as ak
-from agd_kernels import _backends, _ext
+from agd_kernels import _backends, _ext, ops
 from tests.backends import emulated
+from tests.backends.test_triton import check_yellowfin_tune
 from tests.models import clone_model, compute_grads, make_model, set_grads
 from tests.op_cases import (MANY_SMALL, VARIANTS, _clone_args, _flat, check_backend, make_args, mutated_positions,
                             run, shapes_for)
@@ -30,7 +31,11 @@ pytestmark = [pytest.mark.cuda,
 CUDA = "cuda"
 SIZES = [1, 7, 1000, 4097, 3, 0, 1_000_003]
 DTYPES = [torch.float32, torch.bfloat16, torch.float16]
-OPS = emulated.OPS
+OPS = emulated.OPS  # every op of the table
+# yellowfin_tune_ (a scalar fp64 step) has its own check with the derived bound of its cubic root, and is left
+# out of the bit-equality test: its pow/log/sqrt come from glibc in the emulator and from CUDA's math library
+# on the GPU, which differ in the last ulp of some fp64 results.
+LIST_OPS = [op for op in OPS if op != "yellowfin_tune_"]
 
 
 def _cases(ops_, dtypes):
@@ -38,14 +43,19 @@ def _cases(ops_, dtypes):
             for op in ops_ for variant in VARIANTS[op] for dtype in dtypes]
 
 
-@pytest.mark.parametrize("op, variant, dtype", _cases(OPS, DTYPES))
+@pytest.mark.parametrize("op, variant, dtype", _cases(LIST_OPS, DTYPES))
 def test_op_matches_reference_on_gpu(op, variant, dtype):
     check_backend(op, "cuda", shapes_for(op, SIZES), dtype, variant, device=CUDA)
 
 
-@pytest.mark.parametrize("op", OPS)
+@pytest.mark.parametrize("op", LIST_OPS)
 def test_many_small_tensors_on_gpu(op):
     check_backend(op, "cuda", shapes_for(op, MANY_SMALL), torch.float32, next(iter(VARIANTS[op])), device=CUDA)
+
+
+@pytest.mark.parametrize("variant", list(VARIANTS["yellowfin_tune_"]))
+def test_yellowfin_tune_on_gpu(variant):
+    check_yellowfin_tune(variant, device=CUDA, kernel=lambda *a: run("yellowfin_tune_", "cuda", a))
 
 
 def _misaligned(t: torch.Tensor) -> torch.Tensor:
@@ -70,7 +80,7 @@ def _bits(t: torch.Tensor) -> torch.Tensor:
     return t.detach().reshape(-1).contiguous().view(torch.uint8).cpu()
 
 
-@pytest.mark.parametrize("op, variant, dtype", _cases(OPS, DTYPES))
+@pytest.mark.parametrize("op, variant, dtype", _cases(LIST_OPS, DTYPES))
 def test_emulated_kernels_are_bit_equal_to_the_real_ones(op, variant, dtype):
     """The same kernel source, run by the emulator on CPU tensors and by the GPU on copies of them: every
     mutated and returned tensor has the same bits (so what CI executes is what the GPU computes)."""
@@ -113,6 +123,8 @@ OPTIMIZERS = {
     "SGD": (lambda ps: ak.SGD(ps, lr=0.1, momentum=0.9, nesterov=True, backend="cuda"), 1),
     "RMSprop": (lambda ps: ak.RMSprop(ps, lr=1e-2, momentum=0.5, centered=True, backend="cuda"), 1),
     "Adagrad": (lambda ps: ak.Adagrad(ps, lr=0.1, backend="cuda"), 1),
+    "LAMB": (lambda ps: ak.LAMB(ps, lr=1e-2, backend="cuda"), 3),  # slice_sumsq_, moments, apply
+    "YellowFin": (lambda ps: ak.YellowFin(ps, lr=1e-2, mu=0.5, backend="cuda"), 3),  # stats, tune, apply
 }
 
 
@@ -156,7 +168,7 @@ def test_step_makes_no_host_sync(name):
         torch.cuda.set_sync_debug_mode("default")
 
 
-@pytest.mark.parametrize("name", ["Adam", "SGD", "RMSprop", "Adagrad", "AGD"])
+@pytest.mark.parametrize("name", ["Adam", "SGD", "RMSprop", "Adagrad", "LAMB", "AGD", "YellowFin"])
 def test_cuda_graph_replay_with_changing_lr(name):
     """Warm up eagerly (tables cached), capture one step, replay it with new gradients copied into the
     captured .grad tensors and a new lr filled into the lr tensor; an eager reference optimizer follows."""
@@ -170,7 +182,9 @@ def test_cuda_graph_replay_with_changing_lr(name):
                      "SGD": lambda: ak.SGD(params, lr=lr, momentum=0.9, backend=backend),
                      "RMSprop": lambda: ak.RMSprop(params, lr=lr, backend=backend),
                      "Adagrad": lambda: ak.Adagrad(params, lr=lr, backend=backend),
-                     "AGD": lambda: ak.AGD(params, bias_mode="follow", backend=backend)}[name]()
+                     "LAMB": lambda: ak.LAMB(params, lr=lr, backend=backend),
+                     "AGD": lambda: ak.AGD(params, bias_mode="follow", backend=backend),
+                     "YellowFin": lambda: ak.YellowFin(params, lr=0.01, backend=backend)}[name]()
     grads_at = _gpu_grads(range(6))
     graph_params = list(models["graph"].parameters())
     for p, g in zip(graph_params, grads_at[0]):
@@ -187,7 +201,7 @@ def test_cuda_graph_replay_with_changing_lr(name):
     with torch.cuda.graph(graph):
         opts["graph"].step()
     for k, lr in zip(range(1, 6), (0.02, 0.005, 0.02, 0.001, 0.01)):
-        if name != "AGD":
+        if name not in ("AGD", "YellowFin"):  # those tune their own step size
             for who in ("graph", "eager"):
                 opts[who].param_groups[0]["lr"].fill_(lr)
         for p, g in zip(graph_params, grads_at[k]):
@@ -203,5 +217,5 @@ def test_cuda_graph_replay_with_changing_lr(name):
 
 def test_auto_picks_the_cuda_kernels():
     for op in OPS:
-        name, _ = _backends.resolve(op, torch.device(CUDA), torch.float32, "auto")
+        name, _ = _backends.resolve(op, torch.device(CUDA), ops.RESOLVE_DTYPE.get(op, torch.float32), "auto")
         assert name == "cuda", op

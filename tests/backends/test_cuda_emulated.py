@@ -3,10 +3,10 @@ emulator (csrc/testing, built by tests/backends/emulated.py): what CI can run of
 GPU. The bodies, the table layout, the block map, the vector/scalar-tail split, the arrival counters and the
 launchers' checks are the ones the .cu files compile; only the block context differs (emulator.h).
 
-Matrix: every op with a grid kernel x every flag variant of tests/op_cases.py x fp32/bf16/fp16 on tensors
-of 0, 1, 7 and 4097 elements in one launch; per op and dtype also with a 1_000_003-element tensor (31
+Matrix: every op of the table (all have grid kernels) x every flag variant of tests/op_cases.py x
+fp32/bf16/fp16 on tensors of 0, 1, 7 and 4097 elements in one launch; per op and dtype also with a 1_000_003-element tensor (31
 blocks of one tensor: the step counter must still advance once) and on 300 tensors of mixed sizes; all
-with the CPU backend's derived tolerance. Then: misaligned views take the scalar path; found_inf changes
+with the CPU backend's derived tolerance (yellowfin_tune_: the Triton backend's derived bound). Then: misaligned views take the scalar path; found_inf changes
 no bit; bad input raises naming the argument and changes nothing; the emulator reports a barrier that
 not every thread reaches; the CUDA build registers exactly these ops as compiled CUDA kernels.
 """
@@ -17,6 +17,7 @@ import torch
 
 from agd_kernels import _backends, _ext
 from tests.backends import emulated
+from tests.backends.test_triton import check_yellowfin_tune
 from tests.op_cases import (MANY_SMALL, SIZES, VARIANTS, _clone_args, _flat, check_backend, make_args,
                             mutated_positions, run, shapes_for)
 from tests.tolerance import DTYPE_IDS, assert_within_2x_reference
@@ -30,9 +31,14 @@ def emulator():
     emulated.load()
 
 
+# yellowfin_tune_ is a scalar fp64 step whose root no two implementations round alike: it has its own check
+# (test_yellowfin_tune), the derived bound of the Triton backend's.
+LIST_OPS = [op for op in emulated.OPS if op != "yellowfin_tune_"]
+
+
 def _cases(all_variants=True):
     return [pytest.param(op, variant, dtype, id=f"{op}-{variant}-{DTYPE_IDS[dtype]}")
-            for op in emulated.OPS for variant in (VARIANTS[op] if all_variants else list(VARIANTS[op])[:1])
+            for op in LIST_OPS for variant in (VARIANTS[op] if all_variants else list(VARIANTS[op])[:1])
             for dtype in DTYPES]
 
 
@@ -53,6 +59,11 @@ def test_million_elements_next_to_small_ones(op, variant, dtype):
 @pytest.mark.parametrize("op, variant, dtype", _cases(all_variants=False))
 def test_many_small_tensors(op, variant, dtype):
     _check(op, shapes_for(op, MANY_SMALL), dtype, variant)
+
+
+@pytest.mark.parametrize("variant", list(VARIANTS["yellowfin_tune_"]))
+def test_yellowfin_tune(variant):
+    check_yellowfin_tune(variant, kernel=emulated.kernel("yellowfin_tune_"))
 
 
 def _misaligned(t: torch.Tensor) -> torch.Tensor:
@@ -79,7 +90,7 @@ def test_misaligned_tensors_take_the_scalar_path(op, variant, dtype):
             assert_within_2x_reference(g, r, o, name=f"misaligned {op} arg {pos} tensor {i}")
 
 
-@pytest.mark.parametrize("op", [op for op in emulated.OPS if op != "slice_sumsq_"])
+@pytest.mark.parametrize("op", [op for op in emulated.OPS if any(hp.get("found_inf") for hp in VARIANTS[op].values())])
 def test_found_inf_changes_no_bit(op):
     """found_inf is read on the device by every block: nothing is written, step counters included (also
     across a multi-block tensor), NaNs keep their bits."""

@@ -38,6 +38,8 @@ struct LambHyper {
   bool bias_correction, grad_averaging, steps_fp64;
 };
 
+// The element functions are called qualified (agd_kernels::lamb_moments, ::lamb_apply): the host launchers
+// of the same names in namespace grid (csrc/grid/lamb_ops.h) would otherwise hide them.
 enum LambList { kLambParam, kLambGrad, kLambExpAvg, kLambExpAvgSq, kLambStep };
 
 // 1 / (grad_scale · clip divisor) in every thread: Σ grad_sumsq over a fixed tree, then lamb_clip_divisor.
@@ -98,7 +100,7 @@ struct LambMomentsKernel {
       load_pack<W>(v, i, vv);
 #pragma unroll
       for (int k = 0; k < W; ++k) {
-        lamb_moments<kL2>(pv[k], gv[k], mv[k], vv[k], s);
+        agd_kernels::lamb_moments<kL2>(pv[k], gv[k], mv[k], vv[k], s);
         const double pd = pv[k], ud = lamb_direction<kDecoupled>(pv[k], mv[k], vv[k], s);
         acc_p += pd * pd;  // exact: the square of an fp32 value fits fp64
         acc_u += ud * ud;
@@ -188,8 +190,8 @@ struct LambApplyKernel {
       load_pack<W>(v, i, vv);
 #pragma unroll
       for (int k = 0; k < W; ++k) {
-        if (kDefer) lamb_moments<kL2>(pv[k], gv[k], mv[k], vv[k], s);
-        lamb_apply(pv[k], lamb_direction<kDecoupled>(pv[k], mv[k], vv[k], s), step_size);
+        if (kDefer) agd_kernels::lamb_moments<kL2>(pv[k], gv[k], mv[k], vv[k], s);
+        agd_kernels::lamb_apply(pv[k], lamb_direction<kDecoupled>(pv[k], mv[k], vv[k], s), step_size);
       }
       store_pack<W>(p, i, pv);
       if (kDefer) {
