@@ -103,7 +103,9 @@ def get_extensions():
     # AVX2 build of the element loops chosen at run time instead.
     cxx = opt + ["-fno-math-errno", "-fno-trapping-math", "-fopenmp", "-Wall", "-Wno-unknown-pragmas"]
     include_dirs = [os.path.join(ROOT, "csrc", "include")]
-    sources = sorted(glob.glob(os.path.join("csrc", "**", "*.cpp"), recursive=True))
+    # csrc/testing is the grid emulator, a test-only library that tests/backends/emulated.py builds.
+    sources = sorted(f for f in glob.glob(os.path.join("csrc", "**", "*.cpp"), recursive=True)
+                     if not f.startswith(os.path.join("csrc", "testing", "")))
     info = {
         "torch": torch.__version__,
         "torch_cuda": torch.version.cuda,
@@ -119,7 +121,11 @@ def get_extensions():
     if not os.environ.get("TORCH_CUDA_ARCH_LIST") and not torch.cuda.is_available():
         os.environ["TORCH_CUDA_ARCH_LIST"] = DEFAULT_ARCH_LIST
     sources += sorted(glob.glob(os.path.join("csrc", "cuda", "**", "*.cu"), recursive=True))
-    nvcc = opt + ["-lineinfo", "-DAGDK_WITH_CUDA"]
+    # -fmad=false: no contraction of a*b + c into one fused multiply-add, so the kernels round operation by
+    # operation as the grid emulator (g++ -ffp-contract=off) and the CPU reference do, and the emulated
+    # kernels are bit-equal to the real ones. The kernels are memory-bound (fp32 Adam: ~10 flops per 28 B),
+    # so the extra FMUL/FADD issue slots cost no time.
+    nvcc = opt + ["-lineinfo", "-fmad=false", "-DAGDK_WITH_CUDA"]
     # -idirafter: the wheels' headers only fill gaps, they never shadow the toolkit's own.
     for d in _nvidia_wheel_include_dirs():
         cxx += ["-idirafter", d]

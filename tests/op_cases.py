@@ -352,12 +352,14 @@ def _flat(x) -> list[torch.Tensor]:
 
 
 def check_backend(op: str, backend: str, shapes, dtype: torch.dtype, variant: str, seed: int = 0,
-                  device="cpu") -> None:
-    """Backend vs reference vs float64 oracle on every mutated and returned tensor (all on `device`)."""
+                  device="cpu", kernel=None) -> None:
+    """Backend vs reference vs float64 oracle on every mutated and returned tensor (all on `device`).
+    `kernel`, when given, is called instead of the backend's (e.g. the grid emulator's; `backend` then
+    only names it in messages)."""
     args = make_args(op, shapes, dtype, variant, seed, device)
     got_args, ref_args = _clone_args(args), _clone_args(args)
     oracle_args = make_args(op, shapes, dtype, variant, seed, device, oracle=True)
-    got = run(op, backend, got_args)
+    got = kernel(*got_args) if kernel is not None else run(op, backend, got_args)
     ref = run(op, "torch", ref_args)
     oracle = run(op, "torch", oracle_args)
     narrower = COMPUTED_NARROWER.get(op, {})

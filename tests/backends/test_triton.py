@@ -119,14 +119,15 @@ def _root_rel_error(tuner: torch.Tensor) -> torch.Tensor:
     return 2 * dx / torch.minimum(x, 1 - x).clamp(min=2.0 ** -1022)
 
 
-def check_yellowfin_tune(variant: str, device: str = "cpu") -> None:
+def check_yellowfin_tune(variant: str, device: str = "cpu", kernel=None) -> None:
     """The tuner is fp64 on both sides, so the 2x-reference rule has no reference error to scale and would
     demand 2 ulps everywhere. That holds for every slot except the ones computed from the cubic's root,
     which no two fp64 implementations reproduce to the bit (see _root_rel_error): those get the derived
-    relative bound, x2."""
+    relative bound, x2. `kernel`: the tune kernel to check instead of Triton's (the CUDA backend's tests)."""
     args = make_args("yellowfin_tune_", [(1,), (7,), (4097,)], torch.float32, variant, device=device)
     got_args, ref_args = _clone_args(args), _clone_args(args)
-    got, ref = run("yellowfin_tune_", "triton", got_args), run("yellowfin_tune_", "torch", ref_args)
+    got = kernel(*got_args) if kernel is not None else run("yellowfin_tune_", "triton", got_args)
+    ref = run("yellowfin_tune_", "torch", ref_args)
     ulps = 2 * EPS[torch.float64]
     rel = torch.full_like(ref_args[0], ulps)
     root = 2 * _root_rel_error(ref_args[0])

@@ -1,0 +1,89 @@
+// agd_kernels::agd_step_ on the grid kernels (csrc/include/agd_kernels/grid/agd.h), for any Device policy
+// of host.h: two launches (scalars, update), eta and G returned as device tensors the host never reads.
+#pragma once
+#include <ATen/ops/empty.h>
+
+#include <tuple>
+
+#include "agd_kernels/grid/agd.h"
+#include "host.h"
+#include "reduction_ops.h"
+
+namespace agd_kernels::grid {
+
+template <class Device>
+std::tuple<at::Tensor, at::Tensor> agd_step(Device& dev, at::TensorList params, at::TensorList grads,
+                                            const at::Tensor& sumsq, const at::Tensor& slice_sv,
+                                            at::IntArrayRef slice_start, at::IntArrayRef slice_count, int64_t depth,
+                                            double gain, const OptionalTensor& grad_scale,
+                                            const OptionalTensor& found_inf) {
+  constexpr const char* op = "agd_step_";
+  check_params(dev, op, params);
+  check_like(dev, op, "grads", params, grads);
+  check_tensor_device(dev, op, "sumsq", sumsq);
+  check_tensor_device(dev, op, "slice_sv", slice_sv);
+  TORCH_CHECK_VALUE(sumsq.dim() == 1 && sumsq.scalar_type() == at::kFloat, op,
+                    ": sumsq must be a 1-D float32 tensor on the ", dev.backend(), " backend; got ",
+                    sumsq.scalar_type(), " of shape ", sumsq.sizes());
+  TORCH_CHECK_VALUE(slice_sv.scalar_type() == sumsq.scalar_type() && slice_sv.sizes() == sumsq.sizes(), op,
+                    ": slice_sv must be a tensor of sumsq's dtype and shape ", sumsq.sizes(), "; got ",
+                    slice_sv.scalar_type(), " of shape ", slice_sv.sizes());
+  TORCH_CHECK_VALUE(depth >= 1, op, ": depth must be >= 1 (the number of matrices with a gradient); got ", depth);
+  TORCH_CHECK_VALUE(slice_start.size() == params.size() && slice_count.size() == params.size(), op,
+                    ": slice_start and slice_count need one entry per parameter (", params.size(), "); got ",
+                    slice_start.size(), " and ", slice_count.size());
+  for (size_t i = 0; i < params.size(); ++i) {
+    const int64_t start = slice_start[i], count = slice_count[i];
+    TORCH_CHECK_VALUE(start >= 0 && count >= 0 && start + count <= sumsq.numel(), op, ": slots [", start, ", ",
+                      start + count, ") of params[", i, "] are outside sumsq's ", sumsq.numel(), " slots");
+    TORCH_CHECK_VALUE(params[i].dim() < 2 || count == num_slices(params[i]), op, ": params[", i, "] of shape ",
+                      params[i].sizes(), " has ", num_slices(params[i]), " taps but slice_count[", i, "] is ", count);
+  }
+  const Scalar scale_s = device_scalar(dev, op, "grad_scale", grad_scale);
+  const Scalar inf_s = device_scalar(dev, op, "found_inf", found_inf);
+  const at::TensorOptions f32 = sumsq.options();
+  at::Tensor eta = at::empty({}, f32), G = at::empty({}, f32), step = at::empty({}, f32);
+  dev.template launch<AgdScalarsKernel>(
+      1, AgdScalarsKernel::Args{sumsq.const_data_ptr<float>(), slice_sv.const_data_ptr<float>(), sumsq.stride(0),
+                                slice_sv.stride(0), sumsq.numel(), depth, gain, scale_s, inf_s,
+                                eta.mutable_data_ptr<float>(), G.mutable_data_ptr<float>(),
+                                step.mutable_data_ptr<float>()});
+  if (params.empty()) return {eta, G};
+
+  // The tap layout needs logical (o, i, *k) order in memory: other layouts run on contiguous copies,
+  // copied back after the launch (extra copy kernels, and a table that differs every call).
+  std::vector<at::Tensor> p_work(params.begin(), params.end()), g_work(grads.begin(), grads.end());
+  for (size_t i = 0; i < params.size(); ++i) {
+    if (num_slices(params[i]) > 1 && !params[i].is_contiguous()) {
+      p_work[i] = params[i].contiguous();
+      g_work[i] = grads[i].contiguous();
+    }
+  }
+  using K0 = AgdUpdateKernel<float>;
+  const int64_t n = static_cast<int64_t>(params.size());
+  std::vector<int64_t> words(K0::kLists * n), numels(n);
+  std::vector<bool> vector_ok(n);
+  for (int64_t t = 0; t < n; ++t) {
+    words[K0::kParam * n + t] = address(p_work[t]);
+    words[K0::kGrad * n + t] = address(g_work[t]);
+    words[K0::kStart * n + t] = slice_start[t];
+    words[K0::kCount * n + t] = slice_count[t];
+    words[K0::kTaps * n + t] = params[t].dim() >= 2 ? num_slices(params[t]) : 0;
+    numels[t] = params[t].numel();
+    vector_ok[t] = words[K0::kParam * n + t] % kVectorBytes == 0 && words[K0::kGrad * n + t] % kVectorBytes == 0;
+  }
+  const int64_t blocks = finish_table(words, K0::kLists, numels, vector_ok);
+  const Table table = dev.table(std::move(words), n, K0::kLists);
+  dispatch_dtype(params[0].scalar_type(), [&](auto tag) {
+    using K = AgdUpdateKernel<typename decltype(tag)::type>;
+    dev.template launch<K>(blocks, typename K::Args{table, sumsq.const_data_ptr<float>(),
+                                                    slice_sv.const_data_ptr<float>(), sumsq.stride(0),
+                                                    slice_sv.stride(0), step.const_data_ptr<float>(), inf_s});
+  });
+  for (size_t i = 0; i < params.size(); ++i) {
+    if (!p_work[i].is_same(params[i])) params[i].copy_(p_work[i]);
+  }
+  return {eta, G};
+}
+
+}  // namespace agd_kernels::grid

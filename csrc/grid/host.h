@@ -1,0 +1,179 @@
+// Host side of the grid kernels (csrc/include/agd_kernels/grid), shared by the CUDA launchers
+// (csrc/cuda/*.cu) and the grid emulator (csrc/testing): argument checks, the tensor table's words,
+// per-step scalars as device pointers, and the dtype/flag dispatch. A `Device` policy supplies what
+// differs: which tensors it takes, where the table lives, and how a kernel body is launched:
+//   const char* backend();  bool accepts(const at::Tensor&);  std::string where();
+//   grid::Table table(std::vector<int64_t> words, int64_t tensors, int32_t lists);
+//   template <class K> void launch(int64_t blocks, const typename K::Args&);
+// Every check runs before anything is launched, so a rejected call changes nothing.
+#pragma once
+#include <ATen/core/Tensor.h>
+#include <c10/util/Exception.h>
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <type_traits>
+#include <vector>
+
+#include "agd_kernels/grid/block.h"
+
+namespace agd_kernels::grid {
+
+using OptionalTensor = std::optional<at::Tensor>;
+
+// The parameter dtypes with kernels: fp64 parameters take the cpu or triton backend (_backends._DTYPES).
+inline bool is_kernel_dtype(at::ScalarType t) { return t == at::kFloat || t == at::kHalf || t == at::kBFloat16; }
+
+template <class Device>
+void check_tensor_device(const Device& dev, const char* op, const std::string& name, const at::Tensor& t) {
+  TORCH_CHECK(dev.accepts(t), op, ": ", name, " is on ", t.device(), "; the ", dev.backend(), " backend takes ",
+              dev.where());
+}
+
+template <class Device>
+void check_params(const Device& dev, const char* op, at::TensorList params, const char* list = "params") {
+  for (size_t i = 0; i < params.size(); ++i) {
+    const at::Tensor& p = params[i];
+    const std::string name = std::string(list) + "[" + std::to_string(i) + "]";
+    check_tensor_device(dev, op, name, p);
+    TORCH_CHECK_TYPE(is_kernel_dtype(p.scalar_type()), op, ": ", name, " has dtype ", p.scalar_type(),
+                     "; the ", dev.backend(), " backend takes float32, float16 or bfloat16");
+    TORCH_CHECK_TYPE(p.scalar_type() == params[0].scalar_type(), op, ": ", name, " is ", p.scalar_type(),
+                     " but ", list, "[0] is ", params[0].scalar_type(), "; one call takes one dtype");
+    TORCH_CHECK_VALUE(p.is_non_overlapping_and_dense(), op, ": ", name,
+                      " must be dense and non-overlapping (e.g. contiguous); got strides ", p.strides());
+  }
+}
+
+// `other` must match params tensor by tensor: count, device, dtype, shape and memory layout (elementwise
+// kernels walk memory order, so any dense layout both share works).
+template <class Device>
+void check_like(const Device& dev, const char* op, const char* name, at::TensorList params, at::TensorList other,
+                const char* base = "params") {
+  TORCH_CHECK_VALUE(other.size() == params.size(), op, ": ", name, " has ", other.size(), " tensors, ", base,
+                    " has ", params.size());
+  for (size_t i = 0; i < params.size(); ++i) {
+    const at::Tensor& o = other[i];
+    check_tensor_device(dev, op, std::string(name) + "[" + std::to_string(i) + "]", o);
+    TORCH_CHECK_TYPE(o.scalar_type() == params[i].scalar_type(), op, ": ", name, "[", i, "] is ", o.scalar_type(),
+                     ", ", base, "[", i, "] is ", params[i].scalar_type());
+    TORCH_CHECK_VALUE(o.sizes() == params[i].sizes(), op, ": ", name, "[", i, "] has shape ", o.sizes(),
+                      ", ", base, "[", i, "] has ", params[i].sizes());
+    const bool same_layout = (o.is_contiguous() && params[i].is_contiguous()) || o.strides() == params[i].strides();
+    TORCH_CHECK_VALUE(o.is_non_overlapping_and_dense() && same_layout, op, ": ", name, "[", i, "] has strides ",
+                      o.strides(), ", ", base, "[", i, "] has ", params[i].strides(),
+                      "; both must be dense with the same memory layout");
+  }
+}
+
+// state_steps: one 0-d-like float32 or float64 tensor per parameter, on the parameters' device (the kernel
+// reads and advances them), all of one dtype. Returns whether they are float64.
+template <class Device>
+bool check_steps(const Device& dev, const char* op, at::TensorList params, at::TensorList steps) {
+  TORCH_CHECK_VALUE(steps.size() == params.size(), op, ": state_steps has ", steps.size(), " tensors, params has ",
+                    params.size());
+  const bool fp64 = !steps.empty() && steps[0].scalar_type() == at::kDouble;
+  for (size_t i = 0; i < steps.size(); ++i) {
+    const at::Tensor& s = steps[i];
+    TORCH_CHECK_VALUE(s.numel() == 1 && dev.accepts(s) &&
+                      s.scalar_type() == (fp64 ? at::kDouble : at::kFloat),
+                      op, ": state_steps[", i, "] must be a one-element ", fp64 ? "float64" : "float32",
+                      " tensor (the dtype of state_steps[0]) on ", dev.where(), "; got ", s.scalar_type(),
+                      " of shape ", s.sizes(), " on ", s.device());
+  }
+  return fp64;
+}
+
+// A one-element fp32/fp64 scalar tensor on the parameters' device, passed to the kernel as a pointer.
+template <class Device>
+Scalar device_scalar(const Device& dev, const char* op, const char* name, const OptionalTensor& t) {
+  if (!t.has_value()) return Scalar{nullptr, Scalar::kAbsent};
+  TORCH_CHECK_VALUE(t->numel() == 1, op, ": ", name, " must hold exactly one element; got shape ", t->sizes());
+  check_tensor_device(dev, op, name, *t);
+  const at::ScalarType st = t->scalar_type();
+  TORCH_CHECK_TYPE(st == at::kFloat || st == at::kDouble, op, ": ", name, " must be float32 or float64; got ", st);
+  return Scalar{t->const_data_ptr(), st == at::kDouble ? Scalar::kDouble : Scalar::kFloat};
+}
+
+// The table words (layout in grid/block.h) from per-entry words: words[l * n + t] for l < lists (data
+// pointers, or any per-entry word a body defines), each entry's element count and vector_ok flag. Appends
+// the block map and returns the number of blocks.
+inline int64_t finish_table(std::vector<int64_t>& words, int64_t lists, const std::vector<int64_t>& numels,
+                            const std::vector<bool>& vector_ok) {
+  const int64_t n = static_cast<int64_t>(numels.size());
+  words.resize((lists + 2) * n, 0);
+  int64_t blocks = 0;
+  for (int64_t t = 0; t < n; ++t) {
+    words[lists * n + t] = numels[t];
+    words[(lists + 1) * n + t] = vector_ok[t] ? 1 : 0;
+    const int64_t b = blocks_of(numels[t]);
+    TORCH_CHECK_VALUE(b <= INT32_MAX, "a tensor of ", numels[t], " elements exceeds the grid kernels' limit of ",
+                      static_cast<int64_t>(INT32_MAX) * kChunk);
+    for (int64_t c = 0; c < b; ++c) words.push_back(t << 32 | c);
+    blocks += b;
+  }
+  return blocks;
+}
+
+inline int64_t address(const at::Tensor& t) {
+  return static_cast<int64_t>(reinterpret_cast<uintptr_t>(t.const_data_ptr()));
+}
+
+// The table words of an elementwise op: one entry per parameter, lists = the element lists (an empty list:
+// 0 pointers, never read) and, last, the step counters (empty when the op has none). Only the element
+// lists' pointers count for vector_ok: steps are read as scalars.
+inline std::vector<int64_t> table_words(at::TensorList params, std::initializer_list<at::TensorList> element_lists,
+                                        at::TensorList steps, int64_t* blocks_out) {
+  const int64_t n = static_cast<int64_t>(params.size());
+  const int64_t lists = static_cast<int64_t>(element_lists.size()) + 1;
+  std::vector<int64_t> words(lists * n, 0), numels(n);
+  std::vector<bool> aligned(n, true);
+  int64_t l = 0;
+  for (at::TensorList list : element_lists) {
+    for (int64_t t = 0; t < static_cast<int64_t>(list.size()); ++t) {
+      words[l * n + t] = address(list[t]);
+      aligned[t] = aligned[t] && words[l * n + t] % kVectorBytes == 0;
+    }
+    ++l;
+  }
+  for (int64_t t = 0; t < static_cast<int64_t>(steps.size()); ++t) words[l * n + t] = address(steps[t]);
+  for (int64_t t = 0; t < n; ++t) numels[t] = params[t].numel();
+  *blocks_out = finish_table(words, lists, numels, aligned);
+  return words;
+}
+
+template <class Device>
+Table make_table(Device& dev, at::TensorList params, std::initializer_list<at::TensorList> element_lists,
+                 at::TensorList steps, int64_t* blocks) {
+  std::vector<int64_t> words = table_words(params, element_lists, steps, blocks);
+  return dev.table(std::move(words), static_cast<int64_t>(params.size()),
+                   static_cast<int32_t>(element_lists.size()) + 1);
+}
+
+template <typename T>
+struct TypeTag {
+  using type = T;
+};
+
+// fn(TypeTag<T>{}) for the storage type of a float32/float16/bfloat16 parameter dtype (checked before).
+template <class Fn>
+void dispatch_dtype(at::ScalarType st, Fn&& fn) {
+  switch (st) {
+    case at::kFloat: return fn(TypeTag<float>{});
+    case at::kHalf: return fn(TypeTag<c10::Half>{});
+    case at::kBFloat16: return fn(TypeTag<c10::BFloat16>{});
+    default: TORCH_CHECK_TYPE(false, "no grid kernel for ", st);
+  }
+}
+
+template <class Fn>
+void dispatch_bool(bool flag, Fn&& fn) {
+  if (flag) {
+    fn(std::true_type{});
+  } else {
+    fn(std::false_type{});
+  }
+}
+
+}  // namespace agd_kernels::grid

@@ -1,0 +1,54 @@
+// Adagrad kernel body (agd_kernels::adagrad_step_, dense gradients): one launch per step, math from
+// ../adagrad.h; lr/(1 + (t - 1)·lr_decay) uses the tensor's advanced step t.
+#pragma once
+#include "agd_kernels/adagrad.h"
+#include "agd_kernels/grid/block.h"
+
+namespace agd_kernels::grid {
+
+template <typename T, bool kWeightDecay>
+struct AdagradKernel {
+  using M = math_t<T>;
+  static constexpr int kThreads = grid::kThreads;
+  enum List { kParam, kGrad, kStateSum, kStep, kLists };
+
+  struct Args {
+    Table table;
+    Scalar lr, grad_scale, found_inf;
+    double lr_decay, weight_decay, eps;
+    bool maximize, steps_fp64;
+  };
+  struct Shared {
+    int32_t last;
+  };
+
+  template <class Ctx>
+  AGDK_DEVICE static void run(Ctx& ctx, Shared& shared, const Args& a) {
+    if (skip_step(a.found_inf)) return;
+    const Table& tab = a.table;
+    const Chunk c = chunk_of(tab, ctx.block());
+    void* step = tab.ptr<void>(kStep, c.tensor);
+    const double t = next_step(step, a.steps_fp64);
+    const double grad_mul = (a.maximize ? -1.0 : 1.0) / read_scalar(a.grad_scale, 1.0);
+    const AdagradScalars<M> s =
+        adagrad_scalars<M>(read_scalar(a.lr, 0.0), t, a.lr_decay, a.weight_decay, a.eps, grad_mul);
+    T* p = tab.ptr<T>(kParam, c.tensor);
+    const T* g = tab.ptr<const T>(kGrad, c.tensor);
+    T* sum = tab.ptr<T>(kStateSum, c.tensor);
+    for_each_vector<T>(ctx, tab, c, [&](auto width, int64_t i) {
+      constexpr int W = decltype(width)::value;
+      M pv[W], gv[W], sv[W];
+      load_pack<W>(p, i, pv);
+      load_pack<W>(g, i, gv);
+      load_pack<W>(sum, i, sv);
+#pragma unroll
+      for (int k = 0; k < W; ++k) adagrad_element<kWeightDecay>(pv[k], gv[k], sv[k], s);
+      store_pack<W>(p, i, pv);
+      store_pack<W>(sum, i, sv);
+    });
+    if (last_block(ctx, tab.counters + c.tensor, blocks_of(tab.numel(c.tensor)), shared.last) && ctx.thread() == 0)
+      store_step(step, a.steps_fp64, t);
+  }
+};
+
+}  // namespace agd_kernels::grid

@@ -1,0 +1,62 @@
+// RMSprop kernel body (agd_kernels::rmsprop_step_): plain, centered, momentum; one launch per step, math
+// from ../rmsprop.h. The step counter only advances (checkpoints count it), in each tensor's last block.
+#pragma once
+#include "agd_kernels/grid/block.h"
+#include "agd_kernels/rmsprop.h"
+
+namespace agd_kernels::grid {
+
+template <typename T, bool kWeightDecay, int kCentering, bool kMomentum>
+struct RmspropKernel {
+  using M = math_t<T>;
+  static constexpr int kThreads = grid::kThreads;
+  static constexpr bool kCentered = kCentering != kNotCentered;
+  enum List { kParam, kGrad, kSquareAvg, kGradAvg, kMomentumBuffer, kStep, kLists };
+
+  struct Args {
+    Table table;
+    Scalar lr, grad_scale, found_inf;
+    double alpha, eps, weight_decay, momentum;
+    bool maximize, steps_fp64;
+  };
+  struct Shared {
+    int32_t last;
+  };
+
+  template <class Ctx>
+  AGDK_DEVICE static void run(Ctx& ctx, Shared& shared, const Args& a) {
+    if (skip_step(a.found_inf)) return;
+    const Table& tab = a.table;
+    const Chunk c = chunk_of(tab, ctx.block());
+    const double grad_mul = (a.maximize ? -1.0 : 1.0) / read_scalar(a.grad_scale, 1.0);
+    const RmspropScalars<M> s =
+        rmsprop_scalars<M>(read_scalar(a.lr, 0.0), a.alpha, a.eps, a.weight_decay, a.momentum, grad_mul);
+    T* p = tab.ptr<T>(kParam, c.tensor);
+    const T* g = tab.ptr<const T>(kGrad, c.tensor);
+    T* v = tab.ptr<T>(kSquareAvg, c.tensor);
+    T* gavg = tab.ptr<T>(kGradAvg, c.tensor);
+    T* buf = tab.ptr<T>(kMomentumBuffer, c.tensor);
+    for_each_vector<T>(ctx, tab, c, [&](auto width, int64_t i) {
+      constexpr int W = decltype(width)::value;
+      M pv[W], gv[W], vv[W], av[W], bv[W];
+      load_pack<W>(p, i, pv);
+      load_pack<W>(g, i, gv);
+      load_pack<W>(v, i, vv);
+      if (kCentered) load_pack<W>(gavg, i, av);
+      if (kMomentum) load_pack<W>(buf, i, bv);
+#pragma unroll
+      for (int k = 0; k < W; ++k)
+        rmsprop_element<kWeightDecay, kCentering, kMomentum>(pv[k], gv[k], vv[k], av[k], bv[k], s);
+      store_pack<W>(p, i, pv);
+      store_pack<W>(v, i, vv);
+      if (kCentered) store_pack<W>(gavg, i, av);
+      if (kMomentum) store_pack<W>(buf, i, bv);
+    });
+    void* step = tab.ptr<void>(kStep, c.tensor);
+    const double t = next_step(step, a.steps_fp64);  // read before arriving: the last block writes it
+    if (last_block(ctx, tab.counters + c.tensor, blocks_of(tab.numel(c.tensor)), shared.last) && ctx.thread() == 0)
+      store_step(step, a.steps_fp64, t);
+  }
+};
+
+}  // namespace agd_kernels::grid

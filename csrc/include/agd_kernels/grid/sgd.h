@@ -1,0 +1,50 @@
+// SGD kernel body (agd_kernels::sgd_step_): plain, momentum/dampening, Nesterov; one launch per step,
+// math from ../sgd.h. No step counter, so no arrival counter either.
+#pragma once
+#include "agd_kernels/grid/block.h"
+#include "agd_kernels/sgd.h"
+
+namespace agd_kernels::grid {
+
+template <typename T, bool kWeightDecay, bool kMomentum>
+struct SgdKernel {
+  using M = math_t<T>;
+  static constexpr int kThreads = grid::kThreads;
+  enum List { kParam, kGrad, kMomentumBuffer, kLists };
+
+  struct Args {
+    Table table;
+    Scalar lr, grad_scale, found_inf;
+    double momentum, dampening, weight_decay;
+    bool nesterov, maximize, first_step;
+  };
+  struct Shared {};
+
+  template <class Ctx>
+  AGDK_DEVICE static void run(Ctx& ctx, Shared&, const Args& a) {
+    if (skip_step(a.found_inf)) return;
+    const Table& tab = a.table;
+    const Chunk c = chunk_of(tab, ctx.block());
+    // No fp64 pow here: every thread forms the scalars itself (three cached loads) instead of a barrier.
+    const double grad_mul = (a.maximize ? -1.0 : 1.0) / read_scalar(a.grad_scale, 1.0);
+    const SgdScalars<M> s = sgd_scalars<M>(read_scalar(a.lr, 0.0), a.momentum, a.dampening, a.weight_decay,
+                                           a.nesterov, a.first_step, grad_mul);
+    T* p = tab.ptr<T>(kParam, c.tensor);
+    const T* g = tab.ptr<const T>(kGrad, c.tensor);
+    T* buf = tab.ptr<T>(kMomentumBuffer, c.tensor);
+    for_each_vector<T>(ctx, tab, c, [&](auto width, int64_t i) {
+      constexpr int W = decltype(width)::value;
+      M pv[W], gv[W], bv[W] = {};
+      load_pack<W>(p, i, pv);
+      load_pack<W>(g, i, gv);
+      // On the first step torch creates the buffer from d: its old contents are never read.
+      if (kMomentum && !a.first_step) load_pack<W>(buf, i, bv);
+#pragma unroll
+      for (int k = 0; k < W; ++k) sgd_element<kWeightDecay, kMomentum>(pv[k], gv[k], bv[k], s);
+      store_pack<W>(p, i, pv);
+      if (kMomentum) store_pack<W>(buf, i, bv);
+    });
+  }
+};
+
+}  // namespace agd_kernels::grid
