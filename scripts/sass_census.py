@@ -14,7 +14,7 @@ import tempfile
 os.environ.setdefault("TRITON_INTERPRET", "1")  # the launch recording runs the launchers on CPU tensors
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CENSUS = os.path.join(ROOT, "docs", "sass_census.md")
+CENSUS = os.path.join(ROOT, "docs/sass_census.md")
 # constexprs every row shares (the GPU tile config) or that the dtype column already shows
 _COMMON = ("DTYPE", "BLOCK", "CHUNK", "SLOTS", "NCOL")
 

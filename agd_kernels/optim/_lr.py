@@ -1,4 +1,4 @@
-"""A param group's lr as the 0-d device tensors the kernels read (DESIGN.md rule 3).
+"""A param group's lr as the 0-d device tensors the kernels read (docs/design.md rule 3).
 
 LR schedulers write a Python float into `group["lr"]` between steps. Eager step() compares it with
 the value its tensor holds and refills the tensor only when it changed (a float comparison; one fill

@@ -17,7 +17,7 @@ def test_readme_table_is_the_script_output():
 
 def test_our_launches_and_bytes_per_step():
     """Counted from real steps: AGD 2 launches (norms, update), LAMB and YellowFin 3, the rest 1; bytes are the
-    algorithms' minimum (DESIGN.md rule 5: Adam 16 B read + 12 B written)."""
+    algorithms' minimum (docs/design.md rule 5: Adam 16 B read + 12 B written)."""
     assert bytes_table.ours() == {"AGD": (16, 2), "Adam / AdamW": (28, 1), "SGD momentum": (20, 1),
                                   "RMSprop": (20, 1), "Adagrad": (20, 1), "LAMB": (44, 3), "YellowFin": (36, 3)}
 

@@ -1,4 +1,4 @@
-// AGD kernel bodies (agd_kernels::agd_step_, specs/agd.md §6 phases B and C): two launches after
+// AGD kernel bodies (agd_kernels::agd_step_, docs/agd.md §6 phases B and C): two launches after
 // slice_sumsq_ (phase A), with G, eta and the step computed on the device, never read by the host.
 //   AgdScalarsKernel  one block: G = (1/depth)·Σ sv·√sumsq ÷ grad_scale over every slot (fp64 per-thread
 //                     sums, fixed tree), eta = agd_eta(G), step = gain·eta/depth; writes eta and G (the op's
