@@ -15,6 +15,8 @@ with the CUDA build of torch, GPU or not. Per kernel and arch it reports:
   loads, stores  global load/store instructions (LDG/STG) by access width in bits: 128 is a 16-byte vector
              access (LDG.E.128), 32 a scalar fp32 one. A memory-bound fp32 kernel that only issues 32-bit
              loads needs 4x the instructions for the same bytes.
+  generic    LD/ST through a generic address (resolved to global, shared or local at run time): nvcc emits
+             them for pointers it cannot prove global, e.g. ones read from a device-side table.
 """
 from __future__ import annotations
 
@@ -51,6 +53,7 @@ class Kernel:
     shared: int = 0
     loads: Counter = field(default_factory=Counter)  # global loads: width in bits -> instructions
     stores: Counter = field(default_factory=Counter)  # global stores: width in bits -> instructions
+    generic: int = 0  # LD/ST instructions (generic addressing)
     local_ops: int = 0  # LDL/STL instructions
     local_ops_in_loops: int = 0  # of those, inside a loop (between a backward branch and its target)
     calls: int = 0  # CALL instructions (ptxas' subroutines, e.g. the slow path of div.rn.f32)
@@ -136,6 +139,8 @@ def parse(text: str) -> list[Kernel]:
             current.loads[_width(modifiers)] += 1
         elif op == "STG":
             current.stores[_width(modifiers)] += 1
+        elif op in ("LD", "ST"):
+            current.generic += 1
         elif op in ("LDL", "STL"):
             current.local_ops += 1
             current._local_at.append(address)

@@ -164,6 +164,49 @@ def test_extension_has_sass_for_its_archs_and_the_expected_kernels():
     assert not bad, "\n".join(bad)
 
 
+def _template_flags(symbol: str) -> list[int]:
+    """The bool/int template arguments after the element type: "...SgdKernelIfLb1ELb0EEE..." -> [1, 0]."""
+    name = _grid_kernel(symbol)
+    return [int(v) for v in re.findall(r"L[bi](\d+)E", symbol[symbol.index(name) + len(name):])]
+
+
+#: fp32 grid kernels: (streams read, streams written) by 128-bit accesses on the vector path, from the
+#: template flags (csrc/include/agd_kernels/grid/*.h): one vector per stream per copy of the vector loop.
+CUDA_STREAMS = {
+    "AdamKernel": lambda l2, ams, end: (4 + ams, 3 + ams),  # p g m v [vmax] / p m v [vmax]
+    "SgdKernel": lambda wd, mom: (2 + mom, 1 + mom),  # p g [buf]
+    "RmspropKernel": lambda wd, centering, mom: (3 + (centering > 0) + mom, 2 + (centering > 0) + mom),
+    "AdagradKernel": lambda wd: (3, 2),  # p g sum / p sum
+    "AgdUpdateKernel": lambda: (2, 1),  # p g / p
+    "LambMomentsKernel": lambda l2, dec: (4, 2),  # p g m v / m v
+    "LambApplyKernel": lambda l2, dec: (3, 1),  # p m v / p
+    "YellowfinApplyKernel": lambda wd: (4, 3),  # p g avg buf / p avg buf
+    "YellowfinStatsKernel": lambda: (2, 0),  # g avg
+    "SliceSumsqKernel": lambda: (1, 0),
+}
+
+
+def test_extension_fp32_kernels_use_128_bit_global_accesses():
+    """Every stream of every fp32 grid kernel moves through LDG.E.128/STG.E.128, and no kernel addresses
+    memory generically (LD/ST): table pointers are declared global (grid/block.h Table::ptr)."""
+    path, _ = _extension()
+    bad, checked = [], set()
+    for k in sass_tools.inspect(path):
+        name = _grid_kernel(k.name)
+        if k.generic:
+            bad.append(f"{k.arch} {k.name}: {k.generic} generic LD/ST")
+        if not _fp32(k.name) or name not in CUDA_STREAMS:
+            continue
+        checked.add(name)
+        reads, writes = CUDA_STREAMS[name](*_template_flags(k.name))
+        got = (k.loads[128], k.stores[128])
+        copies = got[0] // reads  # nvcc may version a loop (AGD: conv taps vs one coefficient): 2 copies
+        if copies < 1 or got != (copies * reads, copies * writes):
+            bad.append(f"{k.arch} {k.name}: 128-bit loads/stores {got}, expected a multiple of {(reads, writes)}")
+    assert not bad, "\n".join(bad)
+    assert checked == set(CUDA_STREAMS), f"no fp32 kernel found for {sorted(set(CUDA_STREAMS) - checked)}"
+
+
 # ------------------------------------------------------------------------------------- the tool itself
 _PROBE = r"""
 namespace probe {
@@ -186,6 +229,14 @@ extern "C" __global__ void scattered(const float* x, float* y, const int* idx, i
   for (int j = 0; j < n; ++j) buf[idx[j] & 255] = x[j * 32 + threadIdx.x];
   y[threadIdx.x] = buf[idx[threadIdx.x] & 255];
 }
+// a pointer that may point to shared or to global memory: generic LD/ST (nvcc resolves the space at run time)
+extern "C" __global__ void either_space(float* y, int pick) {
+  __shared__ float s[64];
+  float* p = (threadIdx.x & pick) ? s : y;
+  p[threadIdx.x & 63] = 1.0f;
+  __syncthreads();
+  y[threadIdx.x] = p[(threadIdx.x + 1) & 63];
+}
 """
 
 
@@ -201,10 +252,11 @@ def test_tool_reads_an_nvcc_built_library(tmp_path):
                    check=True, capture_output=True)
     assert sass_tools.embedded_archs(str(so)) == ["sm_80", "sm_90"]
     kernels = {(sass_tools.base_name(k.name), k.arch): k for k in sass_tools.inspect(str(so))}
-    assert set(kernels) == {(n, a) for n in ("vec4_copy", "block_sum", "scattered") for a in ("sm_80", "sm_90")}
+    assert set(kernels) == {(n, a) for n in ("vec4_copy", "block_sum", "scattered", "either_space") for a in ("sm_80", "sm_90")}
     for arch in ("sm_80", "sm_90"):
         vec, block, scattered = (kernels[n, arch] for n in ("vec4_copy", "block_sum", "scattered"))
-        assert vec.loads == {128: 1} and vec.stores == {128: 1} and not vec.uses_local_memory
+        assert vec.loads == {128: 1} and vec.stores == {128: 1} and not vec.uses_local_memory and not vec.generic
+        assert kernels["either_space", arch].generic == 2
         assert block.shared >= 256 * 8  # 256 doubles (sm_90 adds 1 KiB it reserves)
         assert block.loads == {64: 1} and block.registers > 0
         assert scattered.stack >= 1024 and scattered.local_ops_in_loops > 0 and scattered.uses_local_memory
