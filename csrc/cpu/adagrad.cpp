@@ -26,13 +26,10 @@ void adagrad_step_cpu(at::TensorList params, at::TensorList grads, at::TensorLis
                       double eps, bool maximize, const std::optional<at::Tensor>& grad_scale,
                       const std::optional<at::Tensor>& found_inf) {
   constexpr const char* op = "adagrad_step_";
-  check_params(op, params);
-  check_like(op, "grads", params, grads);
-  check_like(op, "state_sums", params, state_sums);
+  check_lists(kCpu, op, params, {{"grads", grads}, {"state_sums", state_sums}});
   check_steps(op, params, state_steps);
-  const double lr_value = read_scalar(op, "lr", lr);
-  const double grad_mul = grad_multiplier(op, grad_scale, maximize);
-  if (params.empty() || found_inf_set(op, found_inf)) return;
+  const auto in = step_inputs(op, params, lr, grad_scale, maximize, found_inf);
+  if (!in) return;
   const Isa isa = active_isa();
   const std::vector<double> steps = advance_steps(state_steps);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, params[0].scalar_type(), "adagrad_step_cpu", [&] {
@@ -40,7 +37,7 @@ void adagrad_step_cpu(at::TensorList params, at::TensorList grads, at::TensorLis
     std::vector<AdagradScalars<M>> scalars;
     scalars.reserve(params.size());
     for (const double t : steps) {
-      scalars.push_back(adagrad_scalars<M>(lr_value, t, lr_decay, weight_decay, eps, grad_mul));
+      scalars.push_back(adagrad_scalars<M>(in->lr, t, lr_decay, weight_decay, eps, in->grad_mul));
     }
     const auto p = data_ptrs<scalar_t>(params);
     const auto g = data_ptrs<const scalar_t>(grads);

@@ -37,15 +37,11 @@ void adam_step_cpu(at::TensorList params, at::TensorList grads, at::TensorList e
                    bool decoupled_weight_decay, const std::optional<at::Tensor>& grad_scale,
                    const std::optional<at::Tensor>& found_inf) {
   constexpr const char* op = "adam_step_";
-  check_params(op, params);
-  check_like(op, "grads", params, grads);
-  check_like(op, "exp_avgs", params, exp_avgs);
-  check_like(op, "exp_avg_sqs", params, exp_avg_sqs);
-  if (amsgrad) check_like(op, "max_exp_avg_sqs", params, max_exp_avg_sqs);
+  check_lists(kCpu, op, params, {{"grads", grads}, {"exp_avgs", exp_avgs}, {"exp_avg_sqs", exp_avg_sqs},
+                                 {amsgrad ? "max_exp_avg_sqs" : nullptr, max_exp_avg_sqs}});
   check_steps(op, params, state_steps);
-  const double lr_value = read_scalar(op, "lr", lr);
-  const double grad_mul = grad_multiplier(op, grad_scale, maximize);
-  if (params.empty() || found_inf_set(op, found_inf)) return;
+  const auto in = step_inputs(op, params, lr, grad_scale, maximize, found_inf);
+  if (!in) return;
   const Isa isa = active_isa();
   const std::vector<double> steps = advance_steps(state_steps);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, params[0].scalar_type(), "adam_step_cpu", [&] {
@@ -53,8 +49,8 @@ void adam_step_cpu(at::TensorList params, at::TensorList grads, at::TensorList e
     std::vector<AdamScalars<M>> scalars;
     scalars.reserve(params.size());
     for (const double t : steps) {
-      scalars.push_back(adam_scalars<M>(lr_value, t, beta1, beta2, eps, weight_decay, decoupled_weight_decay,
-                                        grad_mul));
+      scalars.push_back(adam_scalars<M>(in->lr, t, beta1, beta2, eps, weight_decay, decoupled_weight_decay,
+                                        in->grad_mul));
     }
     const auto p = data_ptrs<scalar_t>(params);
     const auto g = data_ptrs<const scalar_t>(grads);

@@ -115,8 +115,7 @@ std::tuple<at::Tensor, at::Tensor> agd_step_cpu(at::TensorList params, at::Tenso
                                                 const std::optional<at::Tensor>& grad_scale,
                                                 const std::optional<at::Tensor>& found_inf) {
   constexpr const char* op = "agd_step_";
-  check_params(op, params);
-  check_like(op, "grads", params, grads);
+  check_lists(kCpu, op, params, {{"grads", grads}});
   TORCH_CHECK_VALUE(sumsq.device().is_cpu() && sumsq.dim() == 1 &&
                     (sumsq.scalar_type() == at::kFloat || sumsq.scalar_type() == at::kDouble),
                     op, ": sumsq must be a 1-D float32 (or float64) CPU tensor; got ", sumsq.scalar_type(),

@@ -84,10 +84,7 @@ void dispatch_decay(bool adam_w_mode, double weight_decay, Fn&& fn) {
 double check_lamb(const char* op, at::TensorList params, at::TensorList grads, at::TensorList exp_avgs,
                   at::TensorList exp_avg_sqs, at::TensorList state_steps, const at::Tensor& grad_sumsq,
                   const at::Tensor& norms, const std::optional<at::Tensor>& grad_scale) {
-  check_params(op, params);
-  check_like(op, "grads", params, grads);
-  check_like(op, "exp_avgs", params, exp_avgs);
-  check_like(op, "exp_avg_sqs", params, exp_avg_sqs);
+  check_lists(kCpu, op, params, {{"grads", grads}, {"exp_avgs", exp_avgs}, {"exp_avg_sqs", exp_avg_sqs}});
   check_steps(op, params, state_steps);
   TORCH_CHECK(grad_sumsq.device().is_cpu(), op, ": grad_sumsq is on ", grad_sumsq.device(),
               "; the cpu backend takes CPU tensors");

@@ -11,8 +11,11 @@
 
 #include <algorithm>
 #include <optional>
+#include <string>
 #include <type_traits>
 #include <vector>
+
+#include "../checks.h"
 
 namespace agd_kernels::cpu {
 
@@ -90,52 +93,21 @@ void dispatch_bool(bool flag, Fn&& fn) {
 }
 
 // ------------------------------------------------------------------------------------------ checks
-// Bad values and shapes raise ValueError, bad dtypes TypeError (as the reference does where it checks),
-// tensors on another device RuntimeError, always naming the argument and the expectation.
+// Bad values and shapes raise ValueError, bad dtypes TypeError, tensors on another device RuntimeError,
+// always naming the argument and the expectation (the shared checks: csrc/checks.h).
 inline bool is_supported_dtype(at::ScalarType t) {
   return t == at::kFloat || t == at::kDouble || t == at::kHalf || t == at::kBFloat16;
 }
 
-// Elementwise ops walk every tensor in memory order, so any dense layout works as long as all tensors
-// of one parameter share it (e.g. channels_last weights with channels_last state and gradient).
-inline bool same_layout(const at::Tensor& a, const at::Tensor& b) {
-  return (a.is_contiguous() && b.is_contiguous()) || a.strides() == b.strides();
-}
-
-// The leading list of an op (`params`, or `name`): CPU, one supported dtype, dense.
-inline void check_params(const char* op, at::TensorList params, const char* name = "params") {
-  for (size_t i = 0; i < params.size(); ++i) {
-    const at::Tensor& p = params[i];
-    TORCH_CHECK(p.device().is_cpu(), op, ": ", name, "[", i, "] is on ", p.device(),
-                "; the cpu backend takes CPU tensors");
-    TORCH_CHECK_TYPE(is_supported_dtype(p.scalar_type()), op, ": ", name, "[", i, "] has dtype ", p.scalar_type(),
-                     "; expected float32, float64, float16 or bfloat16");
-    TORCH_CHECK_TYPE(p.scalar_type() == params[0].scalar_type(), op, ": ", name, "[", i, "] is ", p.scalar_type(),
-                     " but ", name, "[0] is ", params[0].scalar_type(), "; one call takes one dtype");
-    TORCH_CHECK_VALUE(p.is_non_overlapping_and_dense(), op, ": ", name, "[", i,
-                      "] must be dense and non-overlapping (e.g. contiguous); got strides ", p.strides());
-  }
-}
-
-// `other` must match `params` (named `base` in messages) tensor by tensor: count, device, dtype, shape
-// and memory layout.
-inline void check_like(const char* op, const char* name, at::TensorList params, at::TensorList other,
-                       const char* base = "params") {
-  TORCH_CHECK_VALUE(other.size() == params.size(), op, ": ", name, " has ", other.size(), " tensors, ", base,
-                    " has ", params.size());
-  for (size_t i = 0; i < params.size(); ++i) {
-    const at::Tensor& o = other[i];
-    TORCH_CHECK(o.device().is_cpu(), op, ": ", name, "[", i, "] is on ", o.device(),
-                "; the cpu backend takes CPU tensors");
-    TORCH_CHECK_TYPE(o.scalar_type() == params[i].scalar_type(), op, ": ", name, "[", i, "] is ", o.scalar_type(),
-                     ", ", base, "[", i, "] is ", params[i].scalar_type());
-    TORCH_CHECK_VALUE(o.sizes() == params[i].sizes(), op, ": ", name, "[", i, "] has shape ", o.sizes(), ", ", base,
-                      "[", i, "] has ", params[i].sizes());
-    TORCH_CHECK_VALUE(o.is_non_overlapping_and_dense() && same_layout(o, params[i]), op, ": ", name, "[", i,
-                      "] has strides ", o.strides(), ", ", base, "[", i, "] has ", params[i].strides(),
-                      "; both must be dense with the same memory layout");
-  }
-}
+// The policy of csrc/checks.h for this backend.
+struct CpuBackend {
+  static const char* backend() { return "cpu"; }
+  static bool accepts(const at::Tensor& t) { return t.device().is_cpu(); }
+  static std::string where() { return "CPU tensors"; }
+  static bool takes_dtype(at::ScalarType t) { return is_supported_dtype(t); }
+  static const char* dtypes() { return "float32, float64, float16 or bfloat16"; }
+};
+inline constexpr CpuBackend kCpu{};
 
 // A one-element scalar tensor (lr, grad_scale, found_inf, a step) read as double. On a CPU tensor this is
 // a plain memory read: no device, so no host sync.
@@ -154,6 +126,21 @@ inline double grad_multiplier(const char* op, const std::optional<at::Tensor>& g
 // found_inf set: the op must change nothing at all, step counters included.
 inline bool found_inf_set(const char* op, const std::optional<at::Tensor>& found_inf) {
   return found_inf.has_value() && read_scalar(op, "found_inf", *found_inf) != 0.0;
+}
+
+// What an optimizer op reads before it writes anything: its lr and the factor for raw gradients.
+struct StepInputs {
+  double lr, grad_mul;
+};
+
+// The per-step scalars of an op whose arguments passed their checks; nullopt when the op must change
+// nothing: no parameters, or found_inf set.
+inline std::optional<StepInputs> step_inputs(const char* op, at::TensorList params, const at::Tensor& lr,
+                                             const std::optional<at::Tensor>& grad_scale, bool maximize,
+                                             const std::optional<at::Tensor>& found_inf) {
+  const StepInputs in{read_scalar(op, "lr", lr), grad_multiplier(op, grad_scale, maximize)};
+  if (params.empty() || found_inf_set(op, found_inf)) return std::nullopt;
+  return in;
 }
 
 // torch.optim keeps `step` as a 0-d float32 tensor (float64 under a float64 default dtype).

@@ -57,20 +57,17 @@ void rmsprop_step_cpu(at::TensorList params, at::TensorList grads, at::TensorLis
                       const std::optional<at::Tensor>& found_inf) {
   constexpr const char* op = "rmsprop_step_";
   const bool has_momentum = momentum > 0.0;
-  check_params(op, params);
-  check_like(op, "grads", params, grads);
-  check_like(op, "square_avgs", params, square_avgs);
-  if (centered) check_like(op, "grad_avgs", params, grad_avgs);
-  if (has_momentum) check_like(op, "momentum_buffers", params, momentum_buffers);
+  check_lists(kCpu, op, params, {{"grads", grads}, {"square_avgs", square_avgs},
+                                 {centered ? "grad_avgs" : nullptr, grad_avgs},
+                                 {has_momentum ? "momentum_buffers" : nullptr, momentum_buffers}});
   check_steps(op, params, state_steps);
-  const double lr_value = read_scalar(op, "lr", lr);
-  const double grad_mul = grad_multiplier(op, grad_scale, maximize);
-  if (params.empty() || found_inf_set(op, found_inf)) return;
+  const auto in = step_inputs(op, params, lr, grad_scale, maximize, found_inf);
+  if (!in) return;
   const Isa isa = active_isa();
   advance_steps(state_steps);  // counted for checkpoints; the math does not use it
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, params[0].scalar_type(), "rmsprop_step_cpu", [&] {
     using M = math_t<scalar_t>;
-    const auto s = rmsprop_scalars<M>(lr_value, alpha, eps, weight_decay, momentum, grad_mul);
+    const auto s = rmsprop_scalars<M>(in->lr, alpha, eps, weight_decay, momentum, in->grad_mul);
     const auto none = std::vector<scalar_t*>(params.size());
     const auto p = data_ptrs<scalar_t>(params);
     const auto g = data_ptrs<const scalar_t>(grads);

@@ -34,16 +34,13 @@ void sgd_step_cpu(at::TensorList params, at::TensorList grads, at::TensorList mo
                   const std::optional<at::Tensor>& found_inf) {
   constexpr const char* op = "sgd_step_";
   const bool has_momentum = momentum != 0.0;
-  check_params(op, params);
-  check_like(op, "grads", params, grads);
-  if (has_momentum) check_like(op, "momentum_buffers", params, momentum_buffers);
-  const double lr_value = read_scalar(op, "lr", lr);
-  const double grad_mul = grad_multiplier(op, grad_scale, maximize);
-  if (params.empty() || found_inf_set(op, found_inf)) return;
+  check_lists(kCpu, op, params, {{"grads", grads}, {has_momentum ? "momentum_buffers" : nullptr, momentum_buffers}});
+  const auto in = step_inputs(op, params, lr, grad_scale, maximize, found_inf);
+  if (!in) return;
   const Isa isa = active_isa();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, params[0].scalar_type(), "sgd_step_cpu", [&] {
     using M = math_t<scalar_t>;
-    const auto s = sgd_scalars<M>(lr_value, momentum, dampening, weight_decay, nesterov, is_first_step, grad_mul);
+    const auto s = sgd_scalars<M>(in->lr, momentum, dampening, weight_decay, nesterov, is_first_step, in->grad_mul);
     const auto p = data_ptrs<scalar_t>(params);
     const auto g = data_ptrs<const scalar_t>(grads);
     const auto b = has_momentum ? data_ptrs<scalar_t>(momentum_buffers) : std::vector<scalar_t*>(params.size());

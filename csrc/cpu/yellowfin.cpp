@@ -83,8 +83,8 @@ void summed_stats(const char* op, const at::Tensor& stats, double sums[4]) {
 
 void yellowfin_stats_cpu(at::TensorList grads, at::TensorList grad_avgs, const at::Tensor& out) {
   constexpr const char* op = "yellowfin_stats_";
-  check_params(op, grads, "grads");
-  check_like(op, "grad_avgs", grads, grad_avgs, "grads");
+  check_params(kCpu, op, grads, "grads");
+  check_like(kCpu, op, "grad_avgs", grads, grad_avgs, "grads");
   check_fp64_cpu(op, "out", out);
   TORCH_CHECK_VALUE(out.numel() == 4 && out.dim() == 1, op, ": out must be a 1-D tensor of 4 values; got shape ",
                     out.sizes());
@@ -136,10 +136,7 @@ void yellowfin_apply_cpu(at::TensorList params, at::TensorList grads, at::Tensor
                          at::TensorList momentum_buffers, const at::Tensor& tuner, const at::Tensor& stats,
                          double beta, double weight_decay, const std::optional<at::Tensor>& found_inf) {
   constexpr const char* op = "yellowfin_apply_";
-  check_params(op, params);
-  check_like(op, "grads", params, grads);
-  check_like(op, "grad_avgs", params, grad_avgs);
-  check_like(op, "momentum_buffers", params, momentum_buffers);
+  check_lists(kCpu, op, params, {{"grads", grads}, {"grad_avgs", grad_avgs}, {"momentum_buffers", momentum_buffers}});
   check_fp64_cpu(op, "tuner", tuner);
   TORCH_CHECK_VALUE(tuner.dim() == 1 && tuner.is_contiguous() && tuner.numel() > kYfSlots, op,
                     ": tuner must be a contiguous 1-D tensor of ", kYfSlots, " slots and the window; got shape ",

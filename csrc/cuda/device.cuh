@@ -15,6 +15,7 @@
 #include <string>
 #include <vector>
 
+#include "../grid/host.h"
 #include "agd_kernels/grid/block.h"
 
 namespace agd_kernels::cuda {
@@ -45,7 +46,7 @@ __global__ void __launch_bounds__(K::kThreads) agdk_kernel(const typename K::Arg
 grid::Table cached_table(c10::Device device, std::vector<int64_t> words, int64_t tensors, int32_t lists);
 
 // The Device policy of csrc/grid/host.h: tensors on one CUDA device, launches on its current stream.
-struct CudaDevice {
+struct CudaDevice : grid::KernelDtypes {
   c10::Device device;
 
   const char* backend() const { return "cuda"; }
@@ -77,7 +78,7 @@ struct CudaDevice {
 inline CudaDevice device_of(at::TensorList params, const at::Tensor& other) {
   const c10::Device d = params.empty() ? other.device() : params[0].device();
   TORCH_CHECK(d.is_cuda(), "the cuda backend takes CUDA tensors; got ", d);
-  return CudaDevice{d};
+  return CudaDevice{{}, d};  // {} : the KernelDtypes base
 }
 
 }  // namespace agd_kernels::cuda

@@ -18,10 +18,9 @@ std::tuple<at::Tensor, at::Tensor> agd_step(Device& dev, at::TensorList params, 
                                             double gain, const OptionalTensor& grad_scale,
                                             const OptionalTensor& found_inf) {
   constexpr const char* op = "agd_step_";
-  check_params(dev, op, params);
-  check_like(dev, op, "grads", params, grads);
-  check_tensor_device(dev, op, "sumsq", sumsq);
-  check_tensor_device(dev, op, "slice_sv", slice_sv);
+  check_lists(dev, op, params, {{"grads", grads}});
+  check_device(dev, op, "sumsq", sumsq);
+  check_device(dev, op, "slice_sv", slice_sv);
   TORCH_CHECK_VALUE(sumsq.dim() == 1 && sumsq.scalar_type() == at::kFloat, op,
                     ": sumsq must be a 1-D float32 tensor on the ", dev.backend(), " backend; got ",
                     sumsq.scalar_type(), " of shape ", sumsq.sizes());

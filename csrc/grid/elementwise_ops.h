@@ -17,11 +17,8 @@ void adam_step(Device& dev, at::TensorList params, at::TensorList grads, at::Ten
                bool maximize, bool decoupled_weight_decay, const OptionalTensor& grad_scale,
                const OptionalTensor& found_inf) {
   constexpr const char* op = "adam_step_";
-  check_params(dev, op, params);
-  check_like(dev, op, "grads", params, grads);
-  check_like(dev, op, "exp_avgs", params, exp_avgs);
-  check_like(dev, op, "exp_avg_sqs", params, exp_avg_sqs);
-  if (amsgrad) check_like(dev, op, "max_exp_avg_sqs", params, max_exp_avg_sqs);
+  check_lists(dev, op, params, {{"grads", grads}, {"exp_avgs", exp_avgs}, {"exp_avg_sqs", exp_avg_sqs},
+                                {amsgrad ? "max_exp_avg_sqs" : nullptr, max_exp_avg_sqs}});
   const bool steps_fp64 = check_steps(dev, op, params, state_steps);
   const Scalar lr_s = device_scalar(dev, op, "lr", lr);
   const Scalar scale_s = device_scalar(dev, op, "grad_scale", grad_scale);
@@ -51,9 +48,7 @@ void sgd_step(Device& dev, at::TensorList params, at::TensorList grads, at::Tens
               bool maximize, bool is_first_step, const OptionalTensor& grad_scale, const OptionalTensor& found_inf) {
   constexpr const char* op = "sgd_step_";
   const bool has_momentum = momentum != 0.0;
-  check_params(dev, op, params);
-  check_like(dev, op, "grads", params, grads);
-  if (has_momentum) check_like(dev, op, "momentum_buffers", params, momentum_buffers);
+  check_lists(dev, op, params, {{"grads", grads}, {has_momentum ? "momentum_buffers" : nullptr, momentum_buffers}});
   const Scalar lr_s = device_scalar(dev, op, "lr", lr);
   const Scalar scale_s = device_scalar(dev, op, "grad_scale", grad_scale);
   const Scalar inf_s = device_scalar(dev, op, "found_inf", found_inf);
@@ -89,11 +84,9 @@ void rmsprop_step(Device& dev, at::TensorList params, at::TensorList grads, at::
                   bool maximize, const OptionalTensor& grad_scale, const OptionalTensor& found_inf) {
   constexpr const char* op = "rmsprop_step_";
   const bool has_momentum = momentum > 0.0;
-  check_params(dev, op, params);
-  check_like(dev, op, "grads", params, grads);
-  check_like(dev, op, "square_avgs", params, square_avgs);
-  if (centered) check_like(dev, op, "grad_avgs", params, grad_avgs);
-  if (has_momentum) check_like(dev, op, "momentum_buffers", params, momentum_buffers);
+  check_lists(dev, op, params, {{"grads", grads}, {"square_avgs", square_avgs},
+                                {centered ? "grad_avgs" : nullptr, grad_avgs},
+                                {has_momentum ? "momentum_buffers" : nullptr, momentum_buffers}});
   const bool steps_fp64 = check_steps(dev, op, params, state_steps);
   const Scalar lr_s = device_scalar(dev, op, "lr", lr);
   const Scalar scale_s = device_scalar(dev, op, "grad_scale", grad_scale);
@@ -122,9 +115,7 @@ void adagrad_step(Device& dev, at::TensorList params, at::TensorList grads, at::
                   at::TensorList state_steps, const at::Tensor& lr, double lr_decay, double weight_decay, double eps,
                   bool maximize, const OptionalTensor& grad_scale, const OptionalTensor& found_inf) {
   constexpr const char* op = "adagrad_step_";
-  check_params(dev, op, params);
-  check_like(dev, op, "grads", params, grads);
-  check_like(dev, op, "state_sums", params, state_sums);
+  check_lists(dev, op, params, {{"grads", grads}, {"state_sums", state_sums}});
   const bool steps_fp64 = check_steps(dev, op, params, state_steps);
   const Scalar lr_s = device_scalar(dev, op, "lr", lr);
   const Scalar scale_s = device_scalar(dev, op, "grad_scale", grad_scale);

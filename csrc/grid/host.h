@@ -1,8 +1,8 @@
 // Host side of the grid kernels (csrc/include/agd_kernels/grid), shared by the CUDA launchers
-// (csrc/cuda/*.cu) and the grid emulator (csrc/testing): argument checks, the tensor table's words,
-// per-step scalars as device pointers, and the dtype/flag dispatch. A `Device` policy supplies what
+// (csrc/cuda/*.cu) and the grid emulator (csrc/testing): argument checks (csrc/checks.h), the tensor
+// table's words, per-step scalars as device pointers, and the dtype/flag dispatch. A `Device` policy supplies what
 // differs: which tensors it takes, where the table lives, and how a kernel body is launched:
-//   const char* backend();  bool accepts(const at::Tensor&);  std::string where();
+//   const char* backend();  bool accepts(const at::Tensor&);  std::string where();  (and KernelDtypes' members)
 //   grid::Table table(std::vector<int64_t> words, int64_t tensors, int32_t lists);
 //   template <class K> void launch(int64_t blocks, const typename K::Args&);
 // Every check runs before anything is launched, so a rejected call changes nothing.
@@ -16,6 +16,7 @@
 #include <type_traits>
 #include <vector>
 
+#include "../checks.h"
 #include "agd_kernels/grid/block.h"
 
 namespace agd_kernels::grid {
@@ -25,47 +26,12 @@ using OptionalTensor = std::optional<at::Tensor>;
 // The parameter dtypes with kernels: fp64 parameters take the cpu or triton backend (_backends._DTYPES).
 inline bool is_kernel_dtype(at::ScalarType t) { return t == at::kFloat || t == at::kHalf || t == at::kBFloat16; }
 
-template <class Device>
-void check_tensor_device(const Device& dev, const char* op, const std::string& name, const at::Tensor& t) {
-  TORCH_CHECK(dev.accepts(t), op, ": ", name, " is on ", t.device(), "; the ", dev.backend(), " backend takes ",
-              dev.where());
-}
-
-template <class Device>
-void check_params(const Device& dev, const char* op, at::TensorList params, const char* list = "params") {
-  for (size_t i = 0; i < params.size(); ++i) {
-    const at::Tensor& p = params[i];
-    const std::string name = std::string(list) + "[" + std::to_string(i) + "]";
-    check_tensor_device(dev, op, name, p);
-    TORCH_CHECK_TYPE(is_kernel_dtype(p.scalar_type()), op, ": ", name, " has dtype ", p.scalar_type(),
-                     "; the ", dev.backend(), " backend takes float32, float16 or bfloat16");
-    TORCH_CHECK_TYPE(p.scalar_type() == params[0].scalar_type(), op, ": ", name, " is ", p.scalar_type(),
-                     " but ", list, "[0] is ", params[0].scalar_type(), "; one call takes one dtype");
-    TORCH_CHECK_VALUE(p.is_non_overlapping_and_dense(), op, ": ", name,
-                      " must be dense and non-overlapping (e.g. contiguous); got strides ", p.strides());
-  }
-}
-
-// `other` must match params tensor by tensor: count, device, dtype, shape and memory layout (elementwise
-// kernels walk memory order, so any dense layout both share works).
-template <class Device>
-void check_like(const Device& dev, const char* op, const char* name, at::TensorList params, at::TensorList other,
-                const char* base = "params") {
-  TORCH_CHECK_VALUE(other.size() == params.size(), op, ": ", name, " has ", other.size(), " tensors, ", base,
-                    " has ", params.size());
-  for (size_t i = 0; i < params.size(); ++i) {
-    const at::Tensor& o = other[i];
-    check_tensor_device(dev, op, std::string(name) + "[" + std::to_string(i) + "]", o);
-    TORCH_CHECK_TYPE(o.scalar_type() == params[i].scalar_type(), op, ": ", name, "[", i, "] is ", o.scalar_type(),
-                     ", ", base, "[", i, "] is ", params[i].scalar_type());
-    TORCH_CHECK_VALUE(o.sizes() == params[i].sizes(), op, ": ", name, "[", i, "] has shape ", o.sizes(),
-                      ", ", base, "[", i, "] has ", params[i].sizes());
-    const bool same_layout = (o.is_contiguous() && params[i].is_contiguous()) || o.strides() == params[i].strides();
-    TORCH_CHECK_VALUE(o.is_non_overlapping_and_dense() && same_layout, op, ": ", name, "[", i, "] has strides ",
-                      o.strides(), ", ", base, "[", i, "] has ", params[i].strides(),
-                      "; both must be dense with the same memory layout");
-  }
-}
+// What every Device adds to its own backend(), accepts() and where() to be a policy of csrc/checks.h
+// (check_params, check_like, check_lists, check_device).
+struct KernelDtypes {
+  static bool takes_dtype(at::ScalarType t) { return is_kernel_dtype(t); }
+  static const char* dtypes() { return "float32, float16 or bfloat16"; }
+};
 
 // state_steps: one 0-d-like float32 or float64 tensor per parameter, on the parameters' device (the kernel
 // reads and advances them), all of one dtype. Returns whether they are float64.
@@ -90,7 +56,7 @@ template <class Device>
 Scalar device_scalar(const Device& dev, const char* op, const char* name, const OptionalTensor& t) {
   if (!t.has_value()) return Scalar{nullptr, Scalar::kAbsent};
   TORCH_CHECK_VALUE(t->numel() == 1, op, ": ", name, " must hold exactly one element; got shape ", t->sizes());
-  check_tensor_device(dev, op, name, *t);
+  check_device(dev, op, name, *t);
   const at::ScalarType st = t->scalar_type();
   TORCH_CHECK_TYPE(st == at::kFloat || st == at::kDouble, op, ": ", name, " must be float32 or float64; got ", st);
   return Scalar{t->const_data_ptr(), st == at::kDouble ? Scalar::kDouble : Scalar::kFloat};

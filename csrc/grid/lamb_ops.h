@@ -11,16 +11,13 @@ template <class Device>
 bool check_lamb(Device& dev, const char* op, at::TensorList params, at::TensorList grads, at::TensorList exp_avgs,
                 at::TensorList exp_avg_sqs, at::TensorList state_steps, const at::Tensor& grad_sumsq,
                 const at::Tensor& norms) {
-  check_params(dev, op, params);
-  check_like(dev, op, "grads", params, grads);
-  check_like(dev, op, "exp_avgs", params, exp_avgs);
-  check_like(dev, op, "exp_avg_sqs", params, exp_avg_sqs);
+  check_lists(dev, op, params, {{"grads", grads}, {"exp_avgs", exp_avgs}, {"exp_avg_sqs", exp_avg_sqs}});
   const bool steps_fp64 = check_steps(dev, op, params, state_steps);
-  check_tensor_device(dev, op, "grad_sumsq", grad_sumsq);
+  check_device(dev, op, "grad_sumsq", grad_sumsq);
   TORCH_CHECK_TYPE(grad_sumsq.scalar_type() == at::kFloat || grad_sumsq.scalar_type() == at::kDouble, op,
                    ": grad_sumsq must be float32 (or float64); got ", grad_sumsq.scalar_type());
   TORCH_CHECK_VALUE(grad_sumsq.dim() == 1, op, ": grad_sumsq must be 1-D; got shape ", grad_sumsq.sizes());
-  check_tensor_device(dev, op, "norms", norms);
+  check_device(dev, op, "norms", norms);
   TORCH_CHECK_TYPE(norms.scalar_type() == at::kDouble || norms.scalar_type() == at::kFloat, op,
                    ": norms must be float64 (or float32); got ", norms.scalar_type());
   const int64_t slots = 2 * static_cast<int64_t>(params.size());

@@ -18,14 +18,14 @@ void slice_sumsq(Device& dev, at::TensorList tensors, const at::Tensor& out) {
   int64_t slots = 0;
   for (size_t i = 0; i < tensors.size(); ++i) {
     const at::Tensor& t = tensors[i];
-    check_tensor_device(dev, op, "tensors[" + std::to_string(i) + "]", t);
+    check_device(dev, op, "tensors[" + std::to_string(i) + "]", t);
     TORCH_CHECK_TYPE(is_kernel_dtype(t.scalar_type()) && t.scalar_type() == tensors[0].scalar_type(), op,
                      ": tensors[", i, "] has dtype ", t.scalar_type(), "; the ", dev.backend(),
                      " backend takes float32, float16 or bfloat16, the same for every tensor (tensors[0] is ",
                      tensors[0].scalar_type(), ")");
     slots += num_slices(t);
   }
-  check_tensor_device(dev, op, "out", out);
+  check_device(dev, op, "out", out);
   TORCH_CHECK_VALUE((out.scalar_type() == at::kFloat || out.scalar_type() == at::kDouble) && out.dim() == 1, op,
                     ": out must be a 1-D float32 (or float64) tensor; got ", out.scalar_type(), " of shape ",
                     out.sizes());

@@ -12,7 +12,7 @@ namespace agd_kernels::grid {
 
 template <class Device>
 void check_fp64(const Device& dev, const char* op, const char* name, const at::Tensor& t) {
-  check_tensor_device(dev, op, name, t);
+  check_device(dev, op, name, t);
   TORCH_CHECK_TYPE(t.scalar_type() == at::kDouble, op, ": ", name, " must be float64; got ", t.scalar_type());
 }
 
@@ -78,10 +78,7 @@ void yellowfin_apply(Device& dev, at::TensorList params, at::TensorList grads, a
                      at::TensorList momentum_buffers, const at::Tensor& tuner, const at::Tensor& stats, double beta,
                      double weight_decay, const OptionalTensor& found_inf) {
   constexpr const char* op = "yellowfin_apply_";
-  check_params(dev, op, params);
-  check_like(dev, op, "grads", params, grads);
-  check_like(dev, op, "grad_avgs", params, grad_avgs);
-  check_like(dev, op, "momentum_buffers", params, momentum_buffers);
+  check_lists(dev, op, params, {{"grads", grads}, {"grad_avgs", grad_avgs}, {"momentum_buffers", momentum_buffers}});
   check_fp64(dev, op, "tuner", tuner);
   TORCH_CHECK_VALUE(tuner.dim() == 1 && tuner.is_contiguous() && tuner.numel() > kYfSlots, op,
                     ": tuner must be a contiguous 1-D tensor of ", kYfSlots, " slots and the window; got shape ",

@@ -23,7 +23,7 @@ namespace {
 
 // The Device policy of csrc/grid/host.h for CPU memory: the "device-side" table is a CPU tensor kept
 // alive for the call, the counters start at zero as the CUDA cache's do.
-struct EmuDevice {
+struct EmuDevice : grid::KernelDtypes {
   at::Tensor words, counters;          // the call's table, alive until the launch returns
   std::vector<at::Tensor> scratch;
 

@@ -180,7 +180,7 @@ BAD_INPUT = [
     ("adam_step_", "adam", _set(0, 1, lambda t: torch.zeros(14)[::2]), ValueError,
      r"adam_step_: params\[1\] must be dense and non-overlapping"),
     ("adam_step_", "adam", _set(0, 0, lambda t: t.int()), TypeError,
-     r"adam_step_: params\[0\] has dtype Int; expected float32, float64, float16 or bfloat16"),
+     r"adam_step_: params\[0\] has dtype Int; the cpu backend takes float32, float64, float16 or bfloat16"),
     ("sgd_step_", "momentum-dampening", _replace(2, lambda ts: []), ValueError,
      r"sgd_step_: momentum_buffers has 0 tensors, params has 3"),
     ("rmsprop_step_", "centered-momentum", _set(3, 2, lambda t: t.half()), TypeError,
