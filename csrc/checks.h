@@ -9,6 +9,7 @@
 #include <ATen/core/Tensor.h>
 #include <c10/util/Exception.h>
 
+#include <cstdint>
 #include <initializer_list>
 #include <string>
 
@@ -55,6 +56,56 @@ void check_like(const Backend& be, const char* op, const char* name, at::TensorL
     TORCH_CHECK_VALUE(o.is_non_overlapping_and_dense() && same_layout, op, ": ", name, "[", i, "] has strides ",
                       o.strides(), ", ", base, "[", i, "] has ", params[i].strides(),
                       "; both must be dense with the same memory layout");
+  }
+}
+
+// Slices of a tensor for the per-slice ops: prod(shape[2:]) kernel taps for rank >= 2, else 1
+// (agd_kernels/reference/sumsq.py num_slices).
+inline int64_t num_slices(const at::Tensor& t) {
+  int64_t taps = 1;
+  for (int64_t d = 2; d < t.dim(); ++d) taps *= t.size(d);
+  return taps;
+}
+
+// slice_sumsq_'s tensors (one dtype the backend takes) and out (1-D fp32/fp64, one slot per slice).
+template <class Backend>
+void check_slice_sumsq(const Backend& be, const char* op, at::TensorList tensors, const at::Tensor& out) {
+  int64_t slots = 0;
+  for (size_t i = 0; i < tensors.size(); ++i) {
+    const at::Tensor& t = tensors[i];
+    check_device(be, op, "tensors[" + std::to_string(i) + "]", t);
+    TORCH_CHECK_TYPE(be.takes_dtype(t.scalar_type()) && t.scalar_type() == tensors[0].scalar_type(), op,
+                     ": tensors[", i, "] has dtype ", t.scalar_type(), "; the ", be.backend(), " backend takes ",
+                     be.dtypes(), ", the same for every tensor (tensors[0] is ", tensors[0].scalar_type(), ")");
+    slots += num_slices(t);
+  }
+  check_device(be, op, "out", out);
+  TORCH_CHECK_VALUE((out.scalar_type() == at::kFloat || out.scalar_type() == at::kDouble) && out.dim() == 1, op,
+                    ": out must be a 1-D float32 (or float64) tensor; got ", out.scalar_type(), " of shape ",
+                    out.sizes());
+  TORCH_CHECK_VALUE(out.numel() == slots, op, ": out has ", out.numel(), " slots but the tensors have ", slots,
+                    " slices");
+}
+
+// agd_step_'s slot layout: slice_sv like sumsq, depth >= 1, and per parameter a slot range inside sumsq
+// holding one slot per tap of a matrix (sumsq's own dtype and device are each backend's to check).
+inline void check_agd_slots(const char* op, at::TensorList params, const at::Tensor& sumsq,
+                            const at::Tensor& slice_sv, at::IntArrayRef slice_start, at::IntArrayRef slice_count,
+                            int64_t depth) {
+  TORCH_CHECK_VALUE(slice_sv.scalar_type() == sumsq.scalar_type() && slice_sv.sizes() == sumsq.sizes() &&
+                    slice_sv.device() == sumsq.device(), op, ": slice_sv must be a tensor of sumsq's dtype, shape ",
+                    sumsq.sizes(), " and device; got ", slice_sv.scalar_type(), " of shape ", slice_sv.sizes(),
+                    " on ", slice_sv.device());
+  TORCH_CHECK_VALUE(depth >= 1, op, ": depth must be >= 1 (the number of matrices with a gradient); got ", depth);
+  TORCH_CHECK_VALUE(slice_start.size() == params.size() && slice_count.size() == params.size(), op,
+                    ": slice_start and slice_count need one entry per parameter (", params.size(), "); got ",
+                    slice_start.size(), " and ", slice_count.size());
+  for (size_t i = 0; i < params.size(); ++i) {
+    const int64_t start = slice_start[i], count = slice_count[i];
+    TORCH_CHECK_VALUE(start >= 0 && count >= 0 && start + count <= sumsq.numel(), op, ": slots [", start, ", ",
+                      start + count, ") of params[", i, "] are outside sumsq's ", sumsq.numel(), " slots");
+    TORCH_CHECK_VALUE(params[i].dim() < 2 || count == num_slices(params[i]), op, ": params[", i, "] of shape ",
+                      params[i].sizes(), " has ", num_slices(params[i]), " taps but slice_count[", i, "] is ", count);
   }
 }
 

@@ -120,21 +120,7 @@ std::tuple<at::Tensor, at::Tensor> agd_step_cpu(at::TensorList params, at::Tenso
                     (sumsq.scalar_type() == at::kFloat || sumsq.scalar_type() == at::kDouble),
                     op, ": sumsq must be a 1-D float32 (or float64) CPU tensor; got ", sumsq.scalar_type(),
                     " of shape ", sumsq.sizes(), " on ", sumsq.device());
-  TORCH_CHECK_VALUE(slice_sv.device().is_cpu() && slice_sv.scalar_type() == sumsq.scalar_type() &&
-                    slice_sv.sizes() == sumsq.sizes(),
-                    op, ": slice_sv must be a CPU tensor of sumsq's dtype and shape ", sumsq.sizes(), "; got ",
-                    slice_sv.scalar_type(), " of shape ", slice_sv.sizes());
-  TORCH_CHECK_VALUE(depth >= 1, op, ": depth must be >= 1 (the number of matrices with a gradient); got ", depth);
-  TORCH_CHECK_VALUE(slice_start.size() == params.size() && slice_count.size() == params.size(), op,
-                    ": slice_start and slice_count need one entry per parameter (", params.size(), "); got ",
-                    slice_start.size(), " and ", slice_count.size());
-  for (size_t i = 0; i < params.size(); ++i) {
-    const int64_t start = slice_start[i], count = slice_count[i];
-    TORCH_CHECK_VALUE(start >= 0 && count >= 0 && start + count <= sumsq.numel(), op, ": slots [", start, ", ",
-                      start + count, ") of params[", i, "] are outside sumsq's ", sumsq.numel(), " slots");
-    TORCH_CHECK_VALUE(params[i].dim() < 2 || count == num_slices(params[i]), op, ": params[", i, "] of shape ",
-                      params[i].sizes(), " has ", num_slices(params[i]), " taps but slice_count[", i, "] is ", count);
-  }
+  check_agd_slots(op, params, sumsq, slice_sv, slice_start, slice_count, depth);
   const double inv_scale = grad_multiplier(op, grad_scale, /*maximize=*/false);
   at::Tensor eta = at::zeros({}, sumsq.options()), G = at::zeros({}, sumsq.options());
   if (found_inf_set(op, found_inf)) return {eta, G};  // skipped step: nothing written, eta = G = 0

@@ -75,14 +75,6 @@ void parallel_over_chunks(const std::vector<C>& chunks, const Fn& fn) {
   });
 }
 
-// Slices of a tensor for the per-slice ops: prod(shape[2:]) kernel taps for rank >= 2, else 1
-// (agd_kernels/reference/sumsq.py num_slices).
-inline int64_t num_slices(const at::Tensor& t) {
-  int64_t taps = 1;
-  for (int64_t d = 2; d < t.dim(); ++d) taps *= t.size(d);
-  return taps;
-}
-
 template <class Fn>
 void dispatch_bool(bool flag, Fn&& fn) {
   if (flag) {

@@ -94,22 +94,7 @@ struct SumsqColumns {
 
 void slice_sumsq_cpu(at::TensorList tensors, const at::Tensor& out) {
   constexpr const char* op = "slice_sumsq_";
-  int64_t slots = 0;
-  for (size_t i = 0; i < tensors.size(); ++i) {
-    const at::Tensor& t = tensors[i];
-    TORCH_CHECK(t.device().is_cpu(), op, ": tensors[", i, "] is on ", t.device(),
-                "; the cpu backend takes CPU tensors");
-    TORCH_CHECK_TYPE(is_supported_dtype(t.scalar_type()) && t.scalar_type() == tensors[0].scalar_type(), op,
-                     ": tensors[", i, "] has dtype ", t.scalar_type(), "; expected one of float32, float64, float16, "
-                     "bfloat16, the same for every tensor (tensors[0] is ", tensors[0].scalar_type(), ")");
-    slots += num_slices(t);
-  }
-  TORCH_CHECK_VALUE(out.device().is_cpu() && (out.scalar_type() == at::kFloat || out.scalar_type() == at::kDouble) &&
-                    out.dim() == 1,
-                    op, ": out must be a 1-D float32 (or float64) CPU tensor; got ", out.scalar_type(), " of shape ",
-                    out.sizes(), " on ", out.device());
-  TORCH_CHECK_VALUE(out.numel() == slots, op, ": out has ", out.numel(), " slots but the tensors have ", slots,
-                    " slices");
+  check_slice_sumsq(kCpu, op, tensors, out);
   if (tensors.empty()) return;
 
   // The tap layout needs the logical (o, i, *k) order in memory; one-slice tensors only need density.

@@ -24,20 +24,7 @@ std::tuple<at::Tensor, at::Tensor> agd_step(Device& dev, at::TensorList params, 
   TORCH_CHECK_VALUE(sumsq.dim() == 1 && sumsq.scalar_type() == at::kFloat, op,
                     ": sumsq must be a 1-D float32 tensor on the ", dev.backend(), " backend; got ",
                     sumsq.scalar_type(), " of shape ", sumsq.sizes());
-  TORCH_CHECK_VALUE(slice_sv.scalar_type() == sumsq.scalar_type() && slice_sv.sizes() == sumsq.sizes(), op,
-                    ": slice_sv must be a tensor of sumsq's dtype and shape ", sumsq.sizes(), "; got ",
-                    slice_sv.scalar_type(), " of shape ", slice_sv.sizes());
-  TORCH_CHECK_VALUE(depth >= 1, op, ": depth must be >= 1 (the number of matrices with a gradient); got ", depth);
-  TORCH_CHECK_VALUE(slice_start.size() == params.size() && slice_count.size() == params.size(), op,
-                    ": slice_start and slice_count need one entry per parameter (", params.size(), "); got ",
-                    slice_start.size(), " and ", slice_count.size());
-  for (size_t i = 0; i < params.size(); ++i) {
-    const int64_t start = slice_start[i], count = slice_count[i];
-    TORCH_CHECK_VALUE(start >= 0 && count >= 0 && start + count <= sumsq.numel(), op, ": slots [", start, ", ",
-                      start + count, ") of params[", i, "] are outside sumsq's ", sumsq.numel(), " slots");
-    TORCH_CHECK_VALUE(params[i].dim() < 2 || count == num_slices(params[i]), op, ": params[", i, "] of shape ",
-                      params[i].sizes(), " has ", num_slices(params[i]), " taps but slice_count[", i, "] is ", count);
-  }
+  check_agd_slots(op, params, sumsq, slice_sv, slice_start, slice_count, depth);
   const Scalar scale_s = device_scalar(dev, op, "grad_scale", grad_scale);
   const Scalar inf_s = device_scalar(dev, op, "found_inf", found_inf);
   const at::TensorOptions f32 = sumsq.options();

@@ -5,32 +5,11 @@
 
 namespace agd_kernels::grid {
 
-// Slices of a tensor: prod(shape[2:]) kernel taps for rank >= 2, else 1 (reference/sumsq.py num_slices).
-inline int64_t num_slices(const at::Tensor& t) {
-  int64_t taps = 1;
-  for (int64_t d = 2; d < t.dim(); ++d) taps *= t.size(d);
-  return taps;
-}
-
 template <class Device>
 void slice_sumsq(Device& dev, at::TensorList tensors, const at::Tensor& out) {
   constexpr const char* op = "slice_sumsq_";
-  int64_t slots = 0;
-  for (size_t i = 0; i < tensors.size(); ++i) {
-    const at::Tensor& t = tensors[i];
-    check_device(dev, op, "tensors[" + std::to_string(i) + "]", t);
-    TORCH_CHECK_TYPE(is_kernel_dtype(t.scalar_type()) && t.scalar_type() == tensors[0].scalar_type(), op,
-                     ": tensors[", i, "] has dtype ", t.scalar_type(), "; the ", dev.backend(),
-                     " backend takes float32, float16 or bfloat16, the same for every tensor (tensors[0] is ",
-                     tensors[0].scalar_type(), ")");
-    slots += num_slices(t);
-  }
-  check_device(dev, op, "out", out);
-  TORCH_CHECK_VALUE((out.scalar_type() == at::kFloat || out.scalar_type() == at::kDouble) && out.dim() == 1, op,
-                    ": out must be a 1-D float32 (or float64) tensor; got ", out.scalar_type(), " of shape ",
-                    out.sizes());
-  TORCH_CHECK_VALUE(out.numel() == slots, op, ": out has ", out.numel(), " slots but the tensors have ", slots,
-                    " slices");
+  check_slice_sumsq(dev, op, tensors, out);
+  const int64_t slots = out.numel();
   if (tensors.empty()) return;
   // Taps need the logical (o, i, *k) order in memory (a copy for e.g. channels_last weights, whose table
   // then differs every call); one-slice tensors only need density.
