@@ -14,7 +14,7 @@ from torch import Tensor
 
 from .. import _backends, _ext
 from .._grouping import group_by_device_dtype
-from ..distributed import Partials, is_dtensor
+from ..distributed import Partials, is_dtensor, local
 from ._lr import LrTensors
 
 
@@ -56,6 +56,12 @@ def check_betas(betas: tuple[float, float]) -> None:
     for i, b in enumerate(betas):
         if not 0.0 <= float(b) < 1.0:
             raise ValueError(f"Invalid beta parameter at index {i}: {b}")
+
+
+def copy_locally_(dst: list[Tensor], src: list[Tensor]) -> None:
+    """torch._foreach_copy_ on local shards: DTensor has no sharding rule for it, and a master is a
+    DTensor placed exactly as its parameter (or both are plain tensors)."""
+    torch._foreach_copy_([local(t) for t in dst], [local(t) for t in src])
 
 
 def check_master_weights(hparams: dict[str, Any]) -> None:
@@ -301,7 +307,7 @@ class FusedOptimizer(torch.optim.Optimizer):
         for halves, masters in copies:
             # The one rounding to the parameter (to nearest). After a found_inf step the masters are
             # unchanged and so is what this writes: no host sync needed to skip it.
-            torch._foreach_copy_(halves, masters)
+            copy_locally_(halves, masters)
         return out if out is not None and (closure is None or self._RESULT_OVER_LOSS) else loss
 
     #: Whether step() returns `_apply`'s result even when a closure's loss is there to return.
@@ -370,7 +376,7 @@ class FusedOptimizer(torch.optim.Optimizer):
                     halves.append(p)
                     masters.append(master)
         if masters:
-            torch._foreach_copy_(masters, halves)
+            copy_locally_(masters, halves)
 
     def _partials(self, collected: list[Collected]) -> tuple[Tensor, Partials] | None:
         """Subclass hook, phase 1: launch the ops that write this step's whole-tensor partial sums into
