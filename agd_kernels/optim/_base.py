@@ -138,6 +138,8 @@ class FusedOptimizer(torch.optim.Optimizer):
         self.backend = _backends.validate(backend)
         #: this step's fp32 masters, by id, -> the 16-bit parameters they stand for (see _use_masters)
         self._model_of: dict[int, Tensor] = {}
+        #: indices of the groups whose last step had master_weights on (see _drop_masters)
+        self._mastered: set[int] = set()
         self._lr_cache: dict[int, LrTensors] = {}  # by group index
         self._bucket_cache: dict[Any, _BucketEntry] = {}
         #: per partial-sums buffer: (ids of its tensors, the tensors, so the ids stay unique, their layout)
@@ -326,7 +328,13 @@ class FusedOptimizer(torch.optim.Optimizer):
         self._model_of = model_of = {}
         copies = []
         for gi, (group, found) in enumerate(zip(self.param_groups, collected)):
-            if not group["master_weights"] or not any(p.dtype in HALF_DTYPES for p in found.params):
+            if not group["master_weights"]:
+                if gi in self._mastered:
+                    self._drop_masters(group)
+                    self._mastered.discard(gi)
+                continue
+            self._mastered.add(gi)
+            if not any(p.dtype in HALF_DTYPES for p in found.params):
                 continue
             params, grads, halves, masters = [], [], [], []
             for p, g in zip(found.params, found.grads):
@@ -353,6 +361,18 @@ class FusedOptimizer(torch.optim.Optimizer):
                 state[key] = value.float()
         master = state[MASTER] = p.detach().float()  # a DTensor's master is a DTensor, sharded alike
         return master
+
+    def _drop_masters(self, group: dict[str, Any]) -> None:
+        """master_weights switched off in `group`: its masters go (the parameters hold them, rounded)
+        and the fp32 state of those parameters returns to their dtype, as torch.optim keeps it."""
+        for p in group["params"]:
+            state = self.state.get(p)  # not self.state[p]: that would add an entry
+            if state and state.pop(MASTER, None) is not None:
+                for key, value in state.items():
+                    if self._STATE_SHAPES.get(key) and isinstance(value, Tensor) and value.dtype != p.dtype:
+                        state[key] = value.to(p.dtype)
+                if not state:  # the master was all (AGD, SGD without momentum): no empty entry in state_dict()
+                    del self.state[p]
 
     def _param_of(self, t: Tensor) -> Tensor:
         """The parameter `t` (one of this step's lists) stands for: its own self unless it is a master."""
@@ -438,6 +458,7 @@ class FusedOptimizer(torch.optim.Optimizer):
             group.setdefault("master_weights", False)
             for key, value in self._COMPAT_KEYS.items():
                 group.setdefault(key, value)
+        self._mastered = {gi for gi, group in enumerate(self.param_groups) if group["master_weights"]}
         for p, state in self.state.items():
             step = state.get("step")
             if step is not None:

@@ -166,6 +166,19 @@ def test_switched_on_after_steps(entry):
 
 
 @pytest.mark.parametrize("entry", entries())
+def test_switched_off_after_steps(entry):
+    """Turning master_weights off drops the masters and returns the state to the parameters' dtype."""
+    model, opt = _run(entry, make_model(edge_cases=True), torch.bfloat16, "auto", steps=2, master_weights=True)
+    for group in opt.param_groups:
+        group["master_weights"] = False
+    train(model, opt, range(2, 4))
+    for name, p in model.named_parameters():
+        state = opt.state.get(p, {})
+        assert MASTER not in state, name
+        assert all(v.dtype == torch.bfloat16 for k, v in state.items() if k != "step" and torch.is_tensor(v)), name
+
+
+@pytest.mark.parametrize("entry", entries())
 def test_found_inf_changes_nothing(entry):
     model, opt = _run(entry, make_model(edge_cases=True), torch.bfloat16, "auto", steps=1, master_weights=True)
     compute_grads(model, 1, scale=64.0)
@@ -261,3 +274,20 @@ def test_triton_backend(entry):
         results[backend] = [opt.state[p][MASTER] for p in params]
     for ref, got in zip(results["torch"], results["triton"]):
         torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-6)
+
+
+def test_compiled_step_equals_eager():
+    """torch.compile(opt.step) traces the substitution and the copy back (aot_eager, as tests/test_compile.py)."""
+    torch._dynamo.reset()
+    base = make_model(edge_cases=True).to(torch.bfloat16)
+    runs = {}
+    for compiled in (False, True):
+        model = clone_model(base)
+        opt = ak.AdamW(two_groups(model), lr=1e-3, master_weights=True)
+        step = torch.compile(opt.step, backend="aot_eager") if compiled else opt.step
+        for k in range(3):
+            compute_grads(model, k)
+            step()
+        runs[compiled] = snapshot(model, opt)
+    torch._dynamo.reset()
+    assert_same_bits(runs[True], runs[False], "compiled step with master weights")
