@@ -280,13 +280,12 @@ class FusedOptimizer(torch.optim.Optimizer):
 
     def _states(self, group: dict[str, Any], params: list[Tensor]) -> list[dict[str, Any]]:
         """The state dicts of `params` (the tensors the kernels update: a master stands for its
-        parameter, whose state it lives in), created for parameters stepped for the first time, shaped
-        and typed like what the kernels update (fp32 for a master)."""
+        parameter, whose state it lives in), created for parameters stepped for the first time."""
         model_of = self._model_of
-        states = [self.state[model_of.get(id(t), t) if model_of else t] for t in params]
-        for t, state in zip(params, states):
-            if not state or (len(state) == 1 and MASTER in state):  # nothing yet but the master
-                self._init_state(t, state, group)
+        states = [self.state[model_of.get(id(t), t)] for t in params] if model_of else [self.state[p] for p in params]
+        for p, state in zip(params, states):
+            if not state:
+                self._init_state(p, state, group)
         return states
 
     # A step has two phases around at most one collective (docs/design.md rule 8): `_partials` writes every
@@ -342,7 +341,7 @@ class FusedOptimizer(torch.optim.Optimizer):
                     state = self.state[p]
                     master = state.get(MASTER)
                     if master is None:
-                        master = self._new_master(p, state)
+                        master = self._new_master(p, state, group)
                     model_of[id(master)] = p
                     halves.append(p)
                     masters.append(master)
@@ -353,13 +352,17 @@ class FusedOptimizer(torch.optim.Optimizer):
             copies.append((halves, masters))
         return copies
 
-    def _new_master(self, p: Tensor, state: dict[str, Any]) -> Tensor:
-        """p's fp32 master, stored in its state. State made before it (Adagrad's, a checkpoint of a run
-        without master weights, master_weights switched on after some steps) moves to fp32 with it."""
+    def _new_master(self, p: Tensor, state: dict[str, Any], group: dict[str, Any]) -> Tensor:
+        """p's fp32 master, stored in its state with the rest of a first step's state, made like the
+        master (fp32). State made before it (Adagrad's, a checkpoint of a run without master weights,
+        master_weights switched on after some steps) moves to fp32 instead."""
+        first = not state
         for key, value in state.items():
             if self._STATE_SHAPES.get(key) and isinstance(value, Tensor) and value.dtype in HALF_DTYPES:
                 state[key] = value.float()
         master = state[MASTER] = p.detach().float()  # a DTensor's master is a DTensor, sharded alike
+        if first:
+            self._init_state(master, state, group)
         return master
 
     def _drop_masters(self, group: dict[str, Any]) -> None:
