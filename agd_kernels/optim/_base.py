@@ -14,8 +14,14 @@ from torch import Tensor
 
 from .. import _backends, _ext
 from .._grouping import group_by_device_dtype
-from ..distributed import Partials, is_dtensor
+from ..distributed import Partials, is_dtensor, local
 from ._lr import LrTensors
+
+
+#: The per-parameter state key of a master_weights group's fp32 copy of a 16-bit parameter.
+MASTER = "master_param"
+#: The parameter dtypes master_weights keeps an fp32 copy of.
+HALF_DTYPES = (torch.bfloat16, torch.float16)
 
 
 def describe_param(group: dict[str, Any], group_index: int, position: int, p: Tensor) -> str:
@@ -50,6 +56,19 @@ def check_betas(betas: tuple[float, float]) -> None:
     for i, b in enumerate(betas):
         if not 0.0 <= float(b) < 1.0:
             raise ValueError(f"Invalid beta parameter at index {i}: {b}")
+
+
+def copy_locally_(dst: list[Tensor], src: list[Tensor]) -> None:
+    """torch._foreach_copy_ on local shards: DTensor has no sharding rule for it, and a master is a
+    DTensor placed exactly as its parameter (or both are plain tensors)."""
+    torch._foreach_copy_([local(t) for t in dst], [local(t) for t in src])
+
+
+def check_master_weights(hparams: dict[str, Any]) -> None:
+    """master_weights is a flag: a truthy non-bool (1, "yes") is more likely a mistake than a choice."""
+    value = hparams.get("master_weights", False)
+    if not isinstance(value, bool):
+        raise ValueError(f"Invalid master_weights: {value!r}; expected True or False")
 
 
 def check_flags(hparams: dict[str, Any]) -> None:
@@ -114,8 +133,13 @@ class FusedOptimizer(torch.optim.Optimizer):
     _ONE_DEVICE_BECAUSE: str | None = None
 
     def __init__(self, params, defaults: dict[str, Any], backend: str = "auto"):
+        check_master_weights(defaults)
         self._check_hparams(defaults)
         self.backend = _backends.validate(backend)
+        #: this step's fp32 masters, by id, -> the 16-bit parameters they stand for (see _use_masters)
+        self._model_of: dict[int, Tensor] = {}
+        #: indices of the groups whose last step had master_weights on (see _drop_masters)
+        self._mastered: set[int] = set()
         self._lr_cache: dict[int, LrTensors] = {}  # by group index
         self._bucket_cache: dict[Any, _BucketEntry] = {}
         #: per partial-sums buffer: (ids of its tensors, the tensors, so the ids stay unique, their layout)
@@ -150,6 +174,7 @@ class FusedOptimizer(torch.optim.Optimizer):
                 raise ValueError(f"{describe_param(group, index, pos, p)} has dtype {p.dtype}; "
                                  "agd_kernels optimizers need real floating-point parameters")
         try:
+            check_master_weights(group)
             self._check_hparams(group)
         except ValueError as exc:
             raise ValueError(f"param_groups[{index}]: {exc}") from None
@@ -254,8 +279,10 @@ class FusedOptimizer(torch.optim.Optimizer):
                 for device, idx in self._bucket_entry(slot, params).index]
 
     def _states(self, group: dict[str, Any], params: list[Tensor]) -> list[dict[str, Any]]:
-        """The state dicts of `params`, created for parameters stepped for the first time."""
-        states = [self.state[p] for p in params]
+        """The state dicts of `params` (the tensors the kernels update: a master stands for its
+        parameter, whose state it lives in), created for parameters stepped for the first time."""
+        model_of = self._model_of
+        states = [self.state[model_of.get(id(t), t)] for t in params] if model_of else [self.state[p] for p in params]
         for p, state in zip(params, states):
             if not state:
                 self._init_state(p, state, group)
@@ -272,15 +299,107 @@ class FusedOptimizer(torch.optim.Optimizer):
             with torch.enable_grad():
                 loss = closure()
         collected = self._collect_grads()
+        copies = self._use_masters(collected)
         partial = self._partials(collected)
         if partial is not None:
             buffer, layout = partial
             layout.reduce_(buffer)
         out = self._apply(collected)
+        for halves, masters in copies:
+            # The one rounding to the parameter (to nearest). After a found_inf step the masters are
+            # unchanged and so is what this writes: no host sync needed to skip it.
+            copy_locally_(halves, masters)
         return out if out is not None and (closure is None or self._RESULT_OVER_LOSS) else loss
 
     #: Whether step() returns `_apply`'s result even when a closure's loss is there to return.
     _RESULT_OVER_LOSS = False
+
+    # ---------------------------------------------------------------- master weights
+    # master_weights=True (per group): a 16-bit parameter is updated through an fp32 copy kept in its
+    # state under MASTER. Its entry in `collected` becomes that master and its gradient an fp32 copy,
+    # so every op, subclass hook and backend runs unchanged, in fp32; step() then rounds the masters
+    # into the parameters. State stays keyed by the parameter: `_states` and `_param_of` map a master
+    # back. The kernels take one dtype per list, hence the transient fp32 gradient (docs/mixed_precision.md).
+    def _use_masters(self, collected: list[Collected]) -> list[tuple[list[Tensor], list[Tensor]]]:
+        """Substitutes in `collected` the fp32 master (created at a parameter's first step) for every
+        16-bit parameter of a master_weights group, and g.float() for its gradient; returns, per such
+        group, (the 16-bit parameters, their masters) for the copy back."""
+        self._model_of = model_of = {}
+        copies = []
+        for gi, (group, found) in enumerate(zip(self.param_groups, collected)):
+            if not group["master_weights"]:
+                if gi in self._mastered:
+                    self._drop_masters(group)
+                    self._mastered.discard(gi)
+                continue
+            self._mastered.add(gi)
+            if not any(p.dtype in HALF_DTYPES for p in found.params):
+                continue
+            params, grads, halves, masters = [], [], [], []
+            for p, g in zip(found.params, found.grads):
+                if p.dtype in HALF_DTYPES:
+                    state = self.state[p]
+                    master = state.get(MASTER)
+                    if master is None:
+                        master = self._new_master(p, state, group)
+                    model_of[id(master)] = p
+                    halves.append(p)
+                    masters.append(master)
+                    p, g = master, g.float()
+                params.append(p)
+                grads.append(g)
+            collected[gi] = Collected(params, grads, found.uniform)
+            copies.append((halves, masters))
+        return copies
+
+    def _new_master(self, p: Tensor, state: dict[str, Any], group: dict[str, Any]) -> Tensor:
+        """p's fp32 master, stored in its state with the rest of a first step's state, made like the
+        master (fp32). State made before it (Adagrad's, a checkpoint of a run without master weights,
+        master_weights switched on after some steps) moves to fp32 instead."""
+        first = not state
+        for key, value in state.items():
+            if self._STATE_SHAPES.get(key) and isinstance(value, Tensor) and value.dtype in HALF_DTYPES:
+                state[key] = value.float()
+        master = state[MASTER] = p.detach().float()  # a DTensor's master is a DTensor, sharded alike
+        if first:
+            self._init_state(master, state, group)
+        return master
+
+    def _drop_masters(self, group: dict[str, Any]) -> None:
+        """master_weights switched off in `group`: its masters go (the parameters hold them, rounded)
+        and the fp32 state of those parameters returns to their dtype, as torch.optim keeps it."""
+        for p in group["params"]:
+            state = self.state.get(p)  # not self.state[p]: that would add an entry
+            if state and state.pop(MASTER, None) is not None:
+                for key, value in state.items():
+                    if self._STATE_SHAPES.get(key) and isinstance(value, Tensor) and value.dtype != p.dtype:
+                        state[key] = value.to(p.dtype)
+                if not state:  # the master was all (AGD, SGD without momentum): no empty entry in state_dict()
+                    del self.state[p]
+
+    def _param_of(self, t: Tensor) -> Tensor:
+        """The parameter `t` (one of this step's lists) stands for: its own self unless it is a master."""
+        return self._model_of.get(id(t), t)
+
+    def _state_dtype(self, p: Tensor, group: dict[str, Any]) -> torch.dtype:
+        """The dtype of p's state tensors: fp32 for a 16-bit parameter with master weights."""
+        return torch.float32 if group["master_weights"] and p.dtype in HALF_DTYPES else p.dtype
+
+    @torch.no_grad()
+    def refresh_master_weights(self) -> None:
+        """Copies every 16-bit parameter into its master. Call it after changing parameters outside the
+        optimizer (loading weights into the model, an init) once a step has created the masters: the
+        next step would otherwise start from the old masters and overwrite the change."""
+        halves, masters = [], []
+        for group in self.param_groups:
+            for p in group["params"]:
+                state = self.state.get(p)  # not self.state[p]: that would add an entry
+                master = state.get(MASTER) if state else None
+                if master is not None:
+                    halves.append(p)
+                    masters.append(master)
+        if masters:
+            copy_locally_(masters, halves)
 
     def _partials(self, collected: list[Collected]) -> tuple[Tensor, Partials] | None:
         """Subclass hook, phase 1: launch the ops that write this step's whole-tensor partial sums into
@@ -300,9 +419,10 @@ class FusedOptimizer(torch.optim.Optimizer):
     def _describer(self, tensors: list[Tensor]) -> Callable[[int], str]:
         """describe(i): how errors name tensors[i], one of this optimizer's parameters."""
         def describe(i: int) -> str:
+            target = self._param_of(tensors[i])
             for gi, group in enumerate(self.param_groups):
                 for pos, p in enumerate(group["params"]):
-                    if p is tensors[i]:
+                    if p is target:
                         return describe_param(group, gi, pos, p)
             return f"tensor {i} (shape {tuple(tensors[i].shape)})"
         return describe
@@ -333,16 +453,43 @@ class FusedOptimizer(torch.optim.Optimizer):
         against its parameter (nothing is changed when a check fails), then steps moved to the
         parameters' devices as 0-d fp32."""
         self._check_loadable(state_dict)
+        state_dict, fp32 = self._set_aside_fp32(state_dict)
         super().load_state_dict(state_dict)
+        for p, key, value in fp32:
+            self.state[p][key] = value.to(device=p.device, dtype=torch.float32)
         for group in self.param_groups:
+            group.setdefault("master_weights", False)
             for key, value in self._COMPAT_KEYS.items():
                 group.setdefault(key, value)
+        self._mastered = {gi for gi, group in enumerate(self.param_groups) if group["master_weights"]}
         for p, state in self.state.items():
             step = state.get("step")
             if step is not None:
                 step = torch.as_tensor(step, dtype=torch.float32).reshape(())
                 state["step"] = step.to(p.device)
         self._lr_cache.clear()
+
+    def _set_aside_fp32(self, state_dict: dict[str, Any]) -> tuple[dict[str, Any], list[tuple[Tensor, str, Any]]]:
+        """(`state_dict` without the state torch.optim's load would round to a 16-bit parameter's dtype,
+        that state as (parameter, key, value)): the master and the other state tensors of 16-bit
+        parameters in master_weights groups, which stay fp32. Masters where the loaded groups keep none
+        (master_weights off, parameters of 32 or 64 bits) are dropped. The caller's dicts are not changed."""
+        saved_state = dict(state_dict["state"])
+        fp32 = []
+        for saved, group in zip(state_dict["param_groups"], self.param_groups):
+            for pid, p in zip(saved["params"], group["params"]):
+                entry = saved_state.get(pid)
+                if not isinstance(entry, dict):
+                    continue
+                if not (saved.get("master_weights", False) and p.dtype in HALF_DTYPES):
+                    if MASTER in entry:
+                        saved_state[pid] = {k: v for k, v in entry.items() if k != MASTER}
+                    continue
+                keep = {k: v for k, v in entry.items()
+                        if (k == MASTER or self._STATE_SHAPES.get(k)) and isinstance(v, Tensor)}
+                fp32 += [(p, k, v) for k, v in keep.items()]
+                saved_state[pid] = {k: v for k, v in entry.items() if k not in keep}
+        return {**state_dict, "state": saved_state}, fp32
 
     def _check_loadable(self, state_dict: dict[str, Any]) -> None:
         saved_groups = state_dict.get("param_groups")
@@ -354,6 +501,7 @@ class FusedOptimizer(torch.optim.Optimizer):
                              f"this optimizer has {len(self.param_groups)}")
         for gi, (saved, group) in enumerate(zip(saved_groups, self.param_groups)):
             try:
+                check_master_weights(saved)  # absent in checkpoints from before master_weights: False
                 self._check_hparams({**self.defaults, **saved})  # as add_param_group would
             except ValueError as exc:
                 raise ValueError(f"loaded param_groups[{gi}]: {exc}") from None
@@ -370,7 +518,8 @@ class FusedOptimizer(torch.optim.Optimizer):
                             raise ValueError(f"state 'step' of {describe_param(group, gi, pos, p)} has "
                                              f"{value.numel()} elements; expected a scalar")
                         continue
-                    if self._STATE_SHAPES.get(key) and (not isinstance(value, Tensor) or value.shape != p.shape):
+                    shaped = self._STATE_SHAPES.get(key) or key == MASTER
+                    if shaped and (not isinstance(value, Tensor) or value.shape != p.shape):
                         got = tuple(value.shape) if isinstance(value, Tensor) else type(value).__name__
                         raise ValueError(f"state {key!r} of {describe_param(group, gi, pos, p)} has shape "
                                          f"{got}; expected the parameter's shape {tuple(p.shape)}")

@@ -14,6 +14,8 @@ class Adagrad(FusedOptimizer):
 
     foreach and fused are recorded for drop-in use (the kernel reads lr, float or tensor, on the
     device); fused=True with foreach=True or differentiable=True raises torch's RuntimeError.
+    `master_weights=True` keeps an fp32 copy of bf16/fp16 parameters in the state, and the state in
+    fp32 (docs/mixed_precision.md); the eager state of such a parameter is fp32 from the start.
     """
 
     _COMPAT_KEYS = {"foreach": None, "differentiable": False, "fused": None}
@@ -22,10 +24,10 @@ class Adagrad(FusedOptimizer):
     def __init__(self, params, lr: float | Tensor = 1e-2, lr_decay: float = 0, weight_decay: float = 0,
                  initial_accumulator_value: float = 0, eps: float = 1e-10, foreach: bool | None = None, *,
                  maximize: bool = False, differentiable: bool = False, fused: bool | None = None,
-                 backend: str = "auto"):
+                 backend: str = "auto", master_weights: bool = False):
         defaults = dict(lr=lr, lr_decay=lr_decay, eps=eps, weight_decay=weight_decay,
                         initial_accumulator_value=initial_accumulator_value, foreach=foreach, maximize=maximize,
-                        differentiable=differentiable, fused=fused)
+                        differentiable=differentiable, fused=fused, master_weights=master_weights)
         super().__init__(params, defaults, backend)
         for group in self.param_groups:
             for p in group["params"]:
@@ -46,7 +48,8 @@ class Adagrad(FusedOptimizer):
 
     def _init_state(self, p, state, group):
         state["step"] = self._new_step(p)
-        state["sum"] = torch.full_like(p, group["initial_accumulator_value"], memory_format=torch.preserve_format)
+        state["sum"] = torch.full_like(p, group["initial_accumulator_value"], dtype=self._state_dtype(p, group),
+                                       memory_format=torch.preserve_format)
 
     def _launch(self, group, params, grads, states, lr, grad_scale, found_inf):
         ops.adagrad_step_(params, grads, [s["sum"] for s in states], [s["step"] for s in states], lr,

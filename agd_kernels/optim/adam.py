@@ -16,7 +16,8 @@ class Adam(FusedOptimizer):
     So a tensor lr or tensor betas are accepted with foreach=True too, where torch.optim raises
     ValueError unless capturable=True (tensor betas are read once, as floats). foreach=True with
     fused=True, and fused=True with differentiable=True, raise torch's RuntimeError.
-    `backend` picks the implementation (see agd_kernels._backends).
+    `backend` picks the implementation (see agd_kernels._backends). `master_weights=True` keeps an
+    fp32 copy of bf16/fp16 parameters in the state, and the state in fp32 (docs/mixed_precision.md).
     """
 
     _COMPAT_KEYS = {"foreach": None, "capturable": False, "differentiable": False, "fused": None}
@@ -25,11 +26,13 @@ class Adam(FusedOptimizer):
     def __init__(self, params, lr: float | Tensor = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
                  eps: float = 1e-8, weight_decay: float = 0, amsgrad: bool = False, *, foreach: bool | None = None,
                  maximize: bool = False, capturable: bool = False, differentiable: bool = False,
-                 fused: bool | None = None, decoupled_weight_decay: bool = False, backend: str = "auto"):
+                 fused: bool | None = None, decoupled_weight_decay: bool = False, backend: str = "auto",
+                 master_weights: bool = False):
         check_betas(betas)
         defaults = dict(lr=lr, betas=(float(betas[0]), float(betas[1])), eps=eps, weight_decay=weight_decay,
                         amsgrad=amsgrad, maximize=maximize, foreach=foreach, capturable=capturable,
-                        differentiable=differentiable, fused=fused, decoupled_weight_decay=decoupled_weight_decay)
+                        differentiable=differentiable, fused=fused, decoupled_weight_decay=decoupled_weight_decay,
+                        master_weights=master_weights)
         super().__init__(params, defaults, backend)
 
     def _check_hparams(self, hparams):
@@ -74,10 +77,10 @@ class AdamW(Adam):
     def __init__(self, params, lr: float | Tensor = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
                  eps: float = 1e-8, weight_decay: float = 1e-2, amsgrad: bool = False, *, maximize: bool = False,
                  foreach: bool | None = None, capturable: bool = False, differentiable: bool = False,
-                 fused: bool | None = None, backend: str = "auto"):
+                 fused: bool | None = None, backend: str = "auto", master_weights: bool = False):
         super().__init__(params, lr, betas, eps, weight_decay, amsgrad, foreach=foreach, maximize=maximize,
                          capturable=capturable, differentiable=differentiable, fused=fused,
-                         decoupled_weight_decay=True, backend=backend)
+                         decoupled_weight_decay=True, backend=backend, master_weights=master_weights)
 
     def __setstate__(self, state):
         super().__setstate__(state)

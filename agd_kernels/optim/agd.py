@@ -40,7 +40,8 @@ class _Plan:
 
 def _check_sharding(p: Tensor, group: dict, group_index: int) -> None:
     """AGD's per-tap sums add up over shards of dims 0 and 1 (a tap spans both); a shard of a tap dim
-    (>= 2) would hold only some taps of the slot layout, which is built from the global shape."""
+    (>= 2) would hold only some taps of the slot layout, which is built from the global shape.
+    `p` is the model's parameter (its master has the same placements)."""
     if not is_dtensor(p):
         return
     for placement in p.placements:
@@ -65,6 +66,8 @@ class AGD(FusedOptimizer):
         bias_mode: "reject" (default) raises for parameters of rank <= 1, naming them; "follow"
             updates each one with the rule of its nearest preceding weight (docs/agd.md §5.1).
         backend: "auto" | "cuda" | "triton" | "cpu" | "torch".
+        master_weights: per group; bf16/fp16 weights are updated through an fp32 copy kept in the
+            state (their only state), rounded once to the weight (docs/mixed_precision.md).
 
     After a step, `last_eta` and `last_G` hold that step's eta and G as 0-d device tensors.
     """
@@ -72,7 +75,7 @@ class AGD(FusedOptimizer):
     _ONE_DEVICE_BECAUSE = "G spans every layer"
 
     def __init__(self, params, gain: float = 1.0, *, lr: float = 1.0, bias_mode: str = "reject",
-                 backend: str = "auto"):
+                 backend: str = "auto", master_weights: bool = False):
         if bias_mode not in BIAS_MODES:
             raise ValueError(f"bias_mode must be one of {BIAS_MODES}; got {bias_mode!r}")
         if not _valid_gain(gain):
@@ -83,7 +86,7 @@ class AGD(FusedOptimizer):
         self._step_sumsq: Tensor | None = None
         self.last_eta: Tensor | None = None
         self.last_G: Tensor | None = None
-        super().__init__(params, dict(gain=float(gain), lr=lr), backend)
+        super().__init__(params, dict(gain=float(gain), lr=lr, master_weights=master_weights), backend)
 
     def _check_hparams(self, hparams):
         lr = hparams.get("lr", 1.0)
@@ -121,8 +124,11 @@ class AGD(FusedOptimizer):
         # weight: it counts once in L and G and is updated once (docs/agd.md §4 item 15).
         first = _first_occurrences(collected)
         matrices = [(gi, i) for gi, params in enumerate(collected) for i in first[gi] if params[i].dim() >= 2]
+        # Which weight a parameter follows is a relation between the model's parameters; with master
+        # weights `collected` holds their masters.
+        model = [[self._param_of(t) for t in params] for params in collected]
         for gi, i in matrices:
-            _check_sharding(collected[gi][i], self.param_groups[gi], gi)
+            _check_sharding(model[gi][i], self.param_groups[gi], gi)
         # Slot layout: matrices bucketed by (device, dtype) so each bucket's norms fill one contiguous
         # range. Shapes are global (DTensor.shape), so every rank builds the same layout.
         start, norm_buckets, slot_of, sv, spans = 0, [], {}, [], []
@@ -132,7 +138,7 @@ class AGD(FusedOptimizer):
             for gi, i in bucket:
                 p = collected[gi][i]
                 n = num_slices(p.shape)
-                slot_of[id(p)] = (start, n)
+                slot_of[id(model[gi][i])] = (start, n)
                 spans.append((start, n))
                 sv += [target_scale(p.shape)] * n
                 start += n
@@ -146,10 +152,10 @@ class AGD(FusedOptimizer):
                 owner_of[id(p)] = owner
         update_buckets = []
         for gi, params in enumerate(collected):
-            members = [i for i in first[gi] if id(owner_of[id(params[i])]) in slot_of]
+            members = [i for i in first[gi] if id(owner_of[id(model[gi][i])]) in slot_of]
             for _, idx in group_by_device_dtype([params[i] for i in members]).items():
                 positions = [members[k] for k in idx]
-                slots = [slot_of[id(owner_of[id(params[i])])] for i in positions]
+                slots = [slot_of[id(owner_of[id(model[gi][i])])] for i in positions]
                 update_buckets.append((gi, positions, [s for s, _ in slots], [n for _, n in slots]))
         ordered = [collected[gi][i] for bucket, _, _ in norm_buckets for gi, i in bucket]
         device = ordered[0].device if ordered else torch.device("cpu")
@@ -212,7 +218,8 @@ class AGD(FusedOptimizer):
         Each weight of rank >= 2 gets an independent orthogonal draw per kernel tap (row-major over
         the trailing dims), then the whole tensor is multiplied by sv = √(out/(in·Π kernel)), so every
         tap has all singular values equal to sv. Parameters of rank <= 1 named '*bias' (when the
-        optimizer was given named parameters) are zeroed; other ones keep their values.
+        optimizer was given named parameters) are zeroed; other ones keep their values. Masters that
+        steps made (master_weights) take the new values.
 
         A sharded weight (DTensor) gets the same draw as the whole tensor would in one process: each
         rank draws the full tensor and keeps the shard of rank 0's draw (distribute_tensor), so the
@@ -228,6 +235,7 @@ class AGD(FusedOptimizer):
                     p.copy_(full)
                 elif name is not None and name.endswith("bias"):
                     p.zero_()
+        self.refresh_master_weights()
 
 
 def _orthogonal(shape: torch.Size, dtype: torch.dtype, device: torch.device) -> Tensor:

@@ -51,6 +51,8 @@ class LAMB(FusedOptimizer):
             groups with exclude_from_weight_decay=True, and φ(z) = clamp(z, phi_min, phi_max) on ‖p‖
             (default: identity). Exclusions are per-group flags, never name matching.
         backend: "auto" | "cuda" | "triton" | "cpu" | "torch".
+        master_weights: per group; an fp32 copy of bf16/fp16 parameters in the state, which is fp32
+            too (docs/mixed_precision.md).
 
     State per parameter: `step` (0-d fp32, advanced only when the parameter has a gradient; apex
     keeps one per group), `exp_avg`, `exp_avg_sq`. Gradients are not overwritten (apex writes u
@@ -64,7 +66,8 @@ class LAMB(FusedOptimizer):
                  betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-6, weight_decay: float = 0.01,
                  amsgrad: bool = False, adam_w_mode: bool = True, grad_averaging: bool = True, *,
                  max_grad_norm: float | None | str = "auto", use_nvlamb: bool = False, variant: str = "apex",
-                 phi_min: float = 0.0, phi_max: float = math.inf, backend: str = "auto"):
+                 phi_min: float = 0.0, phi_max: float = math.inf, backend: str = "auto",
+                 master_weights: bool = False):
         if variant not in VARIANTS:
             raise ValueError(f"variant must be one of {VARIANTS}; got {variant!r}")
         if amsgrad:
@@ -75,7 +78,7 @@ class LAMB(FusedOptimizer):
         self.variant = variant
         defaults = dict(lr=lr, betas=(float(betas[0]), float(betas[1])), eps=eps,
                         weight_decay=weight_decay, bias_correction=bias_correction, grad_averaging=grad_averaging,
-                        max_grad_norm=max_grad_norm)
+                        max_grad_norm=max_grad_norm, master_weights=master_weights)
         if variant == "apex":
             if phi_min != 0.0 or phi_max != math.inf:
                 raise ValueError("phi_min/phi_max (the trust-ratio clamp) are options of variant='paper'; "

@@ -14,6 +14,8 @@ class SGD(FusedOptimizer):
 
     foreach and fused are recorded for drop-in use (the kernel reads lr, float or tensor, on the
     device); fused=True with foreach=True or differentiable=True raises torch's RuntimeError.
+    `master_weights=True` keeps an fp32 copy of bf16/fp16 parameters in the state, and the state in
+    fp32 (docs/mixed_precision.md).
     """
 
     _COMPAT_KEYS = {"foreach": None, "differentiable": False, "fused": None}
@@ -22,10 +24,10 @@ class SGD(FusedOptimizer):
     def __init__(self, params, lr: float | Tensor = 1e-3, momentum: float = 0, dampening: float = 0,
                  weight_decay: float = 0, nesterov: bool = False, *, maximize: bool = False,
                  foreach: bool | None = None, differentiable: bool = False, fused: bool | None = None,
-                 backend: str = "auto"):
+                 backend: str = "auto", master_weights: bool = False):
         defaults = dict(lr=lr, momentum=momentum, dampening=dampening, weight_decay=weight_decay,
                         nesterov=nesterov, maximize=maximize, foreach=foreach, differentiable=differentiable,
-                        fused=fused)
+                        fused=fused, master_weights=master_weights)
         super().__init__(params, defaults, backend)
 
     def _check_hparams(self, hparams):

@@ -75,6 +75,8 @@ class YellowFin(FusedOptimizer):
         force_non_inc_step: from step curv_win_width + 1, cap lr·‖g‖ at 2x its smallest smoothed value.
         delta_mu: accepted for the reference's signature and ignored, as there.
         backend: "auto" | "cuda" | "triton" | "cpu" | "torch".
+        master_weights: per group; an fp32 copy of bf16/fp16 parameters in the state, which is fp32
+            too (docs/mixed_precision.md).
 
     Tuner options are global (the statistics span every group); only weight_decay is per group. The
     tuned lr and μ apply to every group; `set_lr_factor` multiplies the lr. Not reproduced: the
@@ -93,7 +95,7 @@ class YellowFin(FusedOptimizer):
                  sparsity_debias: bool = False, delta_mu: float = 0.0, auto_clip_fac: float | None = None,
                  force_non_inc_step: bool = False, h_max_log_smooth: bool = True, h_min_log_smooth: bool = True,
                  adapt_clip: bool = True, stat_protect_fac: float = 100.0, catastrophic_move_thresh: float = 100.0,
-                 *, backend: str = "auto"):
+                 *, backend: str = "auto", master_weights: bool = False):
         if not (is_number(lr) and math.isfinite(lr) and lr >= 0):
             raise ValueError(f"Invalid learning rate: {lr!r}; expected a finite number >= 0 (the lr of step 0)")
         if not (is_number(mu) and 0.0 <= mu < 1.0):
@@ -104,7 +106,7 @@ class YellowFin(FusedOptimizer):
                             h_min_log_smooth=h_min_log_smooth, adapt_clip=adapt_clip,
                             stat_protect_fac=stat_protect_fac, catastrophic_move_thresh=catastrophic_move_thresh)
         check_options(self.options)
-        super().__init__(params, dict(weight_decay=weight_decay), backend)
+        super().__init__(params, dict(weight_decay=weight_decay, master_weights=master_weights), backend)
         self.tuner = new_tuner(float(lr), float(mu), curv_win_width, self.param_groups[0]["params"][0].device)
         self.last_lr: Tensor | None = None
         self.last_mu: Tensor | None = None
@@ -160,13 +162,12 @@ class YellowFin(FusedOptimizer):
         params = [p for found in collected for p in found.params]
         if not params:
             return None
-        for group, found in zip(self.param_groups, collected):
-            self._states(group, found.params)
+        states = [s for group, found in zip(self.param_groups, collected) for s in self._states(group, found.params)]
         plan = self._stats_plan(collected)
         grads = [g for found in collected for g in found.grads]
         stats = self._stats = torch.empty((len(plan.rows), 4), dtype=torch.float64, device=self.tuner.device)
         for row, idx in enumerate(plan.rows):
-            ops.yellowfin_stats_([grads[i] for i in idx], [self.state[params[i]]["grad_avg"] for i in idx],
+            ops.yellowfin_stats_([grads[i] for i in idx], [states[i]["grad_avg"] for i in idx],
                                  stats[row], backend=self.backend)
         return stats, plan.partials
 
@@ -184,7 +185,7 @@ class YellowFin(FusedOptimizer):
         # Weight decay is the one per-group hyper-parameter.
         for gi, (group, found) in enumerate(zip(self.param_groups, collected)):
             for _, bucket, bucket_grads in self._bucket_grads(gi, *found):
-                states = [self.state[p] for p in bucket]
+                states = self._states(group, bucket)  # by the parameter, also where `bucket` holds masters
                 ops.yellowfin_apply_(bucket, bucket_grads, [s["grad_avg"] for s in states],
                                      [s["momentum_buffer"] for s in states], self.tuner, self._stats,
                                      beta=self.options["beta"], weight_decay=group["weight_decay"],

@@ -141,7 +141,8 @@ def param_groups(model: nn.Module, second: dict, named: bool = False, reverse: b
 CHECKPOINT_EXTRA = {"YellowFin-empty-first": ("YellowFin", True)}
 
 
-def make_optimizer(case: str, model: nn.Module, backend: str, named: bool = False) -> torch.optim.Optimizer:
+def make_optimizer(case: str, model: nn.Module, backend: str, named: bool = False, **extra) -> torch.optim.Optimizer:
+    """The optimizer of `case` on `model`; `extra`: more constructor arguments (master_weights=True)."""
     reverse = False
     if case in CHECKPOINT_EXTRA:
         case, reverse = CHECKPOINT_EXTRA[case]
@@ -150,7 +151,7 @@ def make_optimizer(case: str, model: nn.Module, backend: str, named: bool = Fals
     from tests.optim.registry import REGISTRY
     c = CASES[case]
     entry = REGISTRY[c.algo]
-    return entry.make(param_groups(model, entry.second_group, named, reverse), backend=backend, **c.overrides)
+    return entry.make(param_groups(model, entry.second_group, named, reverse), backend=backend, **c.overrides, **extra)
 
 
 # ----------------------------------------------------------------------------- training
@@ -160,12 +161,12 @@ def local_loss(model: nn.Module, step: int, rank: int | None, dtype=torch.float3
 
 
 def train_single(case: str, backend: str, variant: str = "whole", dtype=torch.float32,
-                 steps: int = STEPS) -> dict[str, torch.Tensor]:
+                 steps: int = STEPS, **extra) -> dict[str, torch.Tensor]:
     """The single-process run: `variant` "whole" backpropagates the mean loss of the whole batch;
     "halves" accumulates each rank's half-batch mean loss / WORLD (the sums FSDP and DDP compute, in
     another order), "halves-reversed" the same from the last rank first. Returns the parameters."""
     model = make_model(dtype)
-    opt = make_optimizer(case, model, backend)
+    opt = make_optimizer(case, model, backend, **extra)
     for k in range(steps):
         opt.zero_grad(set_to_none=True)
         if variant == "whole":
@@ -390,10 +391,11 @@ def shard(model: nn.Module, topology: str = "fsdp") -> nn.Module:
     return model
 
 
-def build(topology: str, case: str, backend: str, seed: int = 0, named: bool = False):
+def build(topology: str, case: str, backend: str, seed: int = 0, named: bool = False, dtype=torch.float32,
+          **extra):
     """(model, module whose parameters the optimizer holds, optimizer) on `topology` "fsdp", "ddp" or
-    one of HSDP_MESHES."""
-    model = make_model(seed=seed)
+    one of HSDP_MESHES, with parameters of `dtype`; `extra` goes to the optimizer."""
+    model = make_model(dtype, seed=seed)
     if topology != "ddp":
         model = shard(model, topology)
         inner = model
@@ -401,7 +403,7 @@ def build(topology: str, case: str, backend: str, seed: int = 0, named: bool = F
         from torch.nn.parallel import DistributedDataParallel
         inner = model
         model = DistributedDataParallel(model)
-    return model, inner, make_optimizer(case, inner, backend, named)
+    return model, inner, make_optimizer(case, inner, backend, named, **extra)
 
 
 def full_params(module: nn.Module) -> dict[str, torch.Tensor]:
@@ -430,7 +432,7 @@ def train_dist(model, opt, steps, rank: int, count: str | None = None) -> list:
     counts = []
     for k in steps:
         opt.zero_grad(set_to_none=True)
-        local_loss(model, k, rank).backward()
+        local_loss(model, k, rank, next(model.parameters()).dtype).backward()
         if count == "mode":
             with CommDebugMode() as mode:
                 opt.step()
@@ -506,23 +508,23 @@ def case_init_weights(topology: str, rank: int) -> dict:
     return {"params": full_params(inner), "local": locals_, "changed": changed}
 
 
-def case_checkpoint(topology: str, case: str, backend: str, rank: int, directory: Path) -> dict:
+def case_checkpoint(topology: str, case: str, backend: str, rank: int, directory: Path, **options) -> dict:
     """STEPS uninterrupted steps, and RESUME_AT steps + DCP save + load into a fresh model (another
-    seed) and optimizer + the remaining steps."""
+    seed) and optimizer + the remaining steps. `options`: build()'s dtype and optimizer arguments."""
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
-    model, inner, opt = build(topology, case, backend)
+    model, inner, opt = build(topology, case, backend, **options)
     train_dist(model, opt, range(STEPS), rank)
     straight = full_params(inner)
 
-    model, inner, opt = build(topology, case, backend)
+    model, inner, opt = build(topology, case, backend, **options)
     train_dist(model, opt, range(RESUME_AT), rank)
     model_sd, optim_sd = get_state_dict(model, opt)
     dcp.save({"model": model_sd, "optim": optim_sd}, checkpoint_id=str(directory))
     saved = full_params(inner)
     del model, inner, opt, model_sd, optim_sd
 
-    model, inner, opt = build(topology, case, backend, seed=1)
+    model, inner, opt = build(topology, case, backend, seed=1, **options)
     model_sd, optim_sd = get_state_dict(model, opt)
     state = {"model": model_sd, "optim": optim_sd}
     dcp.load(state, checkpoint_id=str(directory))
@@ -532,11 +534,36 @@ def case_checkpoint(topology: str, case: str, backend: str, rank: int, directory
     return {"straight": straight, "saved": saved, "loaded": loaded, "resumed": full_params(inner)}
 
 
+#: bf16 parameters with master_weights=True on FSDP2 (docs/mixed_precision.md): an elementwise
+#: optimizer, and AGD, whose per-tap sums over the masters' shards take its one all-reduce.
+MASTER_CASES = ("AdamW", "AGD")
+MASTER = dict(dtype=torch.bfloat16, master_weights=True)
+
+
+def case_master(case: str, rank: int) -> dict:
+    """STEPS steps of bf16 FSDP2 with master weights: the gathered parameters, and per parameter
+    whether its master is an fp32 DTensor placed as the parameter and rounds to its local shard."""
+    from torch.distributed.tensor import DTensor
+    model, inner, opt = build("fsdp", case, "cpu", **MASTER)
+    train_dist(model, opt, range(STEPS), rank)
+    checks = {}
+    for n, p in inner.named_parameters():
+        m = opt.state[p]["master_param"]
+        checks[n] = (isinstance(m, DTensor) and m.dtype == torch.float32 and m.placements == p.placements
+                     and torch.equal(m.to_local().to(p.dtype), p.to_local()))
+    return {"params": full_params(inner), "checks": checks}
+
+
 def job_cases(job: str, rank: int, directory: Path) -> Iterator[tuple[str, Callable[[], dict]]]:
     """(case key, thunk) in the order every rank runs them."""
     kind, _, backend = job.partition("-")
     if job == "fsdp-triton":  # the optional interpreted-Triton case: slow, so one optimizer only
         yield "train/AGD", lambda: case_train("fsdp", "AGD", "triton", rank)
+    elif job == "fsdp-master":
+        for case in MASTER_CASES:
+            yield f"train/{case}", lambda case=case: case_master(case, rank)
+            yield f"dcp/{case}", lambda case=case: case_checkpoint(
+                "fsdp", case, "cpu", rank, directory / "ckpt" / case, **MASTER)
     elif kind == "fsdp":
         if backend == "cpu":
             yield "layout", lambda: case_layout(rank)
@@ -565,7 +592,7 @@ def job_cases(job: str, rank: int, directory: Path) -> Iterator[tuple[str, Calla
         raise ValueError(f"unknown job {job!r}")
 
 
-JOBS = [f"fsdp-{backend}" for backend in BACKENDS] + ["ddp", "dcp-cpu", "fsdp-triton"]
+JOBS = [f"fsdp-{backend}" for backend in BACKENDS] + ["ddp", "dcp-cpu", "fsdp-triton", "fsdp-master"]
 
 
 def _last_line(text: str) -> str:

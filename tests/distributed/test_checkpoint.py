@@ -33,3 +33,13 @@ def test_dcp_resume_equals_uninterrupted(jobs, topology, case):
         _assert_same(r["resumed"], r["straight"],
                      f"{case} on {topology}, rank {rank}: {h.RESUME_AT} steps + DCP round trip + "
                      f"{h.STEPS - h.RESUME_AT} steps vs {h.STEPS} uninterrupted steps")
+
+
+@pytest.mark.parametrize("case", h.MASTER_CASES)
+def test_dcp_resume_with_master_weights(jobs, case):
+    """bf16 parameters with master_weights=True on FSDP2: the fp32 masters go through DCP and back
+    unrounded, so the resumed run is bitwise the uninterrupted one."""
+    ranks = jobs.get("fsdp-master").case(f"dcp/{case}")
+    for rank, r in enumerate(ranks):
+        _assert_same(r["loaded"], r["saved"], f"rank {rank}: parameters after dcp.load + set_state_dict")
+        _assert_same(r["resumed"], r["straight"], f"{case} with master weights on FSDP2, rank {rank}: resumed")

@@ -100,3 +100,28 @@ def test_sharded_and_replicated_parameters_in_one_optimizer(jobs, case):
         assert torch.equal(t, ranks[1]["params"][name]), f"{name}: the ranks hold different parameters"
     fsdp = jobs.get("fsdp-cpu").case(f"train/{case}")
     assert ranks[0]["counts"] == fsdp[0]["counts"], "a replicated parameter must not add a collective"
+
+
+@pytest.mark.parametrize("case", h.MASTER_CASES)
+def test_fsdp2_bf16_master_weights(jobs, case):
+    """bf16 parameters with master_weights=True on FSDP2: every master is an fp32 DTensor placed as its
+    parameter, whose local shard is the master's rounded; and the run tracks the fp32 single-process one
+    as closely as single-process bf16 runs with master weights do (2x their relative displacement error,
+    as the fp32 tolerances above allow 2x), and within the bound of tests/optim/test_master_weights.py."""
+    from tests.optim.test_master_weights import BOUND, displacement_error
+    ranks = jobs.get("fsdp-master").case(f"train/{case}")
+    for rank, result in enumerate(ranks):
+        wrong = [n for n, ok in result["checks"].items() if not ok]
+        assert not wrong, f"rank {rank}: masters of {wrong} are not fp32 DTensors that round to the local shard"
+    with h.one_thread():
+        start = h.make_model().state_dict()
+        fp32 = h.train_single(case, "cpu")
+        singles = [h.train_single(case, "cpu", v, **h.MASTER) for v in h.FP32_VARIANTS]
+
+    def error(params):
+        return displacement_error(*([run[n] for n in start] for run in (params, fp32, start)))
+    single = max(map(error, singles))
+    distributed = error(ranks[0]["params"])
+    assert distributed <= min(2 * single, BOUND), (
+        f"{case}: bf16 + master weights on FSDP2 is {distributed:.4f} (relative displacement) from the fp32 run; "
+        f"single-process bf16 + master weights runs are up to {single:.4f}")
