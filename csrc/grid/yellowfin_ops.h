@@ -63,7 +63,7 @@ std::tuple<at::Tensor, at::Tensor> yellowfin_tune(
   const int64_t rows = check_stats(dev, op, stats);
   const Scalar scale_s = device_scalar(dev, op, "grad_scale", grad_scale);
   const Scalar inf_s = device_scalar(dev, op, "found_inf", found_inf);
-  const YellowfinConfig config{numel, beta, static_cast<long>(curv_win_width), zero_debias, sparsity_debias,
+  const YellowfinConfig config{numel, beta, curv_win_width, zero_debias, sparsity_debias,
                                clip_thresh, auto_clip_fac, adapt_clip, stat_protect_fac, catastrophic_move_thresh,
                                force_non_inc_step, h_min_log_smooth, h_max_log_smooth};
   at::Tensor lr = at::empty({}, tuner.options()), mu = at::empty({}, tuner.options());

@@ -8,6 +8,7 @@
 #pragma once
 
 #include <math.h>
+#include <stdint.h>
 
 #if defined(__CUDACC__) || defined(__HIPCC__)
 #define AGDK_HOST_DEVICE __host__ __device__ __forceinline__
@@ -28,8 +29,8 @@ template <typename T> using math_t = typename MathType<T>::type;
 
 // Load/store converters: c10::Half and c10::BFloat16 convert to and from float on host and device;
 // stores round to nearest even.
-template <typename T> AGDK_HOST_DEVICE math_t<T> load(const T* p, long i) { return static_cast<math_t<T>>(p[i]); }
-template <typename T> AGDK_HOST_DEVICE void store(T* p, long i, math_t<T> v) { p[i] = static_cast<T>(v); }
+template <typename T> AGDK_HOST_DEVICE math_t<T> load(const T* p, int64_t i) { return static_cast<math_t<T>>(p[i]); }
+template <typename T> AGDK_HOST_DEVICE void store(T* p, int64_t i, math_t<T> v) { p[i] = static_cast<T>(v); }
 
 AGDK_HOST_DEVICE float msqrt(float x) { return sqrtf(x); }
 AGDK_HOST_DEVICE double msqrt(double x) { return sqrt(x); }

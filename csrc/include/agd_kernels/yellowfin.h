@@ -17,7 +17,7 @@ enum YellowfinSlot : int {
 
 struct YellowfinConfig {
   double numel, beta;
-  long curv_win_width;
+  int64_t curv_win_width;
   bool zero_debias, sparsity_debias;
   double clip_thresh, auto_clip_fac;  // <= 0: off
   bool adapt_clip;
@@ -50,7 +50,7 @@ AGDK_HOST_DEVICE bool yellowfin_tune(double* tuner, const double* sums, double i
   const double s_gg = sums[0] * inv_scale * inv_scale, s_ag = sums[1] * inv_scale, s_aa = sums[2];
   const double norm = sqrt(s_gg);
   double* win = tuner + kYfSlots;
-  const long W = c.curv_win_width;
+  const int64_t W = c.curv_win_width;
 
   // §2.1-2.3: manual (or auto) clip s0, stat-protect clip s1, then G = ||s0*s1*g||^2.
   double s0 = 1.0;
@@ -76,9 +76,9 @@ AGDK_HOST_DEVICE bool yellowfin_tune(double* tuner, const double* sums, double i
   }
 
   // §2.5 curvature range over the first min(W, t + 1) window entries; G goes to slot t mod W.
-  win[static_cast<long>(fmod(t, static_cast<double>(W)))] = G;
+  win[static_cast<int64_t>(fmod(t, static_cast<double>(W)))] = G;
   double window_min = win[0], window_max = win[0];
-  for (long k = 1; k < W && k <= t; ++k) {
+  for (int64_t k = 1; k < W && k <= t; ++k) {
     window_min = min_nan(window_min, win[k]);
     window_max = max_nan(window_max, win[k]);
   }
