@@ -1,5 +1,6 @@
 """The op table: one in-place multi-tensor op per algorithm (LAMB and YellowFin: one per phase, around their
-whole-tensor sums, which sharded parameters reduce across ranks in between), plus the per-slice sum of squares.
+whole-tensor sums, which sharded parameters reduce across ranks in between), plus the per-slice sum of squares
+and the stochastic rounding of fp32 working copies into bf16 parameters.
 
 Each op is a `torch.ops.agd_kernels.<name>` operator whose schema is defined here, once, so the op
 exists on every machine (the compiled extension may be absent). Implementations attach per backend:
@@ -34,6 +35,7 @@ from .reference import agd as _ref_agd
 from .reference import lamb as _ref_lamb
 from .reference import rmsprop as _ref_rmsprop
 from .reference import sgd as _ref_sgd
+from .reference import stochastic_round as _ref_stochastic_round
 from .reference import sumsq as _ref_sumsq
 from .reference import yellowfin as _ref_yellowfin
 
@@ -93,6 +95,9 @@ SCHEMAS: dict[str, tuple[str, object]] = {
         "(Tensor(a!)[] params, Tensor[] grads, Tensor(b!)[] grad_avgs, Tensor(c!)[] momentum_buffers, "
         "Tensor tuner, Tensor stats, float beta, float weight_decay, Tensor? found_inf) -> ()",
         _ref_yellowfin.yellowfin_apply_),
+    "stochastic_round_": (
+        "(Tensor(a!)[] dst, Tensor[] src, Tensor seed, Tensor[] steps, int[] offsets) -> ()",
+        _ref_stochastic_round.stochastic_round_),
 }
 
 _LIB = torch.library.Library(NAMESPACE, "FRAGMENT")
@@ -358,3 +363,25 @@ def yellowfin_apply_(params, grads, grad_avgs, momentum_buffers, tuner: Tensor, 
     if params:
         _kernel("yellowfin_apply_", params, backend)(
             params, grads, grad_avgs, momentum_buffers, tuner, stats, beta, weight_decay, found_inf)
+
+
+def stochastic_round_(dst, src, seed: Tensor, steps, offsets: Sequence[int], *,
+                      backend: str | None = "auto") -> None:
+    """dst[i] (bf16) <- src[i] (fp32, same shape and memory layout) rounded stochastically: down or up to a
+    neighbouring bf16 value with probability proportional to the distance from the other one, so the
+    rounding error has mean 0 (docs/mixed_precision.md, stochastic rounding).
+
+    With x the fp32 bits and r 16 random bits the result is the upper half of x + r. ±inf stay, every NaN
+    becomes the canonical quiet NaN 0x7FC0 (round-to-nearest conversions write other NaNs: torch's CPU one
+    0xFFFF, CUDA's 0x7FFF), the sign of every other value is kept; a finite value above
+    the largest bf16 (3.3895e38) becomes inf with probability proportional to its distance from it.
+    Values a bf16 holds exactly are copied exactly (so a step that changed nothing changes nothing).
+    r = the low 16 bits of the first word of Philox4x32-10 with key = `seed`'s (a one-element int64
+    tensor) low and high 32-bit halves and counter = (e low, e high, steps[i], 0), e = offsets[i] + the
+    element's index in memory order, steps[i] a one-element float32/float64 tensor read as an integer
+    modulo 2^32. seed and steps are read by the kernel (no host sync). Elements that share (seed, step,
+    e) share their bits: give every element of a call, and of the calls of one step, its own e.
+    """
+    if dst:
+        kernel = _kernel("stochastic_round_", dst, backend)
+        kernel(list(dst), list(src), seed, list(steps), list(offsets))

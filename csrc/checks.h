@@ -125,4 +125,38 @@ void check_lists(const Backend& be, const char* op, at::TensorList params, std::
   }
 }
 
+// stochastic_round_'s arguments: dst bf16 and dense; src float32 like dst (device, shape, layout); seed a
+// one-element int64 tensor and steps one-element float32/float64 tensors, on the backend's device (the
+// kernel reads them), all steps of one dtype; one step and one offset >= 0 per tensor.
+template <class Backend>
+void check_stochastic_round(const Backend& be, const char* op, at::TensorList dst, at::TensorList src,
+                            const at::Tensor& seed, at::TensorList steps, at::IntArrayRef offsets) {
+  TORCH_CHECK_VALUE(src.size() == dst.size() && steps.size() == dst.size() && offsets.size() == dst.size(), op,
+                    ": dst has ", dst.size(), " tensors; src, steps and offsets need as many, got ", src.size(),
+                    ", ", steps.size(), " and ", offsets.size());
+  check_device(be, op, "seed", seed);
+  TORCH_CHECK_VALUE(seed.numel() == 1 && seed.scalar_type() == at::kLong, op,
+                    ": seed must be a one-element int64 tensor; got ", seed.scalar_type(), " of shape ", seed.sizes());
+  for (size_t i = 0; i < dst.size(); ++i) {
+    const std::string index = "[" + std::to_string(i) + "]";
+    const at::Tensor &d = dst[i], &s = src[i], &step = steps[i];
+    check_device(be, op, "dst" + index, d);
+    TORCH_CHECK_TYPE(d.scalar_type() == at::kBFloat16, op, ": dst", index, " has dtype ", d.scalar_type(),
+                     "; stochastic rounding writes bfloat16 tensors");
+    check_device(be, op, "src" + index, s);
+    TORCH_CHECK_VALUE(s.scalar_type() == at::kFloat && s.sizes() == d.sizes(), op, ": src", index, " is ",
+                      s.scalar_type(), s.sizes(), "; expected Float", d.sizes(), " (dst", index, "'s shape)");
+    const bool same_layout = (d.is_contiguous() && s.is_contiguous()) || d.strides() == s.strides();
+    TORCH_CHECK_VALUE(same_layout && d.is_non_overlapping_and_dense(), op, ": src", index, " has strides ",
+                      s.strides(), ", dst", index, " has ", d.strides(),
+                      "; both must be dense with the same memory layout");
+    check_device(be, op, "steps" + index, step);
+    TORCH_CHECK_VALUE(step.numel() == 1 && (step.scalar_type() == at::kFloat || step.scalar_type() == at::kDouble) &&
+                      step.scalar_type() == steps[0].scalar_type(), op, ": steps", index,
+                      " must be a one-element float32 or float64 tensor of steps[0]'s dtype; got ",
+                      step.scalar_type(), " of shape ", step.sizes());
+    TORCH_CHECK_VALUE(offsets[i] >= 0, op, ": offsets", index, " is ", offsets[i], "; expected >= 0");
+  }
+}
+
 }  // namespace agd_kernels

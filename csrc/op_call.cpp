@@ -257,12 +257,14 @@ AGDK_OP_CALL(lamb_apply_)
 AGDK_OP_CALL(yellowfin_stats_)
 AGDK_OP_CALL(yellowfin_tune_)
 AGDK_OP_CALL(yellowfin_apply_)
+AGDK_OP_CALL(stochastic_round_)
 #undef AGDK_OP_CALL
 
 PyMethodDef methods[] = {def_slice_sumsq_,    def_adam_step_,       def_sgd_step_,
                          def_rmsprop_step_,   def_adagrad_step_,    def_agd_step_,
                          def_lamb_moments_,   def_lamb_apply_,      def_yellowfin_stats_,
-                         def_yellowfin_tune_, def_yellowfin_apply_, {nullptr, nullptr, 0, nullptr}};
+                         def_yellowfin_tune_, def_yellowfin_apply_, def_stochastic_round_,
+                         {nullptr, nullptr, 0, nullptr}};
 
 }  // namespace
 

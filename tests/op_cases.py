@@ -114,7 +114,27 @@ VARIANTS: dict[str, dict[str, dict]] = {
         "non-finite": dict(spike=math.inf),
         "found-inf": dict(found_inf=1.0),
     },
+    # Values over fp32's whole range with NaNs, infinities, the largest floats, subnormals and exact bf16
+    # values among them; global indices across 2^32 (the counter's high word); a negative seed (its high
+    # half has the sign bit); fp64 step counters.
+    "stochastic_round_": {
+        "plain": {},
+        "offsets-across-2**32": dict(offset_base=2**32 - 3000),
+        "negative-seed-fp64-steps": dict(seed=-0x123456789ABCDEF, step_dtype=torch.float64),
+    },
 }
+
+#: Ops whose sample tensors have one dtype whatever the matrix asks for (stochastic_round_ writes bf16 from
+#: fp32): the backend matrices run them once, in that dtype (op_dtypes).
+FIXED_DTYPE = {"stochastic_round_": torch.bfloat16}
+
+#: Ops without floating-point math: every backend must give the reference's bits (no oracle, no tolerance).
+EXACT = {"stochastic_round_"}
+
+
+def op_dtypes(op: str, dtypes) -> list[torch.dtype]:
+    """The dtypes a backend matrix over `dtypes` runs `op` in."""
+    return [FIXED_DTYPE[op]] if op in FIXED_DTYPE else list(dtypes)
 
 _LAMB_DEFAULTS = dict(lr=1e-2, max_grad_norm=1.0, beta1=0.9, beta2=0.999, eps=1e-6, weight_decay=0.01,
                       bias_correction=True, grad_averaging=True, adam_w_mode=True, use_trust_ratio=True, phi_min=0.0,
@@ -137,6 +157,7 @@ _DEFAULTS = {
                             stat_protect_fac=100.0, catastrophic_move_thresh=100.0, force_non_inc_step=False,
                             h_min_log_smooth=True, h_max_log_smooth=True),
     "yellowfin_apply_": dict(history=12, mu=0.5, spike=1.0, beta=0.9, weight_decay=0.0),
+    "stochastic_round_": dict(offset_base=0, seed=0x5EED_0F_5EED, step_dtype=torch.float32),
 }
 
 
@@ -216,6 +237,8 @@ def _make_args(op: str, shapes, dtype: torch.dtype, variant: str, seed: int, dev
     grads = [rand(s, gmul) for s in shapes]
     steps = [_scalar(3.0, device) for _ in shapes]  # not the first step: bias corrections matter
 
+    if op == "stochastic_round_":
+        return _rounding_args(shapes, hp, gen, device)
     if op == "slice_sumsq_":
         out = torch.full((sum(num_slices(s) for s in shapes),), float("nan"), dtype=torch.float32, device=device)
         return (grads, out)
@@ -288,6 +311,26 @@ def _make_args(op: str, shapes, dtype: torch.dtype, variant: str, seed: int, dev
     raise KeyError(f"no sample builder for {op}")
 
 
+def _rounding_args(shapes, hp: dict, gen: torch.Generator, device) -> tuple:
+    """stochastic_round_'s (dst, src, seed, steps, offsets): fp32 sources with magnitudes 1e-45 to 3e38 and
+    the special values laced in; NaN-filled bf16 destinations, so an element left unwritten shows."""
+    specials = torch.tensor([math.nan, math.inf, -math.inf, 0.0, -0.0, 3.4e38, -3.4e38, 1e-40, -1e-42, 1.5, -2.0,
+                             float.fromhex("0x1.fffffep127"), float.fromhex("0x1.fefffep127")])
+    src, offsets, offset = [], [], hp["offset_base"]
+    for i, shape in enumerate(shapes):
+        n = math.prod(shape)
+        x = torch.randn(n, generator=gen) * 10.0 ** torch.randint(-45, 38, (n,), generator=gen).float()
+        k = min(n, len(specials))
+        x[:k] = specials.roll(i)[:k]
+        src.append(x.reshape(shape).to(device))
+        offsets.append(offset)
+        offset += n
+    dst = [torch.full(shape, math.nan, dtype=torch.bfloat16, device=device) for shape in shapes]
+    seed = torch.tensor(hp["seed"], dtype=torch.int64, device=device)
+    steps = [torch.tensor(7.0 + i, dtype=hp["step_dtype"], device=device) for i in range(len(shapes))]
+    return dst, src, seed, steps, offsets
+
+
 def _yellowfin_tuner(hp: dict, rows: int, elements: int, gen: torch.Generator, device, scale: float,
                      current_step: bool = False) -> tuple[torch.Tensor, torch.Tensor, tuple]:
     """(tuner after hp["history"] reference steps, this step's sums (rows x 4, times the loss scale),
@@ -355,8 +398,11 @@ def check_backend(op: str, backend: str, shapes, dtype: torch.dtype, variant: st
                   device="cpu", kernel=None) -> None:
     """Backend vs reference vs float64 oracle on every mutated and returned tensor (all on `device`).
     `kernel`, when given, is called instead of the backend's (e.g. the grid emulator's; `backend` then
-    only names it in messages)."""
+    only names it in messages). EXACT ops must give the reference's bits."""
     args = make_args(op, shapes, dtype, variant, seed, device)
+    if op in EXACT:
+        _check_exact(op, backend, args, variant, kernel)
+        return
     got_args, ref_args = _clone_args(args), _clone_args(args)
     oracle_args = make_args(op, shapes, dtype, variant, seed, device, oracle=True)
     got = kernel(*got_args) if kernel is not None else run(op, backend, got_args)
@@ -376,6 +422,21 @@ def check_backend(op: str, backend: str, shapes, dtype: torch.dtype, variant: st
     for pos in mutated_positions(op) if found_inf else UNWRITTEN.get(op, lambda dtype: [])(dtype):
         for g, a in zip(_flat(got_args[pos]), _flat(args[pos])):
             assert torch.equal(g, a) or (g.isnan() == a.isnan()).all() and torch.equal(g.nan_to_num(), a.nan_to_num())
+
+
+def _check_exact(op: str, backend: str, args, variant: str, kernel) -> None:
+    got_args, ref_args = _clone_args(args), _clone_args(args)
+    kernel(*got_args) if kernel is not None else run(op, backend, got_args)
+    run(op, "torch", ref_args)
+    for pos in mutated_positions(op):
+        for i, (g, r) in enumerate(zip(_flat(got_args[pos]), _flat(ref_args[pos]))):
+            assert g.dtype == r.dtype and g.shape == r.shape
+            gb, rb = (t.detach().reshape(-1).cpu().view(torch.int16) for t in (g, r))
+            differ = (gb != rb).nonzero()
+            assert differ.numel() == 0, (
+                f"{op}[{variant}] arg {pos} tensor {i} ({backend}): {differ.numel()} of {gb.numel()} elements differ "
+                f"from the reference, first at {int(differ[0])}: {g.reshape(-1)[differ[0]].item()} vs "
+                f"{r.reshape(-1)[differ[0]].item()}")
 
 
 def numel(shapes) -> int:

@@ -17,6 +17,7 @@ from .agd import agd_step_triton
 from .lamb import lamb_apply_triton, lamb_moments_triton
 from .rmsprop import rmsprop_step_triton
 from .sgd import sgd_step_triton
+from .stochastic_round import stochastic_round_triton
 from .sumsq import slice_sumsq_triton
 from .yellowfin import yellowfin_apply_triton, yellowfin_stats_triton, yellowfin_tune_triton
 
@@ -35,6 +36,7 @@ LAUNCHERS = {
     "yellowfin_stats_": yellowfin_stats_triton,
     "yellowfin_tune_": yellowfin_tune_triton,
     "yellowfin_apply_": yellowfin_apply_triton,
+    "stochastic_round_": stochastic_round_triton,
 }
 
 

@@ -12,7 +12,7 @@ from typing import Any, Callable, NamedTuple
 import torch
 from torch import Tensor
 
-from .. import _backends, _ext
+from .. import _backends, _ext, ops
 from .._grouping import group_by_device_dtype
 from ..distributed import Partials, is_dtensor, local
 from ._lr import LrTensors
@@ -22,6 +22,14 @@ from ._lr import LrTensors
 MASTER = "master_param"
 #: The parameter dtypes master_weights keeps an fp32 copy of.
 HALF_DTYPES = (torch.bfloat16, torch.float16)
+#: The parameter dtypes stochastic_rounding applies to: bf16 is fp32 with the low 16 bits cut, so adding 16
+#: random bits rounds it (ops.stochastic_round_); fp16's narrower exponent and subnormals would need more.
+ROUNDED_DTYPES = (torch.bfloat16,)
+#: Per-parameter state key of the step counter stochastic rounding draws its bits with, for optimizers whose
+#: state keeps no "step" (SGD, AGD, YellowFin); the others' "step" serves.
+ROUNDING_STEP = "rounding_step"
+#: Group key of the stochastic rounding seed (a Python int, so it is saved with the param groups).
+SEED = "rounding_seed"
 
 
 def describe_param(group: dict[str, Any], group_index: int, position: int, p: Tensor) -> str:
@@ -64,11 +72,29 @@ def copy_locally_(dst: list[Tensor], src: list[Tensor]) -> None:
     torch._foreach_copy_([local(t) for t in dst], [local(t) for t in src])
 
 
-def check_master_weights(hparams: dict[str, Any]) -> None:
-    """master_weights is a flag: a truthy non-bool (1, "yes") is more likely a mistake than a choice."""
-    value = hparams.get("master_weights", False)
-    if not isinstance(value, bool):
-        raise ValueError(f"Invalid master_weights: {value!r}; expected True or False")
+def check_precision_flags(hparams: dict[str, Any]) -> None:
+    """master_weights and stochastic_rounding are flags: a truthy non-bool (1, "yes") is more likely a
+    mistake than a choice. A rounding seed is an int64."""
+    for key in ("master_weights", "stochastic_rounding"):
+        value = hparams.get(key, False)
+        if not isinstance(value, bool):
+            raise ValueError(f"Invalid {key}: {value!r}; expected True or False")
+    seed = hparams.get(SEED)
+    if seed is not None and not (isinstance(seed, int) and not isinstance(seed, bool) and -2**63 <= seed < 2**63):
+        raise ValueError(f"Invalid {SEED}: {seed!r}; expected an int in [-2**63, 2**63)")
+
+
+def mode(group: dict[str, Any]) -> tuple[bool, bool]:
+    """(fp32 masters kept, stochastic rounding through transient fp32 copies) for `group`: master_weights
+    wins over stochastic_rounding."""
+    masters = group["master_weights"]
+    return masters, group["stochastic_rounding"] and not masters
+
+
+def fp32_state_dtypes(group: dict[str, Any]) -> tuple[torch.dtype, ...]:
+    """The parameter dtypes whose state is fp32 in `group` (docs/mixed_precision.md)."""
+    masters, rounding = mode(group)
+    return HALF_DTYPES if masters else ROUNDED_DTYPES if rounding else ()
 
 
 def check_flags(hparams: dict[str, Any]) -> None:
@@ -116,6 +142,15 @@ def _collect_group_grads(group_params: list[Tensor]) -> tuple[list[Tensor], list
     return params, grads, len({(p.dtype, p.device, is_dtensor(p)) for p in params}) <= 1, bad
 
 
+class _Copy(NamedTuple):
+    """One group's 16-bit parameters and the fp32 tensors that stood for them this step (masters, or
+    working copies to round stochastically)."""
+    group: int
+    halves: list[Tensor]
+    stand_ins: list[Tensor]
+    rounding: bool
+
+
 class FusedOptimizer(torch.optim.Optimizer):
     """Base class. Subclasses set the class attributes below that apply, check their
     hyper-parameters in `_check_hparams`, and implement `_init_state` and `_launch` (or their own
@@ -133,13 +168,17 @@ class FusedOptimizer(torch.optim.Optimizer):
     _ONE_DEVICE_BECAUSE: str | None = None
 
     def __init__(self, params, defaults: dict[str, Any], backend: str = "auto"):
-        check_master_weights(defaults)
+        defaults.setdefault("stochastic_rounding", False)
+        check_precision_flags(defaults)
         self._check_hparams(defaults)
         self.backend = _backends.validate(backend)
-        #: this step's fp32 masters, by id, -> the 16-bit parameters they stand for (see _use_masters)
+        #: this step's fp32 masters and working copies, by id, -> the 16-bit parameters they stand for
+        #: (see _use_masters)
         self._model_of: dict[int, Tensor] = {}
-        #: indices of the groups whose last step had master_weights on (see _drop_masters)
-        self._mastered: set[int] = set()
+        #: per group index, the mode (see `mode`) its state was last laid out for (see _settle_state)
+        self._modes: dict[int, tuple[bool, bool]] = {}
+        self._seeds: dict[tuple[int, torch.device], tuple[int, Tensor]] = {}  # (group, device) -> seed tensor
+        self._offsets: tuple[tuple[int, ...], dict[int, int]] = ((), {})  # parameter ids, id -> first index
         self._lr_cache: dict[int, LrTensors] = {}  # by group index
         self._bucket_cache: dict[Any, _BucketEntry] = {}
         #: per partial-sums buffer: (ids of its tensors, the tensors, so the ids stay unique, their layout)
@@ -157,6 +196,8 @@ class FusedOptimizer(torch.optim.Optimizer):
         except (ValueError, RuntimeError):  # RuntimeError: check_flags, as torch raises it
             self.param_groups.pop()  # a rejected group leaves the optimizer as it was
             raise
+        if self.param_groups[index]["stochastic_rounding"]:
+            self._seed_of(self.param_groups[index])  # drawn at construction, predictably, when asked for
 
     def _validate_group(self, group: dict[str, Any], index: int) -> None:
         devices = {p.device for p in group["params"]}
@@ -174,7 +215,7 @@ class FusedOptimizer(torch.optim.Optimizer):
                 raise ValueError(f"{describe_param(group, index, pos, p)} has dtype {p.dtype}; "
                                  "agd_kernels optimizers need real floating-point parameters")
         try:
-            check_master_weights(group)
+            check_precision_flags(group)
             self._check_hparams(group)
         except ValueError as exc:
             raise ValueError(f"param_groups[{index}]: {exc}") from None
@@ -305,85 +346,187 @@ class FusedOptimizer(torch.optim.Optimizer):
             buffer, layout = partial
             layout.reduce_(buffer)
         out = self._apply(collected)
-        for halves, masters in copies:
-            # The one rounding to the parameter (to nearest). After a found_inf step the masters are
-            # unchanged and so is what this writes: no host sync needed to skip it.
-            copy_locally_(halves, masters)
+        for copy in copies:
+            # The one rounding to the parameter: to nearest from masters, stochastic from working copies.
+            # After a found_inf step masters and working copies are unchanged, and so is what this writes
+            # (a bf16 value rounds to itself either way): no host sync needed to skip it.
+            if copy.rounding:
+                self._round_stochastically(copy)
+            else:
+                copy_locally_(copy.halves, copy.stand_ins)
+        if any(copy.rounding for copy in copies):
+            self._forget_working_copies(copies)
         return out if out is not None and (closure is None or self._RESULT_OVER_LOSS) else loss
 
     #: Whether step() returns `_apply`'s result even when a closure's loss is there to return.
     _RESULT_OVER_LOSS = False
 
-    # ---------------------------------------------------------------- master weights
+    # ---------------------------------------------------------------- master weights, stochastic rounding
     # master_weights=True (per group): a 16-bit parameter is updated through an fp32 copy kept in its
     # state under MASTER. Its entry in `collected` becomes that master and its gradient an fp32 copy,
     # so every op, subclass hook and backend runs unchanged, in fp32; step() then rounds the masters
     # into the parameters. State stays keyed by the parameter: `_states` and `_param_of` map a master
     # back. The kernels take one dtype per list, hence the transient fp32 gradient (docs/mixed_precision.md).
-    def _use_masters(self, collected: list[Collected]) -> list[tuple[list[Tensor], list[Tensor]]]:
-        """Substitutes in `collected` the fp32 master (created at a parameter's first step) for every
-        16-bit parameter of a master_weights group, and g.float() for its gradient; returns, per such
-        group, (the 16-bit parameters, their masters) for the copy back."""
+    # stochastic_rounding=True (and master_weights off) does the same for bf16 parameters with a transient
+    # working copy p.float() in place of the master, and rounds it into the parameter stochastically. The
+    # state of those parameters is fp32 in both modes.
+    def _use_masters(self, collected: list[Collected]) -> list[_Copy]:
+        """Substitutes in `collected` an fp32 stand-in for every parameter of a master_weights group (its
+        master, created at its first step) or of a stochastic_rounding group (a working copy) that has a
+        16-bit dtype the mode covers, and g.float() for its gradient; returns what step() rounds back."""
         self._model_of = model_of = {}
         copies = []
         for gi, (group, found) in enumerate(zip(self.param_groups, collected)):
-            if not group["master_weights"]:
-                if gi in self._mastered:
-                    self._drop_masters(group)
-                    self._mastered.discard(gi)
+            masters, rounding = current = mode(group)
+            if self._modes.get(gi, (False, False)) != current:
+                self._settle_state(group)
+                self._modes[gi] = current
+            covered = fp32_state_dtypes(group)
+            if not any(p.dtype in covered for p in found.params):
                 continue
-            self._mastered.add(gi)
-            if not any(p.dtype in HALF_DTYPES for p in found.params):
-                continue
-            params, grads, halves, masters = [], [], [], []
+            if rounding:
+                self._check_unsharded(gi, group, [p for p in found.params if p.dtype in covered])
+            params, grads, halves, stand_ins = [], [], [], []
             for p, g in zip(found.params, found.grads):
-                if p.dtype in HALF_DTYPES:
+                if p.dtype in covered:
                     state = self.state[p]
-                    master = state.get(MASTER)
-                    if master is None:
-                        master = self._new_master(p, state, group)
-                    model_of[id(master)] = p
+                    if masters:
+                        stand_in = state.get(MASTER)
+                        if stand_in is None:
+                            stand_in = self._new_master(p, state, group)
+                    else:
+                        stand_in = p.detach().float()  # its state, if new, is made from it by _states
+                    model_of[id(stand_in)] = p
                     halves.append(p)
-                    masters.append(master)
-                    p, g = master, g.float()
+                    stand_ins.append(stand_in)
+                    p, g = stand_in, g.float()
                 params.append(p)
                 grads.append(g)
-            collected[gi] = Collected(params, grads, found.uniform)
-            copies.append((halves, masters))
+            # Working copies and fp32 parameters make one bucket: not grouped through the cache, which would
+            # hold the copies until the next step.
+            uniform = found.uniform or rounding and len({(t.dtype, t.device, is_dtensor(t)) for t in params}) == 1
+            collected[gi] = Collected(params, grads, uniform)
+            copies.append(_Copy(gi, halves, stand_ins, rounding))
         return copies
+
+    @staticmethod
+    def _check_unsharded(gi: int, group: dict[str, Any], params: list[Tensor]) -> None:
+        """Stochastic rounding numbers elements by their index in the local tensor: a shard would draw the
+        bits of another shard's elements (the op's offsets could place it; not wired up). Raised before
+        anything changes."""
+        for p in params:
+            if is_dtensor(p):
+                pos = next(i for i, q in enumerate(group["params"]) if q is p)
+                raise NotImplementedError(
+                    f"stochastic_rounding: {describe_param(group, gi, pos, p)} is a DTensor; stochastic rounding "
+                    "supports plain (unsharded or replicated) parameters only; use master_weights=True for "
+                    "sharded bf16 parameters")
 
     def _new_master(self, p: Tensor, state: dict[str, Any], group: dict[str, Any]) -> Tensor:
         """p's fp32 master, stored in its state with the rest of a first step's state, made like the
         master (fp32). State made before it (Adagrad's, a checkpoint of a run without master weights,
         master_weights switched on after some steps) moves to fp32 instead."""
         first = not state
-        for key, value in state.items():
-            if self._STATE_SHAPES.get(key) and isinstance(value, Tensor) and value.dtype in HALF_DTYPES:
-                state[key] = value.float()
+        self._to_state_dtype(p, state, torch.float32)
         master = state[MASTER] = p.detach().float()  # a DTensor's master is a DTensor, sharded alike
         if first:
             self._init_state(master, state, group)
         return master
 
-    def _drop_masters(self, group: dict[str, Any]) -> None:
-        """master_weights switched off in `group`: its masters go (the parameters hold them, rounded)
-        and the fp32 state of those parameters returns to their dtype, as torch.optim keeps it."""
+    def _to_state_dtype(self, p: Tensor, state: dict[str, Any], dtype: torch.dtype) -> None:
+        """p's state tensors (those shaped like it) in `dtype`."""
+        for key, value in state.items():
+            if self._STATE_SHAPES.get(key) and isinstance(value, Tensor) and value.dtype != dtype:
+                state[key] = value.to(dtype)
+
+    def _settle_state(self, group: dict[str, Any]) -> None:
+        """`group`'s mode changed: masters go where master_weights is off (the parameters hold them,
+        rounded), and the state of each parameter takes the dtype the new mode keeps it in (fp32 for the
+        16-bit parameters the mode covers, else the parameter's, as torch.optim keeps it)."""
+        fp32 = fp32_state_dtypes(group)
         for p in group["params"]:
             state = self.state.get(p)  # not self.state[p]: that would add an entry
-            if state and state.pop(MASTER, None) is not None:
-                for key, value in state.items():
-                    if self._STATE_SHAPES.get(key) and isinstance(value, Tensor) and value.dtype != p.dtype:
-                        state[key] = value.to(p.dtype)
-                if not state:  # the master was all (AGD, SGD without momentum): no empty entry in state_dict()
-                    del self.state[p]
+            if not state:
+                continue
+            if not group["master_weights"]:
+                state.pop(MASTER, None)
+            self._to_state_dtype(p, state, torch.float32 if p.dtype in fp32 else p.dtype)
+            if not state:  # the master was all (AGD, SGD without momentum): no empty entry in state_dict()
+                del self.state[p]
+
+    def _seed_of(self, group: dict[str, Any]) -> int:
+        """The group's stochastic rounding seed, drawn from torch's default generator the first time one
+        is needed; every group of an optimizer shares one (so sum of offsets number all its elements once)."""
+        seed = group.get(SEED)
+        if seed is None:
+            seed = next((g[SEED] for g in self.param_groups if g.get(SEED) is not None), None)
+            if seed is None:
+                seed = int(torch.randint(-2**63, 2**63 - 1, (), dtype=torch.int64))  # a CPU draw, no device
+            group[SEED] = seed
+        return seed
+
+    def _seed_tensor(self, gi: int, group: dict[str, Any], device: torch.device) -> Tensor:
+        """The group's seed as the 0-d int64 tensor on `device` the rounding kernel reads (a fill, no copy
+        from the host; refilled when the seed changed, e.g. by a load)."""
+        seed = self._seed_of(group)
+        hit = self._seeds.get((gi, device))
+        if hit is None or hit[0] != seed:
+            hit = self._seeds[(gi, device)] = (seed, torch.full((), seed, dtype=torch.int64, device=device))
+        return hit[1]
+
+    def _element_offsets(self, params: list[Tensor]) -> list[int]:
+        """The index of each parameter's first element in one numbering of every element of the optimizer
+        (its groups' parameters in order), so no two elements of a step draw the same bits."""
+        ids = tuple(id(p) for group in self.param_groups for p in group["params"])
+        if self._offsets[0] != ids:
+            first, offset = {}, 0
+            for group in self.param_groups:
+                for p in group["params"]:
+                    first.setdefault(id(p), offset)
+                    offset += p.numel()
+            self._offsets = (ids, first)
+        return [self._offsets[1][id(p)] for p in params]
+
+    def _round_stochastically(self, copy: _Copy) -> None:
+        """Rounds the working copies of one group into its bf16 parameters (ops.stochastic_round_), with
+        each parameter's step counter: its state "step" where the optimizer keeps one (advanced by this
+        step's op), else ROUNDING_STEP, advanced here unless found_inf is set."""
+        group = self.param_groups[copy.group]
+        device = copy.halves[0].device
+        states = [self.state[p] for p in copy.halves]
+        steps, own = [], []
+        for p, state in zip(copy.halves, states):
+            step = state.get("step")
+            if step is None:
+                step = state.get(ROUNDING_STEP)
+                if step is None:
+                    step = state[ROUNDING_STEP] = self._new_step(p)
+                own.append(step)
+            steps.append(step)
+        if own:
+            found_inf = self._amp_scalars(device)[1]
+            torch._foreach_add_(own, 1 if found_inf is None else (found_inf == 0).to(torch.float32))
+        ops.stochastic_round_(copy.halves, copy.stand_ins, self._seed_tensor(copy.group, group, device), steps,
+                              self._element_offsets(copy.halves), backend=self.backend)
+
+    def _forget_working_copies(self, copies: list[_Copy]) -> None:
+        """Drops every reference this step's caches keep to working copies, so they are freed now (kept,
+        they would cost what stochastic rounding saves): the layouts and bucketings built from them."""
+        for copy in copies:
+            if copy.rounding:
+                self._bucket_cache.pop(copy.group, None)
+                for t in copy.stand_ins:
+                    self._model_of.pop(id(t), None)
+        self._layout_cache.clear()
 
     def _param_of(self, t: Tensor) -> Tensor:
         """The parameter `t` (one of this step's lists) stands for: its own self unless it is a master."""
         return self._model_of.get(id(t), t)
 
     def _state_dtype(self, p: Tensor, group: dict[str, Any]) -> torch.dtype:
-        """The dtype of p's state tensors: fp32 for a 16-bit parameter with master weights."""
-        return torch.float32 if group["master_weights"] and p.dtype in HALF_DTYPES else p.dtype
+        """The dtype of p's state tensors: fp32 for a 16-bit parameter with master weights or stochastic
+        rounding."""
+        return torch.float32 if p.dtype in fp32_state_dtypes(group) else p.dtype
 
     @torch.no_grad()
     def refresh_master_weights(self) -> None:
@@ -459,9 +602,10 @@ class FusedOptimizer(torch.optim.Optimizer):
             self.state[p][key] = value.to(device=p.device, dtype=torch.float32)
         for group in self.param_groups:
             group.setdefault("master_weights", False)
+            group.setdefault("stochastic_rounding", False)
             for key, value in self._COMPAT_KEYS.items():
                 group.setdefault(key, value)
-        self._mastered = {gi for gi, group in enumerate(self.param_groups) if group["master_weights"]}
+        self._modes = {gi: mode(group) for gi, group in enumerate(self.param_groups)}  # as loaded
         for p, state in self.state.items():
             step = state.get("step")
             if step is not None:
@@ -470,25 +614,25 @@ class FusedOptimizer(torch.optim.Optimizer):
         self._lr_cache.clear()
 
     def _set_aside_fp32(self, state_dict: dict[str, Any]) -> tuple[dict[str, Any], list[tuple[Tensor, str, Any]]]:
-        """(`state_dict` without the state torch.optim's load would round to a 16-bit parameter's dtype,
-        that state as (parameter, key, value)): the master and the other state tensors of 16-bit
-        parameters in master_weights groups, which stay fp32. Masters where the loaded groups keep none
-        (master_weights off, parameters of 32 or 64 bits) are dropped. The caller's dicts are not changed."""
+        """(`state_dict` without the state torch.optim's load would round to a parameter's dtype, that
+        state as (parameter, key, value)): the master and the other state tensors of 16-bit parameters in
+        master_weights groups, and of bf16 parameters in stochastic_rounding groups, which stay fp32, and
+        every ROUNDING_STEP counter. Masters where the loaded groups keep none (master_weights off,
+        parameters of 32 or 64 bits) are dropped. The caller's dicts are not changed."""
         saved_state = dict(state_dict["state"])
         fp32 = []
         for saved, group in zip(state_dict["param_groups"], self.param_groups):
+            flags = {key: saved.get(key, False) for key in ("master_weights", "stochastic_rounding")}
+            covered = fp32_state_dtypes(flags)
             for pid, p in zip(saved["params"], group["params"]):
                 entry = saved_state.get(pid)
                 if not isinstance(entry, dict):
                     continue
-                if not (saved.get("master_weights", False) and p.dtype in HALF_DTYPES):
-                    if MASTER in entry:
-                        saved_state[pid] = {k: v for k, v in entry.items() if k != MASTER}
-                    continue
-                keep = {k: v for k, v in entry.items()
-                        if (k == MASTER or self._STATE_SHAPES.get(k)) and isinstance(v, Tensor)}
+                masters = flags["master_weights"] and p.dtype in covered
+                keep = {k: v for k, v in entry.items() if isinstance(v, Tensor) and (k == ROUNDING_STEP or (
+                    p.dtype in covered and (self._STATE_SHAPES.get(k) or masters and k == MASTER)))}
                 fp32 += [(p, k, v) for k, v in keep.items()]
-                saved_state[pid] = {k: v for k, v in entry.items() if k not in keep}
+                saved_state[pid] = {k: v for k, v in entry.items() if k not in keep and (masters or k != MASTER)}
         return {**state_dict, "state": saved_state}, fp32
 
     def _check_loadable(self, state_dict: dict[str, Any]) -> None:
@@ -501,7 +645,7 @@ class FusedOptimizer(torch.optim.Optimizer):
                              f"this optimizer has {len(self.param_groups)}")
         for gi, (saved, group) in enumerate(zip(saved_groups, self.param_groups)):
             try:
-                check_master_weights(saved)  # absent in checkpoints from before master_weights: False
+                check_precision_flags(saved)  # absent in checkpoints from before the flags: False
                 self._check_hparams({**self.defaults, **saved})  # as add_param_group would
             except ValueError as exc:
                 raise ValueError(f"loaded param_groups[{gi}]: {exc}") from None

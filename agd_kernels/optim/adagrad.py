@@ -16,6 +16,8 @@ class Adagrad(FusedOptimizer):
     device); fused=True with foreach=True or differentiable=True raises torch's RuntimeError.
     `master_weights=True` keeps an fp32 copy of bf16/fp16 parameters in the state, and the state in
     fp32 (docs/mixed_precision.md); the eager state of such a parameter is fp32 from the start.
+    `stochastic_rounding=True` (without master weights) rounds bf16 parameters stochastically instead,
+    with fp32 state.
     """
 
     _COMPAT_KEYS = {"foreach": None, "differentiable": False, "fused": None}
@@ -24,10 +26,11 @@ class Adagrad(FusedOptimizer):
     def __init__(self, params, lr: float | Tensor = 1e-2, lr_decay: float = 0, weight_decay: float = 0,
                  initial_accumulator_value: float = 0, eps: float = 1e-10, foreach: bool | None = None, *,
                  maximize: bool = False, differentiable: bool = False, fused: bool | None = None,
-                 backend: str = "auto", master_weights: bool = False):
+                 backend: str = "auto", master_weights: bool = False, stochastic_rounding: bool = False):
         defaults = dict(lr=lr, lr_decay=lr_decay, eps=eps, weight_decay=weight_decay,
                         initial_accumulator_value=initial_accumulator_value, foreach=foreach, maximize=maximize,
-                        differentiable=differentiable, fused=fused, master_weights=master_weights)
+                        differentiable=differentiable, fused=fused, master_weights=master_weights,
+                        stochastic_rounding=stochastic_rounding)
         super().__init__(params, defaults, backend)
         for group in self.param_groups:
             for p in group["params"]:

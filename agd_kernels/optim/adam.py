@@ -17,7 +17,9 @@ class Adam(FusedOptimizer):
     ValueError unless capturable=True (tensor betas are read once, as floats). foreach=True with
     fused=True, and fused=True with differentiable=True, raise torch's RuntimeError.
     `backend` picks the implementation (see agd_kernels._backends). `master_weights=True` keeps an
-    fp32 copy of bf16/fp16 parameters in the state, and the state in fp32 (docs/mixed_precision.md).
+    fp32 copy of bf16/fp16 parameters in the state, and the state in fp32; `stochastic_rounding=True`
+    (without master weights) rounds bf16 parameters stochastically instead, with fp32 state
+    (docs/mixed_precision.md).
     """
 
     _COMPAT_KEYS = {"foreach": None, "capturable": False, "differentiable": False, "fused": None}
@@ -27,12 +29,12 @@ class Adam(FusedOptimizer):
                  eps: float = 1e-8, weight_decay: float = 0, amsgrad: bool = False, *, foreach: bool | None = None,
                  maximize: bool = False, capturable: bool = False, differentiable: bool = False,
                  fused: bool | None = None, decoupled_weight_decay: bool = False, backend: str = "auto",
-                 master_weights: bool = False):
+                 master_weights: bool = False, stochastic_rounding: bool = False):
         check_betas(betas)
         defaults = dict(lr=lr, betas=(float(betas[0]), float(betas[1])), eps=eps, weight_decay=weight_decay,
                         amsgrad=amsgrad, maximize=maximize, foreach=foreach, capturable=capturable,
                         differentiable=differentiable, fused=fused, decoupled_weight_decay=decoupled_weight_decay,
-                        master_weights=master_weights)
+                        master_weights=master_weights, stochastic_rounding=stochastic_rounding)
         super().__init__(params, defaults, backend)
 
     def _check_hparams(self, hparams):
@@ -77,10 +79,12 @@ class AdamW(Adam):
     def __init__(self, params, lr: float | Tensor = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
                  eps: float = 1e-8, weight_decay: float = 1e-2, amsgrad: bool = False, *, maximize: bool = False,
                  foreach: bool | None = None, capturable: bool = False, differentiable: bool = False,
-                 fused: bool | None = None, backend: str = "auto", master_weights: bool = False):
+                 fused: bool | None = None, backend: str = "auto", master_weights: bool = False,
+                 stochastic_rounding: bool = False):
         super().__init__(params, lr, betas, eps, weight_decay, amsgrad, foreach=foreach, maximize=maximize,
                          capturable=capturable, differentiable=differentiable, fused=fused,
-                         decoupled_weight_decay=True, backend=backend, master_weights=master_weights)
+                         decoupled_weight_decay=True, backend=backend, master_weights=master_weights,
+                         stochastic_rounding=stochastic_rounding)
 
     def __setstate__(self, state):
         super().__setstate__(state)

@@ -68,6 +68,8 @@ class AGD(FusedOptimizer):
         backend: "auto" | "cuda" | "triton" | "cpu" | "torch".
         master_weights: per group; bf16/fp16 weights are updated through an fp32 copy kept in the
             state (their only state), rounded once to the weight (docs/mixed_precision.md).
+        stochastic_rounding: per group, without master_weights; bf16 weights are updated through a
+            transient fp32 copy rounded stochastically to the weight (docs/mixed_precision.md).
 
     After a step, `last_eta` and `last_G` hold that step's eta and G as 0-d device tensors.
     """
@@ -75,7 +77,7 @@ class AGD(FusedOptimizer):
     _ONE_DEVICE_BECAUSE = "G spans every layer"
 
     def __init__(self, params, gain: float = 1.0, *, lr: float = 1.0, bias_mode: str = "reject",
-                 backend: str = "auto", master_weights: bool = False):
+                 backend: str = "auto", master_weights: bool = False, stochastic_rounding: bool = False):
         if bias_mode not in BIAS_MODES:
             raise ValueError(f"bias_mode must be one of {BIAS_MODES}; got {bias_mode!r}")
         if not _valid_gain(gain):
@@ -86,7 +88,8 @@ class AGD(FusedOptimizer):
         self._step_sumsq: Tensor | None = None
         self.last_eta: Tensor | None = None
         self.last_G: Tensor | None = None
-        super().__init__(params, dict(gain=float(gain), lr=lr, master_weights=master_weights), backend)
+        super().__init__(params, dict(gain=float(gain), lr=lr, master_weights=master_weights,
+                                      stochastic_rounding=stochastic_rounding), backend)
 
     def _check_hparams(self, hparams):
         lr = hparams.get("lr", 1.0)
@@ -115,8 +118,10 @@ class AGD(FusedOptimizer):
 
     def _plan(self, collected: list[list[Tensor]]) -> _Plan:
         # Shape, dtype and device are in the key because module.to()/.half() swap a parameter's data
-        # in place: the same object, but new buckets and (for a new device) a new sv table.
-        key = tuple(tuple((id(p), p.shape, p.dtype, p.device) for p in params) for params in collected)
+        # in place: the same object, but new buckets and (for a new device) a new sv table. A parameter is
+        # named by its own id, not its stand-in's: stochastic rounding's working copies are new every step.
+        key = tuple(tuple((id(self._param_of(p)), p.shape, p.dtype, p.device) for p in params)
+                    for params in collected)
         plan = self._plans.get(key)
         if plan is not None:
             return plan

@@ -53,6 +53,8 @@ class LAMB(FusedOptimizer):
         backend: "auto" | "cuda" | "triton" | "cpu" | "torch".
         master_weights: per group; an fp32 copy of bf16/fp16 parameters in the state, which is fp32
             too (docs/mixed_precision.md).
+        stochastic_rounding: per group, without master_weights; bf16 parameters are rounded
+            stochastically from a transient fp32 copy, and their state is fp32 (docs/mixed_precision.md).
 
     State per parameter: `step` (0-d fp32, advanced only when the parameter has a gradient; apex
     keeps one per group), `exp_avg`, `exp_avg_sq`. Gradients are not overwritten (apex writes u
@@ -67,7 +69,7 @@ class LAMB(FusedOptimizer):
                  amsgrad: bool = False, adam_w_mode: bool = True, grad_averaging: bool = True, *,
                  max_grad_norm: float | None | str = "auto", use_nvlamb: bool = False, variant: str = "apex",
                  phi_min: float = 0.0, phi_max: float = math.inf, backend: str = "auto",
-                 master_weights: bool = False):
+                 master_weights: bool = False, stochastic_rounding: bool = False):
         if variant not in VARIANTS:
             raise ValueError(f"variant must be one of {VARIANTS}; got {variant!r}")
         if amsgrad:
@@ -78,7 +80,8 @@ class LAMB(FusedOptimizer):
         self.variant = variant
         defaults = dict(lr=lr, betas=(float(betas[0]), float(betas[1])), eps=eps,
                         weight_decay=weight_decay, bias_correction=bias_correction, grad_averaging=grad_averaging,
-                        max_grad_norm=max_grad_norm, master_weights=master_weights)
+                        max_grad_norm=max_grad_norm, master_weights=master_weights,
+                        stochastic_rounding=stochastic_rounding)
         if variant == "apex":
             if phi_min != 0.0 or phi_max != math.inf:
                 raise ValueError("phi_min/phi_max (the trust-ratio clamp) are options of variant='paper'; "

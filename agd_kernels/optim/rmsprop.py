@@ -12,7 +12,8 @@ class RMSprop(FusedOptimizer):
     """torch.optim.RMSprop on one fused op per (group, device, dtype).
 
     `master_weights=True` keeps an fp32 copy of bf16/fp16 parameters in the state, and the state in
-    fp32 (docs/mixed_precision.md).
+    fp32; `stochastic_rounding=True` (without master weights) rounds bf16 parameters stochastically
+    instead, with fp32 state (docs/mixed_precision.md).
     """
 
     _COMPAT_KEYS = {"foreach": None, "capturable": False, "differentiable": False}
@@ -21,10 +22,11 @@ class RMSprop(FusedOptimizer):
     def __init__(self, params, lr: float | Tensor = 1e-2, alpha: float = 0.99, eps: float = 1e-8,
                  weight_decay: float = 0, momentum: float = 0, centered: bool = False, capturable: bool = False,
                  foreach: bool | None = None, maximize: bool = False, differentiable: bool = False,
-                 backend: str = "auto", *, master_weights: bool = False):
+                 backend: str = "auto", *, master_weights: bool = False, stochastic_rounding: bool = False):
         defaults = dict(lr=lr, momentum=momentum, alpha=alpha, eps=eps, centered=centered,
                         weight_decay=weight_decay, capturable=capturable, foreach=foreach, maximize=maximize,
-                        differentiable=differentiable, master_weights=master_weights)
+                        differentiable=differentiable, master_weights=master_weights,
+                        stochastic_rounding=stochastic_rounding)
         super().__init__(params, defaults, backend)
 
     def _check_hparams(self, hparams):

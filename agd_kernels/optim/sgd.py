@@ -15,7 +15,8 @@ class SGD(FusedOptimizer):
     foreach and fused are recorded for drop-in use (the kernel reads lr, float or tensor, on the
     device); fused=True with foreach=True or differentiable=True raises torch's RuntimeError.
     `master_weights=True` keeps an fp32 copy of bf16/fp16 parameters in the state, and the state in
-    fp32 (docs/mixed_precision.md).
+    fp32; `stochastic_rounding=True` (without master weights) rounds bf16 parameters stochastically
+    instead, with fp32 state (docs/mixed_precision.md).
     """
 
     _COMPAT_KEYS = {"foreach": None, "differentiable": False, "fused": None}
@@ -24,10 +25,10 @@ class SGD(FusedOptimizer):
     def __init__(self, params, lr: float | Tensor = 1e-3, momentum: float = 0, dampening: float = 0,
                  weight_decay: float = 0, nesterov: bool = False, *, maximize: bool = False,
                  foreach: bool | None = None, differentiable: bool = False, fused: bool | None = None,
-                 backend: str = "auto", master_weights: bool = False):
+                 backend: str = "auto", master_weights: bool = False, stochastic_rounding: bool = False):
         defaults = dict(lr=lr, momentum=momentum, dampening=dampening, weight_decay=weight_decay,
                         nesterov=nesterov, maximize=maximize, foreach=foreach, differentiable=differentiable,
-                        fused=fused, master_weights=master_weights)
+                        fused=fused, master_weights=master_weights, stochastic_rounding=stochastic_rounding)
         super().__init__(params, defaults, backend)
 
     def _check_hparams(self, hparams):

@@ -77,6 +77,8 @@ class YellowFin(FusedOptimizer):
         backend: "auto" | "cuda" | "triton" | "cpu" | "torch".
         master_weights: per group; an fp32 copy of bf16/fp16 parameters in the state, which is fp32
             too (docs/mixed_precision.md).
+        stochastic_rounding: per group, without master_weights; bf16 parameters are rounded
+            stochastically from a transient fp32 copy, and their state is fp32 (docs/mixed_precision.md).
 
     Tuner options are global (the statistics span every group); only weight_decay is per group. The
     tuned lr and μ apply to every group; `set_lr_factor` multiplies the lr. Not reproduced: the
@@ -95,7 +97,7 @@ class YellowFin(FusedOptimizer):
                  sparsity_debias: bool = False, delta_mu: float = 0.0, auto_clip_fac: float | None = None,
                  force_non_inc_step: bool = False, h_max_log_smooth: bool = True, h_min_log_smooth: bool = True,
                  adapt_clip: bool = True, stat_protect_fac: float = 100.0, catastrophic_move_thresh: float = 100.0,
-                 *, backend: str = "auto", master_weights: bool = False):
+                 *, backend: str = "auto", master_weights: bool = False, stochastic_rounding: bool = False):
         if not (is_number(lr) and math.isfinite(lr) and lr >= 0):
             raise ValueError(f"Invalid learning rate: {lr!r}; expected a finite number >= 0 (the lr of step 0)")
         if not (is_number(mu) and 0.0 <= mu < 1.0):
@@ -106,7 +108,8 @@ class YellowFin(FusedOptimizer):
                             h_min_log_smooth=h_min_log_smooth, adapt_clip=adapt_clip,
                             stat_protect_fac=stat_protect_fac, catastrophic_move_thresh=catastrophic_move_thresh)
         check_options(self.options)
-        super().__init__(params, dict(weight_decay=weight_decay, master_weights=master_weights), backend)
+        super().__init__(params, dict(weight_decay=weight_decay, master_weights=master_weights,
+                                      stochastic_rounding=stochastic_rounding), backend)
         self.tuner = new_tuner(float(lr), float(mu), curv_win_width, self.param_groups[0]["params"][0].device)
         self.last_lr: Tensor | None = None
         self.last_mu: Tensor | None = None
@@ -157,6 +160,10 @@ class YellowFin(FusedOptimizer):
         layout = self._partials_layout("stats", first, [(4 * r, 4) for r in range(len(row_list))])
         self._plan = _StatsPlan(key, params, row_list, layout, float(sum(p.numel() for p in params)))
         return self._plan
+
+    def _forget_working_copies(self, copies):
+        super()._forget_working_copies(copies)
+        self._plan = None  # it holds this step's parameter list
 
     def _partials(self, collected):
         params = [p for found in collected for p in found.params]

@@ -62,4 +62,7 @@ void yellowfin_apply_cpu(at::TensorList params, at::TensorList grads, at::Tensor
                          at::TensorList momentum_buffers, const at::Tensor& tuner, const at::Tensor& stats,
                          double beta, double weight_decay, const OptionalTensor& found_inf);
 
+void stochastic_round_cpu(at::TensorList dst, at::TensorList src, const at::Tensor& seed, at::TensorList steps,
+                          at::IntArrayRef offsets);
+
 }  // namespace agd_kernels::cpu

@@ -15,6 +15,7 @@
 #include "../grid/elementwise_ops.h"
 #include "../grid/lamb_ops.h"
 #include "../grid/reduction_ops.h"
+#include "../grid/rounding_ops.h"
 #include "../grid/yellowfin_ops.h"
 #include "emulator.h"
 
@@ -153,6 +154,12 @@ void yellowfin_apply_emu(at::TensorList params, at::TensorList grads, at::Tensor
   grid::yellowfin_apply(dev, params, grads, grad_avgs, momentum_buffers, tuner, stats, beta, weight_decay, found_inf);
 }
 
+void stochastic_round_emu(at::TensorList dst, at::TensorList src, const at::Tensor& seed, at::TensorList steps,
+                          at::IntArrayRef offsets) {
+  EmuDevice dev;
+  grid::stochastic_round(dev, dst, src, seed, steps, offsets);
+}
+
 // A deliberately wrong body: threads 128..255 return before the barrier the others wait at. The emulator
 // must report it (tests/backends/test_cuda_emulated.py), as it would for a real kernel with that bug.
 struct DivergentBarrierProbe {
@@ -184,6 +191,7 @@ TORCH_LIBRARY_IMPL(agd_kernels_emu, CPU, m) {
   m.impl("yellowfin_stats_", &yellowfin_stats_emu);
   m.impl("yellowfin_tune_", &yellowfin_tune_emu);
   m.impl("yellowfin_apply_", &yellowfin_apply_emu);
+  m.impl("stochastic_round_", &stochastic_round_emu);
 }
 
 }  // namespace agd_kernels::emulator

@@ -16,7 +16,7 @@ import torch
 
 from agd_kernels import _backends, _ext, ops
 from tests.op_cases import (MANY_SMALL, SIZES, VARIANTS, _clone_args, _flat, check_backend, make_args,
-                            mutated_positions, run, shapes_for)
+                            mutated_positions, op_dtypes, run, shapes_for)
 from tests.tolerance import DTYPE_IDS, assert_within_2x_reference
 
 OPS = list(ops.SCHEMAS)
@@ -27,7 +27,7 @@ SMALL = SIZES[:-1]  # 0, 1, 7, 4097 elements
 def _cases(ops_, dtypes, all_variants=True):
     return [pytest.param(op, variant, dtype, id=f"{op}-{variant}-{DTYPE_IDS[dtype]}")
             for op in ops_ for variant in (VARIANTS[op] if all_variants else list(VARIANTS[op])[:1])
-            for dtype in dtypes]
+            for dtype in op_dtypes(op, dtypes)]
 
 
 def _bits(t: torch.Tensor) -> torch.Tensor:

@@ -22,7 +22,7 @@ from tests.backends import emulated
 from tests.backends.test_triton import check_yellowfin_tune
 from tests.models import clone_model, compute_grads, make_model, set_grads
 from tests.op_cases import (MANY_SMALL, VARIANTS, _clone_args, _flat, check_backend, make_args, mutated_positions,
-                            run, shapes_for)
+                            op_dtypes, run, shapes_for)
 from tests.tolerance import DTYPE_IDS, assert_within_2x_reference
 
 pytestmark = [pytest.mark.cuda,
@@ -40,7 +40,7 @@ LIST_OPS = [op for op in OPS if op != "yellowfin_tune_"]
 
 def _cases(ops_, dtypes):
     return [pytest.param(op, variant, dtype, id=f"{op}-{variant}-{DTYPE_IDS[dtype]}")
-            for op in ops_ for variant in VARIANTS[op] for dtype in dtypes]
+            for op in ops_ for variant in VARIANTS[op] for dtype in op_dtypes(op, dtypes)]
 
 
 @pytest.mark.parametrize("op, variant, dtype", _cases(LIST_OPS, DTYPES))

@@ -19,7 +19,7 @@ from agd_kernels import _backends, _ext
 from tests.backends import emulated
 from tests.backends.test_triton import check_yellowfin_tune
 from tests.op_cases import (MANY_SMALL, SIZES, VARIANTS, _clone_args, _flat, check_backend, make_args,
-                            mutated_positions, run, shapes_for)
+                            mutated_positions, op_dtypes, run, shapes_for)
 from tests.tolerance import DTYPE_IDS, assert_within_2x_reference
 
 DTYPES = [torch.float32, torch.bfloat16, torch.float16]
@@ -39,7 +39,7 @@ LIST_OPS = [op for op in emulated.OPS if op != "yellowfin_tune_"]
 def _cases(all_variants=True):
     return [pytest.param(op, variant, dtype, id=f"{op}-{variant}-{DTYPE_IDS[dtype]}")
             for op in LIST_OPS for variant in (VARIANTS[op] if all_variants else list(VARIANTS[op])[:1])
-            for dtype in DTYPES]
+            for dtype in op_dtypes(op, DTYPES)]
 
 
 def _check(op, shapes, dtype, variant):

@@ -113,7 +113,7 @@ def test_census_file_is_current(triton_aot):
 EXPECTED_CUDA_KERNELS: set[str] = {
     "AdamKernel", "SgdKernel", "RmspropKernel", "AdagradKernel", "SliceSumsqKernel", "AgdScalarsKernel",
     "AgdUpdateKernel", "LambMomentsKernel", "LambApplyKernel", "YellowfinStatsKernel", "YellowfinTuneKernel",
-    "YellowfinApplyKernel"}
+    "YellowfinApplyKernel", "StochasticRoundKernel"}
 #: Stack the 16-bit CUDA kernels may keep (bf16 YellowfinStatsKernel on sm_80: 8 B), as for the Triton ones.
 MAX_16BIT_STACK = 16
 

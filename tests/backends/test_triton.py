@@ -33,7 +33,7 @@ from agd_kernels.reference.sumsq import num_slices
 from agd_kernels.triton_kernels import multi_tensor, op_table
 from tests.models import clone_model, compute_grads, make_model, set_grads, two_groups
 from tests.op_cases import (MANY_SMALL, VARIANTS, _clone_args, _flat, check_backend, make_args, mutated_positions,
-                            run, shapes_for)
+                            op_dtypes, run, shapes_for)
 from tests.tolerance import DTYPE_IDS, EPS, assert_within_2x_reference
 
 pytestmark = pytest.mark.skipif(
@@ -49,7 +49,7 @@ OPS = list(op_table.LAUNCHERS)
 
 def _cases(ops_, dtypes):
     return [pytest.param(op, variant, dtype, id=f"{op}-{variant}-{DTYPE_IDS[dtype]}")
-            for op in ops_ for variant in VARIANTS[op] for dtype in dtypes]
+            for op in ops_ for variant in VARIANTS[op] for dtype in op_dtypes(op, dtypes)]
 
 
 def test_every_op_of_the_table_has_a_triton_kernel():
@@ -357,6 +357,7 @@ def test_traced_ops_decompose_into_triton_launches():
         "yellowfin_stats_": ["_yellowfin_stats_tensor_kernel"] * 3,
         "yellowfin_tune_": ["_yellowfin_tune_kernel"],
         "yellowfin_apply_": ["_yellowfin_apply_tensor_kernel"] * 3,
+        "stochastic_round_": ["_stochastic_round_tensor_kernel"] * 3,
     }
     assert set(traced) == set(expected)
     for op, seen in traced.items():

@@ -20,8 +20,8 @@ from agd_kernels import _backends, _ext, ops
 from agd_kernels.triton_kernels import op_table
 from tests.backends.test_triton import OPTIMIZERS, check_agd_edge_case, check_yellowfin_tune
 from tests.models import clone_model, compute_grads, make_model, set_grads, two_groups
-from tests.op_cases import (MANY_SMALL, VARIANTS, _clone_args, check_backend, make_args, mutated_positions, run,
-                            shapes_for)
+from tests.op_cases import (MANY_SMALL, VARIANTS, _clone_args, check_backend, make_args, mutated_positions, op_dtypes,
+                            run, shapes_for)
 from tests.tolerance import DTYPE_IDS, assert_within_2x_reference
 
 pytestmark = pytest.mark.cuda
@@ -45,7 +45,7 @@ def _gpu_grads(steps, edge_cases: bool = False) -> list[list[torch.Tensor]]:
 
 def _cases(ops_, dtypes):
     return [pytest.param(op, variant, dtype, id=f"{op}-{variant}-{DTYPE_IDS[dtype]}")
-            for op in ops_ for variant in VARIANTS[op] for dtype in dtypes]
+            for op in ops_ for variant in VARIANTS[op] for dtype in op_dtypes(op, dtypes)]
 
 
 @pytest.mark.parametrize("op, variant, dtype", _cases(LIST_OPS, DTYPES))

@@ -26,7 +26,7 @@ import pytest
 import torch
 
 PACKAGE = "agd_kernels.triton_kernels"
-MODULES = ("sumsq", "agd", "adam", "sgd", "rmsprop", "adagrad", "lamb", "yellowfin")
+MODULES = ("sumsq", "agd", "adam", "sgd", "rmsprop", "adagrad", "lamb", "yellowfin", "stochastic_round")
 ARCHS = (80, 90)
 DTYPES = {torch.float32: "f32", torch.bfloat16: "bf16", torch.float16: "f16"}
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))

@@ -68,11 +68,13 @@ def _common_bad(*names: str) -> dict[str, Bad]:
         "differentiable": Bad(dict(differentiable=True), r"differentiable", per_group=False),
         "backend": Bad(dict(backend="gpu"), r"backend must be one of", per_group=False),
         "master_weights": Bad(dict(master_weights=1), r"master_weights"),
+        "stochastic_rounding": Bad(dict(stochastic_rounding="yes"), r"stochastic_rounding"),
     }
     return {n: table[n] for n in names}
 
 
-_ADAM_BAD = _common_bad("lr", "eps", "weight_decay", "beta1", "beta2", "differentiable", "backend", "master_weights")
+_ADAM_BAD = _common_bad("lr", "eps", "weight_decay", "beta1", "beta2", "differentiable", "backend", "master_weights",
+                        "stochastic_rounding")
 
 register(Entry(
     "Adam", lambda params, **kw: ak.Adam(params, **{"lr": 1e-2, "amsgrad": True, "weight_decay": 0.01, **kw}),
@@ -87,20 +89,23 @@ register(Entry(
 register(Entry(
     "SGD", lambda params, **kw: ak.SGD(params, **{"lr": 0.05, "momentum": 0.9, "dampening": 0.1, **kw}),
     second_group={"lr": 0.02, "weight_decay": 0.01},
-    bad_hparams={**_common_bad("lr", "momentum", "weight_decay", "differentiable", "backend", "master_weights"),
+    bad_hparams={**_common_bad("lr", "momentum", "weight_decay", "differentiable", "backend", "master_weights",
+                               "stochastic_rounding"),
                  "nesterov-no-momentum": Bad(dict(nesterov=True, momentum=0.0, dampening=0.0), r"Nesterov"),
                  "nesterov-dampening": Bad(dict(nesterov=True, momentum=0.9, dampening=0.1), r"Nesterov")}))
 
 register(Entry(
     "RMSprop", lambda params, **kw: ak.RMSprop(params, **{"lr": 1e-2, "momentum": 0.5, "centered": True, **kw}),
     second_group={"lr": 5e-3, "weight_decay": 0.01},
-    bad_hparams={**_common_bad("lr", "eps", "momentum", "weight_decay", "differentiable", "backend", "master_weights"),
+    bad_hparams={**_common_bad("lr", "eps", "momentum", "weight_decay", "differentiable", "backend", "master_weights",
+                               "stochastic_rounding"),
                  "alpha": Bad(dict(alpha=-0.1), r"alpha")}))
 
 register(Entry(
     "Adagrad", lambda params, **kw: ak.Adagrad(params, **{"lr": 0.05, "lr_decay": 0.01, **kw}),
     second_group={"lr": 0.02, "weight_decay": 0.01},
-    bad_hparams={**_common_bad("lr", "eps", "weight_decay", "differentiable", "backend", "master_weights"),
+    bad_hparams={**_common_bad("lr", "eps", "weight_decay", "differentiable", "backend", "master_weights",
+                               "stochastic_rounding"),
                  "lr_decay": Bad(dict(lr_decay=-0.1), r"lr_decay"),
                  "initial_accumulator_value": Bad(dict(initial_accumulator_value=-1.0),
                                                   r"initial_accumulator_value")}))
@@ -113,14 +118,16 @@ register(Entry(
     bad_hparams={"gain-negative": Bad(dict(gain=-1.0), r"gain"),
                  "gain-nan": Bad(dict(gain=math.nan), r"gain"),
                  "bias_mode": Bad(dict(bias_mode="bogus"), r"bias_mode", per_group=False),
-                 **_common_bad("backend", "master_weights")}))
+                 **_common_bad("backend", "master_weights",
+                               "stochastic_rounding")}))
 
 # LAMB: the clip is active on this model (its gradient norm is about 1) and the second group has
 # weight_decay 0, so apex's "no trust ratio without weight decay" branch runs too.
 register(Entry(
     "LAMB", lambda params, **kw: ak.LAMB(params, **{"lr": 1e-2, "max_grad_norm": 1.0, **kw}),
     second_group={"lr": 5e-3, "weight_decay": 0.0},
-    bad_hparams={**_common_bad("lr", "eps", "weight_decay", "beta1", "beta2", "backend", "master_weights"),
+    bad_hparams={**_common_bad("lr", "eps", "weight_decay", "beta1", "beta2", "backend", "master_weights",
+                               "stochastic_rounding"),
                  "max_grad_norm": Bad(dict(max_grad_norm=0.0), r"max_grad_norm"),
                  "amsgrad": Bad(dict(amsgrad=True), r"amsgrad"),
                  "variant": Bad(dict(variant="lars"), r"variant", per_group=False)}))
@@ -134,4 +141,5 @@ register(Entry(
                  "mu": Bad(dict(mu=1.0), r"mu", per_group=False),
                  "beta": Bad(dict(beta=1.5), r"beta", per_group=False),
                  "curv_win_width": Bad(dict(curv_win_width=0), r"curv_win_width", per_group=False),
-                 **_common_bad("weight_decay", "backend", "master_weights")}))
+                 **_common_bad("weight_decay", "backend", "master_weights",
+                               "stochastic_rounding")}))

@@ -68,7 +68,7 @@ def test_torch_checkpoint_continued_by_ours_follows_torch(case, backend):
 
 #: Group keys of agd_kernels only (docs/design.md rule 7), at their defaults: torch.optim keeps them
 #: when it loads our checkpoint and ignores them.
-OUR_GROUP_KEYS = {"master_weights": False}
+OUR_GROUP_KEYS = {"master_weights": False, "stochastic_rounding": False}
 
 
 def _torch_groups(state_dict: dict) -> dict:
