@@ -10,7 +10,6 @@ an fp32 master they are not (<= 0.061: what is left comes from the 16-bit forwar
 from __future__ import annotations
 
 import copy
-import io
 
 import pytest
 import torch
@@ -20,6 +19,7 @@ from agd_kernels.optim._base import MASTER
 from tests.models import (assert_same_bits, clone_model, compute_grads, make_model, snapshot, train,
                           two_groups)
 from tests.optim.registry import entries
+from tests.optim.test_checkpoint import save_load
 from tests.optim.test_no_host_sync import host_copies_trapped
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -110,19 +110,12 @@ def test_fp32_parameters_unchanged(entry):
     assert_same_bits(snapshot(on, on_opt), snapshot(off, off_opt), f"{entry.name} fp32 with master_weights")
 
 
-def _save_load(state_dict):
-    buffer = io.BytesIO()
-    torch.save(state_dict, buffer)
-    buffer.seek(0)
-    return torch.load(buffer)
-
-
 @pytest.mark.parametrize("entry", entries())
 def test_checkpoint_round_trip_is_bitwise(entry):
     base = make_model(edge_cases=True)
     whole_model, whole = _run(entry, base, torch.bfloat16, "auto", steps=6, master_weights=True)
     half_model, first = _run(entry, base, torch.bfloat16, "auto", steps=3, master_weights=True)
-    saved = _save_load({"model": half_model.state_dict(), "optimizer": first.state_dict()})
+    saved = save_load({"model": half_model.state_dict(), "optimizer": first.state_dict()})
     for pid, state in saved["optimizer"]["state"].items():
         assert state[MASTER].dtype == torch.float32, f"param {pid}: saved master {state[MASTER].dtype}"
     assert all(g["master_weights"] is True for g in saved["optimizer"]["param_groups"])
@@ -202,11 +195,14 @@ def test_found_inf_on_first_step(entry):
     assert all(s.item() == 0 for s in steps), f"step counters advanced on a skipped step: {steps}"
 
 
+# Both precision flags, which share the working-copy machinery of _base.py.
+@pytest.mark.parametrize("flag", ["master_weights", "stochastic_rounding"])
 @pytest.mark.parametrize("entry", entries())
-def test_step_without_host_sync(entry, monkeypatch):
-    """Creating masters, the fp32 gradients and the copy back add no host sync, found_inf included."""
+def test_step_without_host_sync(entry, flag, monkeypatch):
+    """Creating masters (or working copies), the fp32 gradients and the copy (or stochastic rounding) back
+    add no host sync, found_inf included."""
     model = make_model(edge_cases=True).to(torch.bfloat16)
-    opt = _make(entry, model, master_weights=True)
+    opt = _make(entry, model, **{flag: True})
     compute_grads(model, 0)
     with host_copies_trapped(monkeypatch):
         opt.step()
@@ -241,17 +237,19 @@ def test_agd_init_weights_refreshes_masters():
     assert model.fc1.bias.abs().sum() == 0 and opt.state[model.fc1.bias][MASTER].abs().sum() == 0
 
 
+# One check serves both precision flags (_base.check_precision_flags); so does this test.
+@pytest.mark.parametrize("flag", ["master_weights", "stochastic_rounding"])
 @pytest.mark.parametrize("value", [1, "yes", None])
-def test_master_weights_must_be_a_bool(value):
+def test_precision_flags_must_be_bools(flag, value):
     model = make_model()
-    with pytest.raises(ValueError, match=r"master_weights"):
-        ak.SGD(model.parameters(), lr=0.1, master_weights=value)
+    with pytest.raises(ValueError, match=rf"Invalid {flag}"):
+        ak.SGD(model.parameters(), lr=0.1, **{flag: value})
     opt = ak.SGD(model.parameters(), lr=0.1)
-    with pytest.raises(ValueError, match=r"param_groups\[1\].*master_weights"):
-        opt.add_param_group({"params": [torch.nn.Parameter(torch.ones(2))], "master_weights": value})
+    with pytest.raises(ValueError, match=rf"param_groups\[1\].*{flag}"):
+        opt.add_param_group({"params": [torch.nn.Parameter(torch.ones(2))], flag: value})
     bad = copy.deepcopy(opt.state_dict())
-    bad["param_groups"][0]["master_weights"] = value
-    with pytest.raises(ValueError, match=r"loaded param_groups\[0\].*master_weights"):
+    bad["param_groups"][0][flag] = value
+    with pytest.raises(ValueError, match=rf"loaded param_groups\[0\].*{flag}"):
         opt.load_state_dict(bad)
 
 

@@ -10,7 +10,6 @@ checked. Every backend's bits equal the reference's (tests/op_cases.py, EXACT).
 from __future__ import annotations
 
 import copy
-import io
 
 import pytest
 import torch
@@ -21,8 +20,8 @@ from agd_kernels.optim._base import MASTER, ROUNDING_STEP, SEED
 from agd_kernels.reference.stochastic_round import philox4x32_10
 from tests.models import assert_same_bits, clone_model, compute_grads, make_model, snapshot, train, two_groups
 from tests.optim.registry import REGISTRY, entries
+from tests.optim.test_checkpoint import save_load
 from tests.optim.test_master_weights import SMALL_LR, displacement_error
-from tests.optim.test_no_host_sync import host_copies_trapped
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -174,13 +173,6 @@ def _assert_layout(model, opt, what):
                 assert value.dtype == torch.float32, f"{what}: state {key!r} of {name} is {value.dtype}"
 
 
-def _save_load(state_dict):
-    buffer = io.BytesIO()
-    torch.save(state_dict, buffer)
-    buffer.seek(0)
-    return torch.load(buffer)
-
-
 @pytest.mark.parametrize("entry", entries())
 def test_checkpoint_round_trip_is_bitwise(entry):
     """3 steps, save, a new optimizer (with another seed) loads, 3 more steps == 6 steps uninterrupted: the
@@ -189,7 +181,7 @@ def test_checkpoint_round_trip_is_bitwise(entry):
     whole_model, whole = _run(entry, base, torch.bfloat16, 6, stochastic_rounding=True)
     half_model, first = _run(entry, base, torch.bfloat16, 3, stochastic_rounding=True)
     _assert_layout(half_model, first, entry.name)
-    saved = _save_load({"model": half_model.state_dict(), "optimizer": first.state_dict()})
+    saved = save_load({"model": half_model.state_dict(), "optimizer": first.state_dict()})
     assert all(isinstance(g[SEED], int) for g in saved["optimizer"]["param_groups"])
 
     resumed_model = make_model(seed=1, edge_cases=True).to(torch.bfloat16)
@@ -201,19 +193,6 @@ def test_checkpoint_round_trip_is_bitwise(entry):
     _assert_layout(resumed_model, resumed, f"{entry.name} loaded")
     train(resumed_model, resumed, range(3, 6))
     assert_same_bits(snapshot(resumed_model, resumed), snapshot(whole_model, whole), f"{entry.name} resumed")
-
-
-@pytest.mark.parametrize("entry", entries())
-def test_step_without_host_sync(entry, monkeypatch):
-    model = make_model(edge_cases=True).to(torch.bfloat16)
-    opt = entry.make(two_groups(model), lr=SMALL_LR[entry.name], stochastic_rounding=True)
-    compute_grads(model, 0)
-    with host_copies_trapped(monkeypatch):
-        opt.step()
-    opt.grad_scale, opt.found_inf = torch.tensor(1024.0), torch.tensor(1.0)
-    compute_grads(model, 1, scale=1024.0)
-    with host_copies_trapped(monkeypatch):
-        opt.step()
 
 
 @pytest.mark.parametrize("entry", entries())
@@ -289,20 +268,6 @@ def test_checkpoint_without_the_key_loads_as_off():
     twin = REGISTRY["Adam"].make(two_groups(twin_model), lr=1e-3, stochastic_rounding=True)
     twin.load_state_dict(old)
     assert all(g["stochastic_rounding"] is False for g in twin.param_groups)
-
-
-@pytest.mark.parametrize("value", [1, "yes", None])
-def test_stochastic_rounding_must_be_a_bool(value):
-    model = make_model()
-    with pytest.raises(ValueError, match=r"Invalid stochastic_rounding"):
-        ak.SGD(model.parameters(), lr=0.1, stochastic_rounding=value)
-    opt = ak.SGD(model.parameters(), lr=0.1)
-    with pytest.raises(ValueError, match=r"param_groups\[1\].*stochastic_rounding"):
-        opt.add_param_group({"params": [torch.nn.Parameter(torch.ones(2))], "stochastic_rounding": value})
-    bad = copy.deepcopy(opt.state_dict())
-    bad["param_groups"][0]["stochastic_rounding"] = value
-    with pytest.raises(ValueError, match=r"loaded param_groups\[0\].*stochastic_rounding"):
-        opt.load_state_dict(bad)
 
 
 # The Triton interpreter is slow: a tiny model, two steps, against the reference, to the bit.
