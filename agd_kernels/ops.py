@@ -19,7 +19,15 @@ Conventions shared by every op (docs/design.md rules 3 and 5):
 - `found_inf` (optional, 0-d): when nonzero the op changes nothing at all, state_steps included.
 - Math is fp32 for fp16/bf16 tensors (fp64 for fp64); state tensors have the parameter's dtype.
 - All tensors of one call live on one device and share the parameters' dtype, except the scalar
-  tensors and the fp32 buffers named in each schema.
+  tensors, the fp32 buffers named in each schema, and the mixed-precision lists below.
+
+Mixed precision (master weights, docs/mixed_precision.md): every op that writes parameters ends with
+`model_params`, empty or one tensor per parameter. Given, `params` are fp32 masters, `grads` and
+`model_params` share one 16-bit dtype (bf16 or fp16) and the masters' shapes and layouts, and the op also
+writes each updated master, rounded to nearest even, into its model parameter, in the same pass: the
+gradient is read in 16 bits and no transient fp32 copy or copy-back pass exists. lamb_moments_ and
+yellowfin_stats_ (which read gradients but write no parameter) take 16-bit grads beside fp32
+params/grad_avgs the same way. With found_inf set nothing is written, model_params included.
 """
 from __future__ import annotations
 
@@ -42,6 +50,8 @@ from .reference import yellowfin as _ref_yellowfin
 NAMESPACE = "agd_kernels"
 
 _AMP = "Tensor? grad_scale, Tensor? found_inf"
+#: The trailing argument of every op that writes parameters (see "Mixed precision" above).
+_MODEL = "Tensor(z!)[] model_params"
 
 #: name -> (schema, reference implementation). The single source of every op's signature.
 SCHEMAS: dict[str, tuple[str, object]] = {
@@ -51,24 +61,24 @@ SCHEMAS: dict[str, tuple[str, object]] = {
     "adam_step_": (
         "(Tensor(a!)[] params, Tensor[] grads, Tensor(b!)[] exp_avgs, Tensor(c!)[] exp_avg_sqs, "
         "Tensor(d!)[] max_exp_avg_sqs, Tensor(e!)[] state_steps, Tensor lr, float beta1, float beta2, "
-        f"float eps, float weight_decay, bool amsgrad, bool maximize, bool decoupled_weight_decay, {_AMP}) -> ()",
+        f"float eps, float weight_decay, bool amsgrad, bool maximize, bool decoupled_weight_decay, {_AMP}, {_MODEL}) -> ()",
         _ref_adam.adam_step_),
     "sgd_step_": (
         "(Tensor(a!)[] params, Tensor[] grads, Tensor(b!)[] momentum_buffers, Tensor lr, float momentum, "
-        f"float dampening, float weight_decay, bool nesterov, bool maximize, bool is_first_step, {_AMP}) -> ()",
+        f"float dampening, float weight_decay, bool nesterov, bool maximize, bool is_first_step, {_AMP}, {_MODEL}) -> ()",
         _ref_sgd.sgd_step_),
     "rmsprop_step_": (
         "(Tensor(a!)[] params, Tensor[] grads, Tensor(b!)[] square_avgs, Tensor(c!)[] grad_avgs, "
         "Tensor(d!)[] momentum_buffers, Tensor(e!)[] state_steps, Tensor lr, float alpha, float eps, "
-        f"float weight_decay, float momentum, bool centered, bool maximize, {_AMP}) -> ()",
+        f"float weight_decay, float momentum, bool centered, bool maximize, {_AMP}, {_MODEL}) -> ()",
         _ref_rmsprop.rmsprop_step_),
     "adagrad_step_": (
         "(Tensor(a!)[] params, Tensor[] grads, Tensor(b!)[] state_sums, Tensor(c!)[] state_steps, Tensor lr, "
-        f"float lr_decay, float weight_decay, float eps, bool maximize, {_AMP}) -> ()",
+        f"float lr_decay, float weight_decay, float eps, bool maximize, {_AMP}, {_MODEL}) -> ()",
         _ref_adagrad.adagrad_step_),
     "agd_step_": (
         "(Tensor(a!)[] params, Tensor[] grads, Tensor sumsq, Tensor slice_sv, int[] slice_start, "
-        f"int[] slice_count, int depth, float gain, {_AMP}) -> (Tensor, Tensor)",
+        f"int[] slice_count, int depth, float gain, {_AMP}, {_MODEL}) -> (Tensor, Tensor)",
         _ref_agd.agd_step_),
     "lamb_moments_": (
         "(Tensor[] params, Tensor[] grads, Tensor(a!)[] exp_avgs, Tensor(b!)[] exp_avg_sqs, "
@@ -80,7 +90,7 @@ SCHEMAS: dict[str, tuple[str, object]] = {
         "(Tensor(a!)[] params, Tensor[] grads, Tensor(b!)[] exp_avgs, Tensor(c!)[] exp_avg_sqs, "
         "Tensor[] state_steps, Tensor lr, Tensor grad_sumsq, Tensor norms, float max_grad_norm, float beta1, "
         "float beta2, float eps, float weight_decay, bool bias_correction, bool grad_averaging, "
-        f"bool adam_w_mode, bool use_trust_ratio, float phi_min, float phi_max, {_AMP}) -> ()",
+        f"bool adam_w_mode, bool use_trust_ratio, float phi_min, float phi_max, {_AMP}, {_MODEL}) -> ()",
         _ref_lamb.lamb_apply_),
     "yellowfin_stats_": (
         "(Tensor[] grads, Tensor[] grad_avgs, Tensor(a!) out) -> ()",
@@ -93,7 +103,7 @@ SCHEMAS: dict[str, tuple[str, object]] = {
         _ref_yellowfin.yellowfin_tune_),
     "yellowfin_apply_": (
         "(Tensor(a!)[] params, Tensor[] grads, Tensor(b!)[] grad_avgs, Tensor(c!)[] momentum_buffers, "
-        "Tensor tuner, Tensor stats, float beta, float weight_decay, Tensor? found_inf) -> ()",
+        f"Tensor tuner, Tensor stats, float beta, float weight_decay, Tensor? found_inf, {_MODEL}) -> ()",
         _ref_yellowfin.yellowfin_apply_),
     "stochastic_round_": (
         "(Tensor(a!)[] dst, Tensor[] src, Tensor seed, Tensor[] steps, int[] offsets) -> ()",
@@ -211,7 +221,7 @@ def slice_sumsq_(tensors: Sequence[Tensor], out: Tensor, *, backend: str | None 
 def adam_step_(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, state_steps, lr: Tensor, *,
                beta1: float, beta2: float, eps: float, weight_decay: float, amsgrad: bool, maximize: bool,
                decoupled_weight_decay: bool, grad_scale: Tensor | None = None, found_inf: Tensor | None = None,
-               backend: str | None = "auto") -> None:
+               model_params: Sequence[Tensor] = (), backend: str | None = "auto") -> None:
     """Adam / AdamW / AMSGrad step with torch.optim semantics (docs/torch_optim_semantics.md §5).
 
     `max_exp_avg_sqs` is empty unless amsgrad. `state_steps` are 0-d fp32 tensors, incremented here.
@@ -219,13 +229,13 @@ def adam_step_(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, state_step
     if params:
         _kernel("adam_step_", params, backend)(
             params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, state_steps, lr, beta1, beta2, eps,
-            weight_decay, amsgrad, maximize, decoupled_weight_decay, grad_scale, found_inf)
+            weight_decay, amsgrad, maximize, decoupled_weight_decay, grad_scale, found_inf, list(model_params))
 
 
 def sgd_step_(params, grads, momentum_buffers, lr: Tensor, *, momentum: float, dampening: float,
               weight_decay: float, nesterov: bool, maximize: bool, is_first_step: bool,
               grad_scale: Tensor | None = None, found_inf: Tensor | None = None,
-              backend: str | None = "auto") -> None:
+              model_params: Sequence[Tensor] = (), backend: str | None = "auto") -> None:
     """SGD step (momentum, dampening, Nesterov) with torch.optim semantics (§2).
 
     `momentum_buffers` is empty when momentum == 0. With `is_first_step` the buffers are set to the
@@ -234,34 +244,35 @@ def sgd_step_(params, grads, momentum_buffers, lr: Tensor, *, momentum: float, d
     if params:
         _kernel("sgd_step_", params, backend)(
             params, grads, momentum_buffers, lr, momentum, dampening, weight_decay, nesterov, maximize,
-            is_first_step, grad_scale, found_inf)
+            is_first_step, grad_scale, found_inf, list(model_params))
 
 
 def rmsprop_step_(params, grads, square_avgs, grad_avgs, momentum_buffers, state_steps, lr: Tensor, *,
                   alpha: float, eps: float, weight_decay: float, momentum: float, centered: bool, maximize: bool,
                   grad_scale: Tensor | None = None, found_inf: Tensor | None = None,
-                  backend: str | None = "auto") -> None:
+                  model_params: Sequence[Tensor] = (), backend: str | None = "auto") -> None:
     """RMSprop step with torch.optim semantics (§3). `grad_avgs` is empty unless centered,
     `momentum_buffers` empty unless momentum > 0."""
     if params:
         _kernel("rmsprop_step_", params, backend)(
             params, grads, square_avgs, grad_avgs, momentum_buffers, state_steps, lr, alpha, eps,
-            weight_decay, momentum, centered, maximize, grad_scale, found_inf)
+            weight_decay, momentum, centered, maximize, grad_scale, found_inf, list(model_params))
 
 
 def adagrad_step_(params, grads, state_sums, state_steps, lr: Tensor, *, lr_decay: float, weight_decay: float,
                   eps: float, maximize: bool, grad_scale: Tensor | None = None, found_inf: Tensor | None = None,
-                  backend: str | None = "auto") -> None:
+                  model_params: Sequence[Tensor] = (), backend: str | None = "auto") -> None:
     """Adagrad step (dense gradients) with torch.optim semantics (§4)."""
     if params:
         _kernel("adagrad_step_", params, backend)(
             params, grads, state_sums, state_steps, lr, lr_decay, weight_decay, eps, maximize,
-            grad_scale, found_inf)
+            grad_scale, found_inf, list(model_params))
 
 
 def agd_step_(params, grads, sumsq: Tensor, slice_sv: Tensor, slice_start: Sequence[int],
               slice_count: Sequence[int], *, depth: int, gain: float, grad_scale: Tensor | None = None,
-              found_inf: Tensor | None = None, backend: str | None = "auto") -> tuple[Tensor, Tensor]:
+              found_inf: Tensor | None = None, model_params: Sequence[Tensor] = (),
+              backend: str | None = "auto") -> tuple[Tensor, Tensor]:
     """AGD update of one (device, dtype) group; returns (eta, G) as 0-d fp32 tensors (docs/agd.md §5).
 
     `sumsq` holds the per-slice sums of squares of the matrix gradients of *all* groups (from
@@ -275,7 +286,8 @@ def agd_step_(params, grads, sumsq: Tensor, slice_sv: Tensor, slice_start: Seque
     With found_inf set nothing is written and (0, 0) is returned.
     """
     return _kernel("agd_step_", params, backend)(
-        params, grads, sumsq, slice_sv, list(slice_start), list(slice_count), depth, gain, grad_scale, found_inf)
+        params, grads, sumsq, slice_sv, list(slice_start), list(slice_count), depth, gain, grad_scale, found_inf,
+        list(model_params))
 
 
 def lamb_moments_(params, grads, exp_avgs, exp_avg_sqs, state_steps, grad_sumsq: Tensor, norms: Tensor, *,
@@ -309,7 +321,8 @@ def lamb_apply_(params, grads, exp_avgs, exp_avg_sqs, state_steps, lr: Tensor, g
                 *, max_grad_norm: float, beta1: float, beta2: float, eps: float, weight_decay: float,
                 bias_correction: bool, grad_averaging: bool, adam_w_mode: bool, use_trust_ratio: bool,
                 phi_min: float = 0.0, phi_max: float = float("inf"), grad_scale: Tensor | None = None,
-                found_inf: Tensor | None = None, backend: str | None = "auto") -> None:
+                found_inf: Tensor | None = None, model_params: Sequence[Tensor] = (),
+                backend: str | None = "auto") -> None:
     """LAMB phase 2 of one group, after `lamb_moments_` (same tensors and hyper-parameters) and any
     reduction of its `norms` across ranks: p ← p − lr·r·u with
       r = clamp(√norms[2i], phi_min, phi_max)/√norms[2i + 1], 1 when either is 0 (a NaN gives NaN)
@@ -323,7 +336,7 @@ def lamb_apply_(params, grads, exp_avgs, exp_avg_sqs, state_steps, lr: Tensor, g
         _kernel("lamb_apply_", params, backend)(
             params, grads, exp_avgs, exp_avg_sqs, state_steps, lr, grad_sumsq, norms, max_grad_norm, beta1, beta2,
             eps, weight_decay, bias_correction, grad_averaging, adam_w_mode, use_trust_ratio, phi_min, phi_max,
-            grad_scale, found_inf)
+            grad_scale, found_inf, list(model_params))
 
 
 def yellowfin_stats_(grads, grad_avgs, out: Tensor, *, backend: str | None = "auto") -> None:
@@ -355,14 +368,16 @@ def yellowfin_tune_(tuner: Tensor, stats: Tensor, *, numel: float, beta: float, 
 
 
 def yellowfin_apply_(params, grads, grad_avgs, momentum_buffers, tuner: Tensor, stats: Tensor, *, beta: float,
-                     weight_decay: float, found_inf: Tensor | None = None, backend: str | None = "auto") -> None:
+                     weight_decay: float, found_inf: Tensor | None = None, model_params: Sequence[Tensor] = (),
+                     backend: str | None = "auto") -> None:
     """YellowFin pass B of one bucket, reading lr, μ and the clip factors from `tuner`:
     ḡ ← β·ḡ + (1 − β)·c1·g; d = c2·g + weight_decay·p; buf ← μ·buf + d and p ← p − lr·buf when μ ≠ 0,
     else p ← p − lr·d with buf untouched (c1, c2 fold the clips and 1/grad_scale in). Skips, like
     yellowfin_tune_, when found_inf is set or Σg² over `stats` is not finite."""
     if params:
         _kernel("yellowfin_apply_", params, backend)(
-            params, grads, grad_avgs, momentum_buffers, tuner, stats, beta, weight_decay, found_inf)
+            params, grads, grad_avgs, momentum_buffers, tuner, stats, beta, weight_decay, found_inf,
+            list(model_params))
 
 
 def stochastic_round_(dst, src, seed: Tensor, steps, offsets: Sequence[int], *,

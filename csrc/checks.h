@@ -40,15 +40,16 @@ void check_params(const Backend& be, const char* op, at::TensorList params, cons
 // `other` must match `params` (named `base` in messages) tensor by tensor: count, device, dtype, shape and
 // memory layout. Elementwise kernels walk memory order, so any dense layout both share works (e.g.
 // channels_last weights with channels_last state and gradient).
+// With same_dtype false the dtypes may differ (the caller checks them).
 template <class Backend>
 void check_like(const Backend& be, const char* op, const char* name, at::TensorList params, at::TensorList other,
-                const char* base = "params") {
+                const char* base = "params", bool same_dtype = true) {
   TORCH_CHECK_VALUE(other.size() == params.size(), op, ": ", name, " has ", other.size(), " tensors, ", base,
                     " has ", params.size());
   for (size_t i = 0; i < params.size(); ++i) {
     const at::Tensor& o = other[i];
     check_device(be, op, std::string(name) + "[" + std::to_string(i) + "]", o);
-    TORCH_CHECK_TYPE(o.scalar_type() == params[i].scalar_type(), op, ": ", name, "[", i, "] is ", o.scalar_type(),
+    TORCH_CHECK_TYPE(!same_dtype || o.scalar_type() == params[i].scalar_type(), op, ": ", name, "[", i, "] is ", o.scalar_type(),
                      ", ", base, "[", i, "] is ", params[i].scalar_type());
     TORCH_CHECK_VALUE(o.sizes() == params[i].sizes(), op, ": ", name, "[", i, "] has shape ", o.sizes(), ", ", base,
                       "[", i, "] has ", params[i].sizes());
@@ -123,6 +124,55 @@ void check_lists(const Backend& be, const char* op, at::TensorList params, std::
   for (const NamedList& list : lists) {
     if (list.name != nullptr) check_like(be, op, list.name, params, list.tensors);
   }
+}
+
+// ------------------------------------------------------------------------------- mixed precision
+// Master weights (agd_kernels/ops.py, "Mixed precision"): fp32 `params` (the masters) updated from 16-bit
+// `grads`, each result also rounded into a 16-bit `model_params` tensor in the same pass.
+inline bool is_16_bit(at::ScalarType t) { return t == at::kHalf || t == at::kBFloat16; }
+
+// The dtype an op reads `grads` in: params[0]'s, or one 16-bit dtype beside float32 params. Checks grads
+// against params (count, device, shape, layout) and one dtype for all of them; params are checked already.
+template <class Backend>
+at::ScalarType check_grads(const Backend& be, const char* op, at::TensorList params, at::TensorList grads,
+                           const char* name = "grads") {
+  TORCH_CHECK_VALUE(grads.size() == params.size(), op, ": ", name, " has ", grads.size(), " tensors, params has ",
+                    params.size());
+  if (params.empty()) return at::kFloat;
+  const at::ScalarType p = params[0].scalar_type(), g = grads[0].scalar_type();
+  const bool mixed = p == at::kFloat && is_16_bit(g);
+  TORCH_CHECK_TYPE(g == p || mixed, op, ": ", name, "[0] is ", g, ", params[0] is ", p, "; ", name,
+                   " must have the params' dtype, or be float16 or bfloat16 beside float32 params");
+  check_like(be, op, name, params, grads, "params", /*same_dtype=*/!mixed);
+  for (size_t i = 0; i < grads.size(); ++i) {
+    TORCH_CHECK_TYPE(grads[i].scalar_type() == g, op, ": ", name, "[", i, "] is ", grads[i].scalar_type(), " but ",
+                     name, "[0] is ", g, "; one call takes one gradient dtype");
+  }
+  return g;
+}
+
+// The grads and model_params of an op that writes parameters; returns the grads' dtype. model_params is
+// empty (grads then have the params' dtype), or holds one tensor per param: params float32, model_params
+// of the grads' 16-bit dtype, each shaped and laid out as its param. A call with 16-bit grads beside fp32
+// params and no model_params is refused: nothing would carry the update to the model.
+template <class Backend>
+at::ScalarType check_grads_and_model_params(const Backend& be, const char* op, at::TensorList params,
+                                            at::TensorList grads, at::TensorList model_params) {
+  const at::ScalarType g = check_grads(be, op, params, grads);
+  if (model_params.empty()) {
+    TORCH_CHECK_TYPE(params.empty() || g == params[0].scalar_type(), op, ": grads are ", g, " beside ",
+                     params[0].scalar_type(), " params; pass the model's ", g,
+                     " parameters as model_params (master weights), or grads of the params' dtype");
+    return g;
+  }
+  TORCH_CHECK_VALUE(model_params.size() == params.size(), op, ": model_params has ", model_params.size(),
+                    " tensors, params has ", params.size(), "; pass one per param, or none");
+  TORCH_CHECK_TYPE(params[0].scalar_type() == at::kFloat && is_16_bit(g), op,
+                   ": model_params needs float32 params (the masters) and float16 or bfloat16 grads; got ",
+                   params[0].scalar_type(), " params and ", g, " grads");
+  // model_params against grads: same dtype, shape and layout (grads are checked against params above).
+  check_like(be, op, "model_params", grads, model_params, "grads");
+  return g;
 }
 
 // stochastic_round_'s arguments: dst bf16 and dense; src float32 like dst (device, shape, layout); seed a

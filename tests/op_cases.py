@@ -35,6 +35,7 @@ VARIANTS: dict[str, dict[str, dict]] = {
         "l2-maximize": dict(weight_decay=0.1, maximize=True),
         "amp": dict(grad_scale=1024.0),
         "found-inf": dict(found_inf=1.0),
+        "master-weights": dict(decoupled_weight_decay=True, weight_decay=0.1, masters=True),
     },
     "sgd_step_": {
         "plain": dict(momentum=0.0),
@@ -43,6 +44,7 @@ VARIANTS: dict[str, dict[str, dict]] = {
         "first-step": dict(momentum=0.9, is_first_step=True),
         "amp": dict(momentum=0.9, grad_scale=512.0),
         "found-inf": dict(momentum=0.9, found_inf=1.0),
+        "master-weights": dict(momentum=0.9, weight_decay=0.01, masters=True),
     },
     "rmsprop_step_": {
         "plain": {},
@@ -50,18 +52,21 @@ VARIANTS: dict[str, dict[str, dict]] = {
         "maximize": dict(maximize=True),
         "amp": dict(centered=True, grad_scale=256.0),
         "found-inf": dict(momentum=0.5, found_inf=1.0),
+        "master-weights": dict(centered=True, momentum=0.9, masters=True),
     },
     "adagrad_step_": {
         "plain": {},
         "decay-wd-maximize": dict(lr_decay=0.01, weight_decay=0.1, maximize=True),
         "amp": dict(grad_scale=128.0),
         "found-inf": dict(found_inf=1.0),
+        "master-weights": dict(masters=True),
     },
     "agd_step_": {
         "plain": {},
         "gain": dict(gain=3.0),
         "amp": dict(grad_scale=2048.0),
         "found-inf": dict(found_inf=1.0),
+        "master-weights": dict(masters=True),
     },
     "lamb_moments_": {
         "apex-clipped": {},
@@ -75,6 +80,7 @@ VARIANTS: dict[str, dict[str, dict]] = {
         # reference's, from the fp32 moments, is ~0.6: such a kernel moved fp16 parameters by up to 2 here.
         "underflowing-moments": dict(grad_std=1e-4, zero_moments=True),
         "norms-fp32": dict(norms_dtype=torch.float32),
+        "master-weights": dict(masters=True),
     },
     # Samples are the state lamb_moments_ leaves (_lamb_after_moments), so the two ops are checked one by one.
     "lamb_apply_": {
@@ -87,10 +93,12 @@ VARIANTS: dict[str, dict[str, dict]] = {
         "found-inf": dict(found_inf=1.0),
         "underflowing-moments": dict(grad_std=1e-4, zero_moments=True),
         "norms-fp32": dict(norms_dtype=torch.float32),
+        "master-weights": dict(masters=True),
     },
     "yellowfin_stats_": {
         "plain": {},
         "sparse": dict(zero_fraction=0.5),
+        "master-weights": dict(masters=True),
     },
     # Tuner samples replay `history` reference steps on synthetic sums first (curv_win_width 5, so
     # the window has wrapped and force_non_inc_step is past its start at the default 12).
@@ -113,6 +121,7 @@ VARIANTS: dict[str, dict[str, dict]] = {
         "weight-decay": dict(weight_decay=0.01),
         "non-finite": dict(spike=math.inf),
         "found-inf": dict(found_inf=1.0),
+        "master-weights": dict(weight_decay=0.01, masters=True),
     },
     # Values over fp32's whole range with NaNs, infinities, the largest floats, subnormals and exact bf16
     # values among them; global indices across 2^32 (the counter's high word); a negative seed (its high
@@ -132,9 +141,22 @@ FIXED_DTYPE = {"stochastic_round_": torch.bfloat16}
 EXACT = {"stochastic_round_"}
 
 
-def op_dtypes(op: str, dtypes) -> list[torch.dtype]:
-    """The dtypes a backend matrix over `dtypes` runs `op` in."""
-    return [FIXED_DTYPE[op]] if op in FIXED_DTYPE else list(dtypes)
+#: Variants with `masters=True` run in mixed precision (agd_kernels/ops.py, "Mixed precision"): the matrix's
+#: dtype (bf16 or fp16) is the gradients' and model_params', params and state are fp32 masters.
+HALF_DTYPES = (torch.bfloat16, torch.float16)
+
+
+def is_mixed(op: str, variant: str) -> bool:
+    return VARIANTS[op][variant].get("masters", False)
+
+
+def op_dtypes(op: str, dtypes, variant: str | None = None) -> list[torch.dtype]:
+    """The dtypes a backend matrix over `dtypes` runs `op` (in `variant`) in."""
+    if op in FIXED_DTYPE:
+        return [FIXED_DTYPE[op]]
+    if variant is not None and is_mixed(op, variant):
+        return [d for d in dtypes if d in HALF_DTYPES]
+    return list(dtypes)
 
 _LAMB_DEFAULTS = dict(lr=1e-2, max_grad_norm=1.0, beta1=0.9, beta2=0.999, eps=1e-6, weight_decay=0.01,
                       bias_correction=True, grad_averaging=True, adam_w_mode=True, use_trust_ratio=True, phi_min=0.0,
@@ -213,14 +235,34 @@ def make_args(op: str, shapes, dtype: torch.dtype, variant: str, seed: int = 0, 
 
 def _lamb_after_moments(moments: tuple, apply_only: tuple) -> tuple:
     """lamb_apply_'s arguments: the reference lamb_moments_ has run on `moments` (without found_inf: a
-    skipped apply must skip real norms), then lr, the trust-ratio flags and found_inf join them."""
+    skipped apply must skip real norms), then lr, the trust-ratio flags, found_inf and model_params join them."""
     ref_lamb.lamb_moments_(*moments[:-1], None)
-    lr, use_trust_ratio, phi_min, phi_max = apply_only
-    return (*moments[:5], lr, *moments[5:15], use_trust_ratio, phi_min, phi_max, *moments[15:])
+    lr, use_trust_ratio, phi_min, phi_max, model_params = apply_only
+    return (*moments[:5], lr, *moments[5:15], use_trust_ratio, phi_min, phi_max, *moments[15:], model_params)
 
 
 def _make_args(op: str, shapes, dtype: torch.dtype, variant: str, seed: int, device) -> tuple:
     """make_args without the oracle cast; lamb_apply_ gives (lamb_moments_'s arguments, its own)."""
+    args = _make_fp_args(op, shapes, dtype, variant, seed, device)
+    if not is_mixed(op, variant):
+        return args
+    # Mixed precision: the gradients in the 16-bit dtype, and NaN-filled model_params (so an element the
+    # op does not write shows) as the last argument of the ops that write parameters.
+    moments, apply_only = (args, None) if op != "lamb_apply_" else args
+    moments = list(moments)
+    g = 0 if op == "yellowfin_stats_" else 1
+    moments[g] = [t.to(dtype) for t in moments[g]]
+    if op in ("lamb_moments_", "yellowfin_stats_"):
+        return tuple(moments)
+    model = [torch.full_like(p, math.nan, dtype=dtype) for p in moments[0]]
+    if op == "lamb_apply_":
+        return tuple(moments), (*apply_only[:-1], model)
+    return (*moments[:-1], model)
+
+
+def _make_fp_args(op: str, shapes, dtype: torch.dtype, variant: str, seed: int, device) -> tuple:
+    """_make_args with every tensor in `dtype` (fp32 for a mixed-precision variant); lamb_apply_'s
+    model_params are the last of its own arguments."""
     gen = torch.Generator().manual_seed(seed)
 
     def rand(shape, scale=1.0, positive=False):
@@ -228,6 +270,11 @@ def _make_args(op: str, shapes, dtype: torch.dtype, variant: str, seed: int, dev
         return (x.abs() if positive else x).to(dtype=dtype, device=device)
 
     hp = dict(_DEFAULTS.get(op, {}), **VARIANTS[op][variant])
+    half = None
+    if hp.pop("masters", False):  # fp32 masters and state; gradients and model_params in the 16-bit `dtype`
+        if dtype not in HALF_DTYPES:
+            raise ValueError(f"{op}[{variant}] is a mixed-precision variant: dtype must be bf16 or fp16, got {dtype}")
+        half, dtype = dtype, torch.float32
     scale = hp.pop("grad_scale", None)
     grad_scale = None if scale is None else _scalar(scale, device)
     found = hp.pop("found_inf", None)
@@ -235,6 +282,8 @@ def _make_args(op: str, shapes, dtype: torch.dtype, variant: str, seed: int, dev
     gmul = (scale or 1.0) * hp.pop("grad_std", 1.0)  # gradients arrive multiplied by the loss scale
     params = [rand(s) for s in shapes]
     grads = [rand(s, gmul) for s in shapes]
+    if half is not None:  # values the 16-bit gradients hold exactly, so sums taken below are theirs
+        grads = [g.to(half).float() for g in grads]
     steps = [_scalar(3.0, device) for _ in shapes]  # not the first step: bias corrections matter
 
     if op == "stochastic_round_":
@@ -248,12 +297,12 @@ def _make_args(op: str, shapes, dtype: torch.dtype, variant: str, seed: int, dev
         v = [rand(s, 0.01, positive=True) for s in shapes]
         vmax = [x * 1.5 for x in v] if hp["amsgrad"] else []
         return (params, grads, m, v, vmax, steps, lr, hp["beta1"], hp["beta2"], hp["eps"], hp["weight_decay"],
-                hp["amsgrad"], hp["maximize"], hp["decoupled_weight_decay"], grad_scale, found_inf)
+                hp["amsgrad"], hp["maximize"], hp["decoupled_weight_decay"], grad_scale, found_inf, [])
     if op == "sgd_step_":
         lr = _scalar(hp.pop("lr"), device)
         bufs = [rand(s, 0.1) for s in shapes] if hp["momentum"] != 0 else []
         return (params, grads, bufs, lr, hp["momentum"], hp["dampening"], hp["weight_decay"], hp["nesterov"],
-                hp["maximize"], hp["is_first_step"], grad_scale, found_inf)
+                hp["maximize"], hp["is_first_step"], grad_scale, found_inf, [])
     if op == "rmsprop_step_":
         lr = _scalar(hp.pop("lr"), device)
         gavg = [rand(s, 0.01) for s in shapes] if hp["centered"] else []
@@ -261,12 +310,12 @@ def _make_args(op: str, shapes, dtype: torch.dtype, variant: str, seed: int, dev
         sq = [rand(s, 0.01, positive=True) + 0.01 for s in shapes]
         bufs = [rand(s, 0.1) for s in shapes] if hp["momentum"] > 0 else []
         return (params, grads, sq, gavg, bufs, steps, lr, hp["alpha"], hp["eps"], hp["weight_decay"],
-                hp["momentum"], hp["centered"], hp["maximize"], grad_scale, found_inf)
+                hp["momentum"], hp["centered"], hp["maximize"], grad_scale, found_inf, [])
     if op == "adagrad_step_":
         lr = _scalar(hp.pop("lr"), device)
         sums = [rand(s, 0.1, positive=True) for s in shapes]
         return (params, grads, sums, steps, lr, hp["lr_decay"], hp["weight_decay"], hp["eps"], hp["maximize"],
-                grad_scale, found_inf)
+                grad_scale, found_inf, [])
     if op == "agd_step_":
         start, starts, counts, sv = 0, [], [], []
         for s in shapes:
@@ -278,7 +327,7 @@ def _make_args(op: str, shapes, dtype: torch.dtype, variant: str, seed: int, dev
         sumsq = torch.empty(start, dtype=torch.float32, device=device)
         ops.slice_sumsq_(grads, sumsq, backend="torch")
         slice_sv = torch.tensor(sv, dtype=torch.float32, device=device)
-        return (params, grads, sumsq, slice_sv, starts, counts, len(shapes), hp["gain"], grad_scale, found_inf)
+        return (params, grads, sumsq, slice_sv, starts, counts, len(shapes), hp["gain"], grad_scale, found_inf, [])
     if op in ("lamb_moments_", "lamb_apply_"):
         moment_scale = 0.0 if hp.pop("zero_moments", False) else 1.0
         m = [rand(s, 0.1 * moment_scale) for s in shapes]
@@ -291,7 +340,7 @@ def _make_args(op: str, shapes, dtype: torch.dtype, variant: str, seed: int, dev
                    found_inf)
         if op == "lamb_moments_":
             return moments
-        return moments, (_scalar(hp["lr"], device), hp["use_trust_ratio"], hp["phi_min"], hp["phi_max"])
+        return moments, (_scalar(hp["lr"], device), hp["use_trust_ratio"], hp["phi_min"], hp["phi_max"], [])
     if op == "yellowfin_stats_":
         keep = [torch.rand(s, generator=gen) >= hp["zero_fraction"] for s in shapes]
         grads = [g * k.to(device) for g, k in zip(grads, keep)]
@@ -307,7 +356,7 @@ def _make_args(op: str, shapes, dtype: torch.dtype, variant: str, seed: int, dev
                                            gen, device, 1.0, current_step=True)
         avgs = [rand(s, 0.1) for s in shapes]
         bufs = [rand(s, 0.1) for s in shapes]
-        return (params, grads, avgs, bufs, tuner, stats, hp["beta"], hp["weight_decay"], found_inf)
+        return (params, grads, avgs, bufs, tuner, stats, hp["beta"], hp["weight_decay"], found_inf, [])
     raise KeyError(f"no sample builder for {op}")
 
 
@@ -419,7 +468,7 @@ def check_backend(op: str, backend: str, shapes, dtype: torch.dtype, variant: st
         assert_within_2x_reference(g, r, o, name=f"{op}[{variant}] output {i} ({backend}, {dtype})")
     # found_inf set: nothing may change, to the bit; nor may what the spec leaves alone for this dtype.
     found_inf = VARIANTS[op][variant].get("found_inf")
-    for pos in mutated_positions(op) if found_inf else UNWRITTEN.get(op, lambda dtype: [])(dtype):
+    for pos in mutated_positions(op) if found_inf else UNWRITTEN.get(op, lambda dtype: [])(_first_tensor(args).dtype):
         for g, a in zip(_flat(got_args[pos]), _flat(args[pos])):
             assert torch.equal(g, a) or (g.isnan() == a.isnan()).all() and torch.equal(g.nan_to_num(), a.nan_to_num())
 

@@ -42,7 +42,7 @@ def adam_via_ops(params, grads, exp_avgs, exp_avg_sqs, steps, lr):
 
 def adam_via_torch_ops(params, grads, exp_avgs, exp_avg_sqs, steps, lr):
     torch.ops.agd_kernels.adam_step_.default(params, grads, exp_avgs, exp_avg_sqs, [], steps, lr, 0.9, 0.999,
-                                             1e-8, 0.01, False, False, True, None, None)
+                                             1e-8, 0.01, False, False, True, None, None, [])
 
 
 def sgd_via_ops(params, grads, buffers, steps, lr):

@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from agd_kernels import ops
-from tests.op_cases import VARIANTS, make_args, shapes_for
+from tests.op_cases import VARIANTS, is_mixed, make_args, op_dtypes, shapes_for
 from tests.tolerance import DTYPE_IDS
 
 SIZES = [0, 1, 7, 33]
@@ -30,7 +30,9 @@ def test_every_op_has_samples():
 def _samples():
     for op, variants in VARIANTS.items():
         for i, variant in enumerate(variants):
-            for dtype in (torch.float32, torch.bfloat16) if i == 0 else (torch.float32,):
+            # a mixed-precision variant runs in bf16 (its gradients' dtype; params fp32)
+            for dtype in op_dtypes(op, (torch.float32, torch.bfloat16) if i == 0 else (torch.float32,
+                                                                                   torch.bfloat16), variant)[:2 if i == 0 else 1]:
                 yield pytest.param(op, variant, dtype, id=f"{op}-{variant}-{DTYPE_IDS[dtype]}")
 
 
@@ -54,7 +56,8 @@ def test_opcheck_cpu_dispatch(op, variant, dtype):
     torch.library.opcheck(getattr(torch.ops.agd_kernels, op).default, args)
 
 
-@pytest.mark.parametrize("op, variant, dtype", [p for p in _samples() if p.values[2] == torch.float32])
+@pytest.mark.parametrize("op, variant, dtype", [p for p in _samples() if p.values[2] == torch.float32
+                                                  or is_mixed(p.values[0], p.values[1])])
 def test_opcheck_reference_registration(op, variant, dtype, reference_ops):
     args = make_args(op, shapes_for(op, SIZES), dtype, variant)
     torch.library.opcheck(getattr(reference_ops, op).default, args)

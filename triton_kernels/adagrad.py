@@ -72,8 +72,11 @@ def _adagrad_tensor_kernel(p, g, acc, step_ptr, counter, numel, lr_ptr, scale_pt
 
 def adagrad_step_triton(params: list[Tensor], grads: list[Tensor], state_sums: list[Tensor],
                         state_steps: list[Tensor], lr: Tensor, lr_decay: float, weight_decay: float, eps: float,
-                        maximize: bool, grad_scale: Tensor | None, found_inf: Tensor | None) -> None:
+                        maximize: bool, grad_scale: Tensor | None, found_inf: Tensor | None,
+        model_params: list[Tensor]) -> None:
     """Triton `adagrad_step_` (see agd_kernels.ops.adagrad_step_)."""
+    if model_params:
+        raise NotImplementedError("model_params is not implemented by the triton backend yet")
     if not params:
         return
     op = "adagrad_step_"

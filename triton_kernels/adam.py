@@ -100,8 +100,11 @@ def _adam_tensor_kernel(p, g, m, v, vmax, step_ptr, counter, numel, lr_ptr, scal
 def adam_step_triton(params: list[Tensor], grads: list[Tensor], exp_avgs: list[Tensor], exp_avg_sqs: list[Tensor],
                      max_exp_avg_sqs: list[Tensor], state_steps: list[Tensor], lr: Tensor, beta1: float,
                      beta2: float, eps: float, weight_decay: float, amsgrad: bool, maximize: bool,
-                     decoupled_weight_decay: bool, grad_scale: Tensor | None, found_inf: Tensor | None) -> None:
+                     decoupled_weight_decay: bool, grad_scale: Tensor | None, found_inf: Tensor | None,
+        model_params: list[Tensor]) -> None:
     """Triton `adam_step_` (see agd_kernels.ops.adam_step_)."""
+    if model_params:
+        raise NotImplementedError("model_params is not implemented by the triton backend yet")
     if not params:
         return
     op = "adam_step_"

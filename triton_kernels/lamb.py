@@ -304,8 +304,11 @@ def lamb_apply_triton(params: list[Tensor], grads: list[Tensor], exp_avgs: list[
                       state_steps: list[Tensor], lr: Tensor, grad_sumsq: Tensor, norms: Tensor, max_grad_norm: float,
                       beta1: float, beta2: float, eps: float, weight_decay: float, bias_correction: bool,
                       grad_averaging: bool, adam_w_mode: bool, use_trust_ratio: bool, phi_min: float, phi_max: float,
-                      grad_scale: Tensor | None, found_inf: Tensor | None) -> None:
+                      grad_scale: Tensor | None, found_inf: Tensor | None,
+        model_params: list[Tensor]) -> None:
     """Triton `lamb_apply_` (see agd_kernels.ops.lamb_apply_)."""
+    if model_params:
+        raise NotImplementedError("model_params is not implemented by the triton backend yet")
     if not params:
         return
     scale, inf, meta = _prepare("lamb_apply_", params, grads, exp_avgs, exp_avg_sqs, state_steps, grad_sumsq, norms,

@@ -92,8 +92,11 @@ def _rmsprop_tensor_kernel(p, g, sq, gavg, buf, step_ptr, counter, numel, lr_ptr
 def rmsprop_step_triton(params: list[Tensor], grads: list[Tensor], square_avgs: list[Tensor],
                         grad_avgs: list[Tensor], momentum_buffers: list[Tensor], state_steps: list[Tensor],
                         lr: Tensor, alpha: float, eps: float, weight_decay: float, momentum: float, centered: bool,
-                        maximize: bool, grad_scale: Tensor | None, found_inf: Tensor | None) -> None:
+                        maximize: bool, grad_scale: Tensor | None, found_inf: Tensor | None,
+        model_params: list[Tensor]) -> None:
     """Triton `rmsprop_step_` (see agd_kernels.ops.rmsprop_step_)."""
+    if model_params:
+        raise NotImplementedError("model_params is not implemented by the triton backend yet")
     if not params:
         return
     op = "rmsprop_step_"

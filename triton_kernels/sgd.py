@@ -77,8 +77,11 @@ def _sgd_tensor_kernel(p, g, buf, numel, lr_ptr, scale_ptr, inf_ptr, momentum, o
 
 def sgd_step_triton(params: list[Tensor], grads: list[Tensor], momentum_buffers: list[Tensor], lr: Tensor,
                     momentum: float, dampening: float, weight_decay: float, nesterov: bool, maximize: bool,
-                    is_first_step: bool, grad_scale: Tensor | None, found_inf: Tensor | None) -> None:
+                    is_first_step: bool, grad_scale: Tensor | None, found_inf: Tensor | None,
+        model_params: list[Tensor]) -> None:
     """Triton `sgd_step_` (see agd_kernels.ops.sgd_step_)."""
+    if model_params:
+        raise NotImplementedError("model_params is not implemented by the triton backend yet")
     if not params:
         return
     op = "sgd_step_"

@@ -427,8 +427,11 @@ def _yellowfin_apply_tensor_kernel(p, g, a, buf, numel, tuner, stats, n_rows, in
 
 def yellowfin_apply_triton(params: list[Tensor], grads: list[Tensor], grad_avgs: list[Tensor],
                            momentum_buffers: list[Tensor], tuner: Tensor, stats: Tensor, beta: float,
-                           weight_decay: float, found_inf: Tensor | None) -> None:
+                           weight_decay: float, found_inf: Tensor | None,
+        model_params: list[Tensor]) -> None:
     """Triton `yellowfin_apply_` (see agd_kernels.ops.yellowfin_apply_)."""
+    if model_params:
+        raise NotImplementedError("model_params is not implemented by the triton backend yet")
     if not params:
         return
     op = "yellowfin_apply_"

@@ -40,3 +40,14 @@ def advance(step: Tensor, skip: Tensor | None) -> Tensor:
     else:
         step.add_((~skip).to(step.dtype))
     return step.double()
+
+
+def round_into(model_params: list[Tensor], params: list[Tensor], skip: Tensor | None) -> None:
+    """The mixed-precision tail of every op that writes parameters (agd_kernels.ops, "Mixed precision"):
+    each updated fp32 master rounded to nearest even into its 16-bit model parameter, unless skipping.
+    An empty `model_params` writes nothing."""
+    if model_params:
+        if len(model_params) != len(params):
+            raise ValueError(f"model_params has {len(model_params)} tensors, params has {len(params)}")
+        for model, master in zip(model_params, params):
+            commit(model, master, skip)

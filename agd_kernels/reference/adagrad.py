@@ -3,12 +3,12 @@ from __future__ import annotations
 
 from torch import Tensor
 
-from ._common import advance, commit, grad_in, skip_mask, upcast
+from ._common import advance, commit, grad_in, round_into, skip_mask, upcast
 
 
 def adagrad_step_(params: list[Tensor], grads: list[Tensor], state_sums: list[Tensor], state_steps: list[Tensor],
                   lr: Tensor, lr_decay: float, weight_decay: float, eps: float, maximize: bool,
-                  grad_scale: Tensor | None, found_inf: Tensor | None) -> None:
+                  grad_scale: Tensor | None, found_inf: Tensor | None, model_params: list[Tensor]) -> None:
     skip = skip_mask(found_inf)
     lr64 = lr.double()
     for p, g, s, step in zip(params, grads, state_sums, state_steps, strict=True):
@@ -21,3 +21,4 @@ def adagrad_step_(params: list[Tensor], grads: list[Tensor], state_sums: list[Te
         s32 = upcast(s) + g * g
         commit(s, s32, skip)
         commit(p, p32 - clr * (g / (s32.sqrt() + eps)), skip)
+    round_into(model_params, params, skip)

@@ -3,13 +3,13 @@ from __future__ import annotations
 
 from torch import Tensor
 
-from ._common import advance, commit, grad_in, skip_mask, upcast
+from ._common import advance, commit, grad_in, round_into, skip_mask, upcast
 
 
 def adam_step_(params: list[Tensor], grads: list[Tensor], exp_avgs: list[Tensor], exp_avg_sqs: list[Tensor],
                max_exp_avg_sqs: list[Tensor], state_steps: list[Tensor], lr: Tensor, beta1: float, beta2: float,
                eps: float, weight_decay: float, amsgrad: bool, maximize: bool, decoupled_weight_decay: bool,
-               grad_scale: Tensor | None, found_inf: Tensor | None) -> None:
+               grad_scale: Tensor | None, found_inf: Tensor | None, model_params: list[Tensor]) -> None:
     skip = skip_mask(found_inf)
     maxes = max_exp_avg_sqs if amsgrad else [None] * len(params)
     lr64 = lr.double()
@@ -35,3 +35,4 @@ def adam_step_(params: list[Tensor], grads: list[Tensor], exp_avgs: list[Tensor]
         commit(m, m32, skip)
         commit(v, v32, skip)
         commit(p, p32, skip)
+    round_into(model_params, params, skip)

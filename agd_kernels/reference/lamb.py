@@ -17,7 +17,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ._common import advance, commit, grad_in, skip_mask, upcast
+from ._common import advance, commit, grad_in, round_into, skip_mask, upcast
 
 _DEFERRED = (torch.float16, torch.bfloat16)
 
@@ -110,7 +110,7 @@ def lamb_apply_(params: list[Tensor], grads: list[Tensor], exp_avgs: list[Tensor
                 state_steps: list[Tensor], lr: Tensor, grad_sumsq: Tensor, norms: Tensor, max_grad_norm: float,
                 beta1: float, beta2: float, eps: float, weight_decay: float, bias_correction: bool,
                 grad_averaging: bool, adam_w_mode: bool, use_trust_ratio: bool, phi_min: float, phi_max: float,
-                grad_scale: Tensor | None, found_inf: Tensor | None) -> None:
+                grad_scale: Tensor | None, found_inf: Tensor | None, model_params: list[Tensor]) -> None:
     _check_norms("lamb_apply_", norms, len(params))
     skip = skip_mask(found_inf)
     clip = clip_divisor(grad_sumsq, max_grad_norm, grad_scale)
@@ -128,3 +128,4 @@ def lamb_apply_(params: list[Tensor], grads: list[Tensor], exp_avgs: list[Tensor
         # the ratio multiplies lr (apex: lr·‖p‖/‖u‖)
         step_size = lr64 * trust_ratio(norms[2 * i], norms[2 * i + 1], phi_min, phi_max) if use_trust_ratio else lr64
         commit(p, p32 - step_size * u, skip)
+    round_into(model_params, params, skip)

@@ -3,13 +3,13 @@ from __future__ import annotations
 
 from torch import Tensor
 
-from ._common import advance, commit, grad_in, skip_mask, upcast
+from ._common import advance, commit, grad_in, round_into, skip_mask, upcast
 
 
 def rmsprop_step_(params: list[Tensor], grads: list[Tensor], square_avgs: list[Tensor], grad_avgs: list[Tensor],
                   momentum_buffers: list[Tensor], state_steps: list[Tensor], lr: Tensor, alpha: float, eps: float,
                   weight_decay: float, momentum: float, centered: bool, maximize: bool,
-                  grad_scale: Tensor | None, found_inf: Tensor | None) -> None:
+                  grad_scale: Tensor | None, found_inf: Tensor | None, model_params: list[Tensor]) -> None:
     skip = skip_mask(found_inf)
     n = len(params)
     gavgs = grad_avgs if centered else [None] * n
@@ -36,3 +36,4 @@ def rmsprop_step_(params: list[Tensor], grads: list[Tensor], square_avgs: list[T
         else:
             p32 = p32 - lr64 * (g / denom)
         commit(p, p32, skip)
+    round_into(model_params, params, skip)

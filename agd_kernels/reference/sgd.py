@@ -3,12 +3,13 @@ from __future__ import annotations
 
 from torch import Tensor
 
-from ._common import commit, grad_in, skip_mask, upcast
+from ._common import commit, grad_in, round_into, skip_mask, upcast
 
 
 def sgd_step_(params: list[Tensor], grads: list[Tensor], momentum_buffers: list[Tensor], lr: Tensor,
               momentum: float, dampening: float, weight_decay: float, nesterov: bool, maximize: bool,
-              is_first_step: bool, grad_scale: Tensor | None, found_inf: Tensor | None) -> None:
+              is_first_step: bool, grad_scale: Tensor | None, found_inf: Tensor | None,
+              model_params: list[Tensor]) -> None:
     skip = skip_mask(found_inf)
     bufs = momentum_buffers if momentum != 0 else [None] * len(params)
     lr64 = lr.double()
@@ -23,3 +24,4 @@ def sgd_step_(params: list[Tensor], grads: list[Tensor], momentum_buffers: list[
             commit(buf, b32, skip)
             d = d + momentum * b32 if nesterov else b32
         commit(p, p32 - lr64 * d, skip)
+    round_into(model_params, params, skip)

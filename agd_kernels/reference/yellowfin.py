@@ -16,7 +16,7 @@ import math
 import torch
 from torch import Tensor
 
-from ._common import commit, upcast
+from ._common import commit, round_into, upcast
 
 #: The reference's eps (a module constant there), used wherever spec §2/§3 adds one.
 EPS = 1e-6
@@ -201,7 +201,7 @@ def yellowfin_tune_(tuner: Tensor, stats: Tensor, numel: float, beta: float, cur
 
 def yellowfin_apply_(params: list[Tensor], grads: list[Tensor], grad_avgs: list[Tensor],
                      momentum_buffers: list[Tensor], tuner: Tensor, stats: Tensor, beta: float,
-                     weight_decay: float, found_inf: Tensor | None) -> None:
+                     weight_decay: float, found_inf: Tensor | None, model_params: list[Tensor]) -> None:
     skip = step_skipped(stats, found_inf)
     lr, mu = tuner[SLOT["applied_lr"]], tuner[SLOT["mu_t"]]
     avg_coef = (1 - beta) * tuner[SLOT["stats_coef"]]
@@ -218,3 +218,4 @@ def yellowfin_apply_(params: list[Tensor], grads: list[Tensor], grad_avgs: list[
         b32 = torch.where(heavy, mu * b32 + d, b32)
         commit(buf, b32, skip)
         commit(p, p32 - lr * torch.where(heavy, b32, d), skip)
+    round_into(model_params, params, skip)

@@ -24,8 +24,9 @@ struct AdagradChunk {
 void adagrad_step_cpu(at::TensorList params, at::TensorList grads, at::TensorList state_sums,
                       at::TensorList state_steps, const at::Tensor& lr, double lr_decay, double weight_decay,
                       double eps, bool maximize, const std::optional<at::Tensor>& grad_scale,
-                      const std::optional<at::Tensor>& found_inf) {
+                      const std::optional<at::Tensor>& found_inf, at::TensorList model_params) {
   constexpr const char* op = "adagrad_step_";
+  TORCH_CHECK_NOT_IMPLEMENTED(model_params.empty(), op, ": model_params is not implemented by this backend yet");
   check_lists(kCpu, op, params, {{"grads", grads}, {"state_sums", state_sums}});
   check_steps(op, params, state_steps);
   const auto in = step_inputs(op, params, lr, grad_scale, maximize, found_inf);

@@ -113,8 +113,9 @@ std::tuple<at::Tensor, at::Tensor> agd_step_cpu(at::TensorList params, at::Tenso
                                                 const at::Tensor& slice_sv, at::IntArrayRef slice_start,
                                                 at::IntArrayRef slice_count, int64_t depth, double gain,
                                                 const std::optional<at::Tensor>& grad_scale,
-                                                const std::optional<at::Tensor>& found_inf) {
+                                                const std::optional<at::Tensor>& found_inf, at::TensorList model_params) {
   constexpr const char* op = "agd_step_";
+  TORCH_CHECK_NOT_IMPLEMENTED(model_params.empty(), op, ": model_params is not implemented by this backend yet");
   check_lists(kCpu, op, params, {{"grads", grads}});
   TORCH_CHECK_VALUE(sumsq.device().is_cpu() && sumsq.dim() == 1 &&
                     (sumsq.scalar_type() == at::kFloat || sumsq.scalar_type() == at::kDouble),

@@ -186,8 +186,9 @@ void lamb_apply_cpu(at::TensorList params, at::TensorList grads, at::TensorList 
                     const at::Tensor& norms, double max_grad_norm, double beta1, double beta2, double eps,
                     double weight_decay, bool bias_correction, bool grad_averaging, bool adam_w_mode,
                     bool use_trust_ratio, double phi_min, double phi_max, const std::optional<at::Tensor>& grad_scale,
-                    const std::optional<at::Tensor>& found_inf) {
+                    const std::optional<at::Tensor>& found_inf, at::TensorList model_params) {
   constexpr const char* op = "lamb_apply_";
+  TORCH_CHECK_NOT_IMPLEMENTED(model_params.empty(), op, ": model_params is not implemented by this backend yet");
   const double scale = check_lamb(op, params, grads, exp_avgs, exp_avg_sqs, state_steps, grad_sumsq, norms,
                                   grad_scale);
   const double lr_value = read_scalar(op, "lr", lr);

@@ -17,25 +17,25 @@ void slice_sumsq_cpu(at::TensorList tensors, const at::Tensor& out);
 void adam_step_cpu(at::TensorList params, at::TensorList grads, at::TensorList exp_avgs, at::TensorList exp_avg_sqs,
                    at::TensorList max_exp_avg_sqs, at::TensorList state_steps, const at::Tensor& lr, double beta1,
                    double beta2, double eps, double weight_decay, bool amsgrad, bool maximize,
-                   bool decoupled_weight_decay, const OptionalTensor& grad_scale, const OptionalTensor& found_inf);
+                   bool decoupled_weight_decay, const OptionalTensor& grad_scale, const OptionalTensor& found_inf, at::TensorList model_params);
 
 void sgd_step_cpu(at::TensorList params, at::TensorList grads, at::TensorList momentum_buffers, const at::Tensor& lr,
                   double momentum, double dampening, double weight_decay, bool nesterov, bool maximize,
-                  bool is_first_step, const OptionalTensor& grad_scale, const OptionalTensor& found_inf);
+                  bool is_first_step, const OptionalTensor& grad_scale, const OptionalTensor& found_inf, at::TensorList model_params);
 
 void rmsprop_step_cpu(at::TensorList params, at::TensorList grads, at::TensorList square_avgs,
                       at::TensorList grad_avgs, at::TensorList momentum_buffers, at::TensorList state_steps,
                       const at::Tensor& lr, double alpha, double eps, double weight_decay, double momentum,
-                      bool centered, bool maximize, const OptionalTensor& grad_scale, const OptionalTensor& found_inf);
+                      bool centered, bool maximize, const OptionalTensor& grad_scale, const OptionalTensor& found_inf, at::TensorList model_params);
 
 void adagrad_step_cpu(at::TensorList params, at::TensorList grads, at::TensorList state_sums,
                       at::TensorList state_steps, const at::Tensor& lr, double lr_decay, double weight_decay,
-                      double eps, bool maximize, const OptionalTensor& grad_scale, const OptionalTensor& found_inf);
+                      double eps, bool maximize, const OptionalTensor& grad_scale, const OptionalTensor& found_inf, at::TensorList model_params);
 
 std::tuple<at::Tensor, at::Tensor> agd_step_cpu(at::TensorList params, at::TensorList grads, const at::Tensor& sumsq,
                                                 const at::Tensor& slice_sv, at::IntArrayRef slice_start,
                                                 at::IntArrayRef slice_count, int64_t depth, double gain,
-                                                const OptionalTensor& grad_scale, const OptionalTensor& found_inf);
+                                                const OptionalTensor& grad_scale, const OptionalTensor& found_inf, at::TensorList model_params);
 
 void lamb_moments_cpu(at::TensorList params, at::TensorList grads, at::TensorList exp_avgs,
                       at::TensorList exp_avg_sqs, at::TensorList state_steps, const at::Tensor& grad_sumsq,
@@ -48,7 +48,7 @@ void lamb_apply_cpu(at::TensorList params, at::TensorList grads, at::TensorList 
                     const at::Tensor& norms, double max_grad_norm, double beta1, double beta2, double eps,
                     double weight_decay, bool bias_correction, bool grad_averaging, bool adam_w_mode,
                     bool use_trust_ratio, double phi_min, double phi_max, const OptionalTensor& grad_scale,
-                    const OptionalTensor& found_inf);
+                    const OptionalTensor& found_inf, at::TensorList model_params);
 
 void yellowfin_stats_cpu(at::TensorList grads, at::TensorList grad_avgs, const at::Tensor& out);
 
@@ -60,7 +60,7 @@ std::tuple<at::Tensor, at::Tensor> yellowfin_tune_cpu(
 
 void yellowfin_apply_cpu(at::TensorList params, at::TensorList grads, at::TensorList grad_avgs,
                          at::TensorList momentum_buffers, const at::Tensor& tuner, const at::Tensor& stats,
-                         double beta, double weight_decay, const OptionalTensor& found_inf);
+                         double beta, double weight_decay, const OptionalTensor& found_inf, at::TensorList model_params);
 
 void stochastic_round_cpu(at::TensorList dst, at::TensorList src, const at::Tensor& seed, at::TensorList steps,
                           at::IntArrayRef offsets);

@@ -54,8 +54,9 @@ void rmsprop_step_cpu(at::TensorList params, at::TensorList grads, at::TensorLis
                       at::TensorList grad_avgs, at::TensorList momentum_buffers, at::TensorList state_steps,
                       const at::Tensor& lr, double alpha, double eps, double weight_decay, double momentum,
                       bool centered, bool maximize, const std::optional<at::Tensor>& grad_scale,
-                      const std::optional<at::Tensor>& found_inf) {
+                      const std::optional<at::Tensor>& found_inf, at::TensorList model_params) {
   constexpr const char* op = "rmsprop_step_";
+  TORCH_CHECK_NOT_IMPLEMENTED(model_params.empty(), op, ": model_params is not implemented by this backend yet");
   const bool has_momentum = momentum > 0.0;
   check_lists(kCpu, op, params, {{"grads", grads}, {"square_avgs", square_avgs},
                                  {centered ? "grad_avgs" : nullptr, grad_avgs},

@@ -31,8 +31,9 @@ struct SgdChunk {
 void sgd_step_cpu(at::TensorList params, at::TensorList grads, at::TensorList momentum_buffers, const at::Tensor& lr,
                   double momentum, double dampening, double weight_decay, bool nesterov, bool maximize,
                   bool is_first_step, const std::optional<at::Tensor>& grad_scale,
-                  const std::optional<at::Tensor>& found_inf) {
+                  const std::optional<at::Tensor>& found_inf, at::TensorList model_params) {
   constexpr const char* op = "sgd_step_";
+  TORCH_CHECK_NOT_IMPLEMENTED(model_params.empty(), op, ": model_params is not implemented by this backend yet");
   const bool has_momentum = momentum != 0.0;
   check_lists(kCpu, op, params, {{"grads", grads}, {has_momentum ? "momentum_buffers" : nullptr, momentum_buffers}});
   const auto in = step_inputs(op, params, lr, grad_scale, maximize, found_inf);

@@ -134,8 +134,9 @@ std::tuple<at::Tensor, at::Tensor> yellowfin_tune_cpu(
 
 void yellowfin_apply_cpu(at::TensorList params, at::TensorList grads, at::TensorList grad_avgs,
                          at::TensorList momentum_buffers, const at::Tensor& tuner, const at::Tensor& stats,
-                         double beta, double weight_decay, const std::optional<at::Tensor>& found_inf) {
+                         double beta, double weight_decay, const std::optional<at::Tensor>& found_inf, at::TensorList model_params) {
   constexpr const char* op = "yellowfin_apply_";
+  TORCH_CHECK_NOT_IMPLEMENTED(model_params.empty(), op, ": model_params is not implemented by this backend yet");
   check_lists(kCpu, op, params, {{"grads", grads}, {"grad_avgs", grad_avgs}, {"momentum_buffers", momentum_buffers}});
   check_fp64_cpu(op, "tuner", tuner);
   TORCH_CHECK_VALUE(tuner.dim() == 1 && tuner.is_contiguous() && tuner.numel() > kYfSlots, op,

@@ -16,8 +16,9 @@ std::tuple<at::Tensor, at::Tensor> agd_step(Device& dev, at::TensorList params, 
                                             const at::Tensor& sumsq, const at::Tensor& slice_sv,
                                             at::IntArrayRef slice_start, at::IntArrayRef slice_count, int64_t depth,
                                             double gain, const OptionalTensor& grad_scale,
-                                            const OptionalTensor& found_inf) {
+                                            const OptionalTensor& found_inf, at::TensorList model_params) {
   constexpr const char* op = "agd_step_";
+  TORCH_CHECK_NOT_IMPLEMENTED(model_params.empty(), op, ": model_params is not implemented by this backend yet");
   check_lists(dev, op, params, {{"grads", grads}});
   check_device(dev, op, "sumsq", sumsq);
   check_device(dev, op, "slice_sv", slice_sv);

@@ -15,8 +15,9 @@ void adam_step(Device& dev, at::TensorList params, at::TensorList grads, at::Ten
                at::TensorList exp_avg_sqs, at::TensorList max_exp_avg_sqs, at::TensorList state_steps,
                const at::Tensor& lr, double beta1, double beta2, double eps, double weight_decay, bool amsgrad,
                bool maximize, bool decoupled_weight_decay, const OptionalTensor& grad_scale,
-               const OptionalTensor& found_inf) {
+               const OptionalTensor& found_inf, at::TensorList model_params) {
   constexpr const char* op = "adam_step_";
+  TORCH_CHECK_NOT_IMPLEMENTED(model_params.empty(), op, ": model_params is not implemented by this backend yet");
   check_lists(dev, op, params, {{"grads", grads}, {"exp_avgs", exp_avgs}, {"exp_avg_sqs", exp_avg_sqs},
                                 {amsgrad ? "max_exp_avg_sqs" : nullptr, max_exp_avg_sqs}});
   const bool steps_fp64 = check_steps(dev, op, params, state_steps);
@@ -45,8 +46,9 @@ void adam_step(Device& dev, at::TensorList params, at::TensorList grads, at::Ten
 template <class Device>
 void sgd_step(Device& dev, at::TensorList params, at::TensorList grads, at::TensorList momentum_buffers,
               const at::Tensor& lr, double momentum, double dampening, double weight_decay, bool nesterov,
-              bool maximize, bool is_first_step, const OptionalTensor& grad_scale, const OptionalTensor& found_inf) {
+              bool maximize, bool is_first_step, const OptionalTensor& grad_scale, const OptionalTensor& found_inf, at::TensorList model_params) {
   constexpr const char* op = "sgd_step_";
+  TORCH_CHECK_NOT_IMPLEMENTED(model_params.empty(), op, ": model_params is not implemented by this backend yet");
   const bool has_momentum = momentum != 0.0;
   check_lists(dev, op, params, {{"grads", grads}, {has_momentum ? "momentum_buffers" : nullptr, momentum_buffers}});
   const Scalar lr_s = device_scalar(dev, op, "lr", lr);
@@ -81,8 +83,9 @@ template <class Device>
 void rmsprop_step(Device& dev, at::TensorList params, at::TensorList grads, at::TensorList square_avgs,
                   at::TensorList grad_avgs, at::TensorList momentum_buffers, at::TensorList state_steps,
                   const at::Tensor& lr, double alpha, double eps, double weight_decay, double momentum, bool centered,
-                  bool maximize, const OptionalTensor& grad_scale, const OptionalTensor& found_inf) {
+                  bool maximize, const OptionalTensor& grad_scale, const OptionalTensor& found_inf, at::TensorList model_params) {
   constexpr const char* op = "rmsprop_step_";
+  TORCH_CHECK_NOT_IMPLEMENTED(model_params.empty(), op, ": model_params is not implemented by this backend yet");
   const bool has_momentum = momentum > 0.0;
   check_lists(dev, op, params, {{"grads", grads}, {"square_avgs", square_avgs},
                                 {centered ? "grad_avgs" : nullptr, grad_avgs},
@@ -113,8 +116,9 @@ void rmsprop_step(Device& dev, at::TensorList params, at::TensorList grads, at::
 template <class Device>
 void adagrad_step(Device& dev, at::TensorList params, at::TensorList grads, at::TensorList state_sums,
                   at::TensorList state_steps, const at::Tensor& lr, double lr_decay, double weight_decay, double eps,
-                  bool maximize, const OptionalTensor& grad_scale, const OptionalTensor& found_inf) {
+                  bool maximize, const OptionalTensor& grad_scale, const OptionalTensor& found_inf, at::TensorList model_params) {
   constexpr const char* op = "adagrad_step_";
+  TORCH_CHECK_NOT_IMPLEMENTED(model_params.empty(), op, ": model_params is not implemented by this backend yet");
   check_lists(dev, op, params, {{"grads", grads}, {"state_sums", state_sums}});
   const bool steps_fp64 = check_steps(dev, op, params, state_steps);
   const Scalar lr_s = device_scalar(dev, op, "lr", lr);

@@ -72,8 +72,9 @@ void lamb_apply(Device& dev, at::TensorList params, at::TensorList grads, at::Te
                 const at::Tensor& grad_sumsq, const at::Tensor& norms, double max_grad_norm, double beta1,
                 double beta2, double eps, double weight_decay, bool bias_correction, bool grad_averaging,
                 bool adam_w_mode, bool use_trust_ratio, double phi_min, double phi_max,
-                const OptionalTensor& grad_scale, const OptionalTensor& found_inf) {
+                const OptionalTensor& grad_scale, const OptionalTensor& found_inf, at::TensorList model_params) {
   constexpr const char* op = "lamb_apply_";
+  TORCH_CHECK_NOT_IMPLEMENTED(model_params.empty(), op, ": model_params is not implemented by this backend yet");
   const bool steps_fp64 =
       check_lamb(dev, op, params, grads, exp_avgs, exp_avg_sqs, state_steps, grad_sumsq, norms);
   const Scalar lr_s = device_scalar(dev, op, "lr", lr);

@@ -60,38 +60,38 @@ void adam_step_emu(at::TensorList params, at::TensorList grads, at::TensorList e
                    at::TensorList max_exp_avg_sqs, at::TensorList state_steps, const at::Tensor& lr, double beta1,
                    double beta2, double eps, double weight_decay, bool amsgrad, bool maximize,
                    bool decoupled_weight_decay, const std::optional<at::Tensor>& grad_scale,
-                   const std::optional<at::Tensor>& found_inf) {
+                   const std::optional<at::Tensor>& found_inf, at::TensorList model_params) {
   EmuDevice dev;
   grid::adam_step(dev, params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, state_steps, lr, beta1, beta2, eps,
-                  weight_decay, amsgrad, maximize, decoupled_weight_decay, grad_scale, found_inf);
+                  weight_decay, amsgrad, maximize, decoupled_weight_decay, grad_scale, found_inf, model_params);
 }
 
 void sgd_step_emu(at::TensorList params, at::TensorList grads, at::TensorList momentum_buffers, const at::Tensor& lr,
                   double momentum, double dampening, double weight_decay, bool nesterov, bool maximize,
                   bool is_first_step, const std::optional<at::Tensor>& grad_scale,
-                  const std::optional<at::Tensor>& found_inf) {
+                  const std::optional<at::Tensor>& found_inf, at::TensorList model_params) {
   EmuDevice dev;
   grid::sgd_step(dev, params, grads, momentum_buffers, lr, momentum, dampening, weight_decay, nesterov, maximize,
-                 is_first_step, grad_scale, found_inf);
+                 is_first_step, grad_scale, found_inf, model_params);
 }
 
 void rmsprop_step_emu(at::TensorList params, at::TensorList grads, at::TensorList square_avgs,
                       at::TensorList grad_avgs, at::TensorList momentum_buffers, at::TensorList state_steps,
                       const at::Tensor& lr, double alpha, double eps, double weight_decay, double momentum,
                       bool centered, bool maximize, const std::optional<at::Tensor>& grad_scale,
-                      const std::optional<at::Tensor>& found_inf) {
+                      const std::optional<at::Tensor>& found_inf, at::TensorList model_params) {
   EmuDevice dev;
   grid::rmsprop_step(dev, params, grads, square_avgs, grad_avgs, momentum_buffers, state_steps, lr, alpha, eps,
-                     weight_decay, momentum, centered, maximize, grad_scale, found_inf);
+                     weight_decay, momentum, centered, maximize, grad_scale, found_inf, model_params);
 }
 
 void adagrad_step_emu(at::TensorList params, at::TensorList grads, at::TensorList state_sums,
                       at::TensorList state_steps, const at::Tensor& lr, double lr_decay, double weight_decay,
                       double eps, bool maximize, const std::optional<at::Tensor>& grad_scale,
-                      const std::optional<at::Tensor>& found_inf) {
+                      const std::optional<at::Tensor>& found_inf, at::TensorList model_params) {
   EmuDevice dev;
   grid::adagrad_step(dev, params, grads, state_sums, state_steps, lr, lr_decay, weight_decay, eps, maximize,
-                     grad_scale, found_inf);
+                     grad_scale, found_inf, model_params);
 }
 
 void slice_sumsq_emu(at::TensorList tensors, const at::Tensor& out) {
@@ -103,10 +103,10 @@ std::tuple<at::Tensor, at::Tensor> agd_step_emu(at::TensorList params, at::Tenso
                                                 const at::Tensor& slice_sv, at::IntArrayRef slice_start,
                                                 at::IntArrayRef slice_count, int64_t depth, double gain,
                                                 const std::optional<at::Tensor>& grad_scale,
-                                                const std::optional<at::Tensor>& found_inf) {
+                                                const std::optional<at::Tensor>& found_inf, at::TensorList model_params) {
   EmuDevice dev;
   return grid::agd_step(dev, params, grads, sumsq, slice_sv, slice_start, slice_count, depth, gain, grad_scale,
-                        found_inf);
+                        found_inf, model_params);
 }
 
 void lamb_moments_emu(at::TensorList params, at::TensorList grads, at::TensorList exp_avgs,
@@ -124,11 +124,11 @@ void lamb_apply_emu(at::TensorList params, at::TensorList grads, at::TensorList 
                     const at::Tensor& grad_sumsq, const at::Tensor& norms, double max_grad_norm, double beta1,
                     double beta2, double eps, double weight_decay, bool bias_correction, bool grad_averaging,
                     bool adam_w_mode, bool use_trust_ratio, double phi_min, double phi_max,
-                    const std::optional<at::Tensor>& grad_scale, const std::optional<at::Tensor>& found_inf) {
+                    const std::optional<at::Tensor>& grad_scale, const std::optional<at::Tensor>& found_inf, at::TensorList model_params) {
   EmuDevice dev;
   grid::lamb_apply(dev, params, grads, exp_avgs, exp_avg_sqs, state_steps, lr, grad_sumsq, norms, max_grad_norm,
                    beta1, beta2, eps, weight_decay, bias_correction, grad_averaging, adam_w_mode, use_trust_ratio,
-                   phi_min, phi_max, grad_scale, found_inf);
+                   phi_min, phi_max, grad_scale, found_inf, model_params);
 }
 
 void yellowfin_stats_emu(at::TensorList grads, at::TensorList grad_avgs, const at::Tensor& out) {
@@ -149,9 +149,9 @@ std::tuple<at::Tensor, at::Tensor> yellowfin_tune_emu(
 
 void yellowfin_apply_emu(at::TensorList params, at::TensorList grads, at::TensorList grad_avgs,
                          at::TensorList momentum_buffers, const at::Tensor& tuner, const at::Tensor& stats,
-                         double beta, double weight_decay, const std::optional<at::Tensor>& found_inf) {
+                         double beta, double weight_decay, const std::optional<at::Tensor>& found_inf, at::TensorList model_params) {
   EmuDevice dev;
-  grid::yellowfin_apply(dev, params, grads, grad_avgs, momentum_buffers, tuner, stats, beta, weight_decay, found_inf);
+  grid::yellowfin_apply(dev, params, grads, grad_avgs, momentum_buffers, tuner, stats, beta, weight_decay, found_inf, model_params);
 }
 
 void stochastic_round_emu(at::TensorList dst, at::TensorList src, const at::Tensor& seed, at::TensorList steps,

@@ -27,7 +27,7 @@ SMALL = SIZES[:-1]  # 0, 1, 7, 4097 elements
 def _cases(ops_, dtypes, all_variants=True):
     return [pytest.param(op, variant, dtype, id=f"{op}-{variant}-{DTYPE_IDS[dtype]}")
             for op in ops_ for variant in (VARIANTS[op] if all_variants else list(VARIANTS[op])[:1])
-            for dtype in op_dtypes(op, dtypes)]
+            for dtype in op_dtypes(op, dtypes, variant)]
 
 
 def _bits(t: torch.Tensor) -> torch.Tensor:

@@ -40,7 +40,7 @@ LIST_OPS = [op for op in OPS if op != "yellowfin_tune_"]
 
 def _cases(ops_, dtypes):
     return [pytest.param(op, variant, dtype, id=f"{op}-{variant}-{DTYPE_IDS[dtype]}")
-            for op in ops_ for variant in VARIANTS[op] for dtype in op_dtypes(op, dtypes)]
+            for op in ops_ for variant in VARIANTS[op] for dtype in op_dtypes(op, dtypes, variant)]
 
 
 @pytest.mark.parametrize("op, variant, dtype", _cases(LIST_OPS, DTYPES))

@@ -39,7 +39,7 @@ LIST_OPS = [op for op in emulated.OPS if op != "yellowfin_tune_"]
 def _cases(all_variants=True):
     return [pytest.param(op, variant, dtype, id=f"{op}-{variant}-{DTYPE_IDS[dtype]}")
             for op in LIST_OPS for variant in (VARIANTS[op] if all_variants else list(VARIANTS[op])[:1])
-            for dtype in op_dtypes(op, DTYPES)]
+            for dtype in op_dtypes(op, DTYPES, variant)]
 
 
 def _check(op, shapes, dtype, variant):

@@ -49,7 +49,7 @@ OPS = list(op_table.LAUNCHERS)
 
 def _cases(ops_, dtypes):
     return [pytest.param(op, variant, dtype, id=f"{op}-{variant}-{DTYPE_IDS[dtype]}")
-            for op in ops_ for variant in VARIANTS[op] for dtype in op_dtypes(op, dtypes)]
+            for op in ops_ for variant in VARIANTS[op] for dtype in op_dtypes(op, dtypes, variant)]
 
 
 def test_every_op_of_the_table_has_a_triton_kernel():

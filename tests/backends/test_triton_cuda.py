@@ -45,7 +45,7 @@ def _gpu_grads(steps, edge_cases: bool = False) -> list[list[torch.Tensor]]:
 
 def _cases(ops_, dtypes):
     return [pytest.param(op, variant, dtype, id=f"{op}-{variant}-{DTYPE_IDS[dtype]}")
-            for op in ops_ for variant in VARIANTS[op] for dtype in op_dtypes(op, dtypes)]
+            for op in ops_ for variant in VARIANTS[op] for dtype in op_dtypes(op, dtypes, variant)]
 
 
 @pytest.mark.parametrize("op, variant, dtype", _cases(LIST_OPS, DTYPES))
