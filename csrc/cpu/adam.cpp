@@ -11,10 +11,10 @@
 namespace agd_kernels::cpu {
 namespace {
 
-template <typename T, bool kL2, bool kAmsgrad, bool kLerpFromEnd>
+template <typename T, typename G, bool kL2, bool kAmsgrad, bool kLerpFromEnd>
 struct AdamChunk {
   template <Isa I>
-  static void run(T* p, const T* g, T* m, T* v, T* vmax, int64_t n, AdamScalars<math_t<T>> s) {
+  static void run(T* p, const G* g, T* m, T* v, T* vmax, int64_t n, AdamScalars<math_t<T>> s) {
     using M = math_t<T>;
     if constexpr (kAmsgrad) {
       map_elements<I>(n, [&](M& pv, M gv, M& mv, M& vv, M& xv) {
@@ -37,15 +37,17 @@ void adam_step_cpu(at::TensorList params, at::TensorList grads, at::TensorList e
                    bool decoupled_weight_decay, const std::optional<at::Tensor>& grad_scale,
                    const std::optional<at::Tensor>& found_inf, at::TensorList model_params) {
   constexpr const char* op = "adam_step_";
-  TORCH_CHECK_NOT_IMPLEMENTED(model_params.empty(), op, ": model_params is not implemented by this backend yet");
-  check_lists(kCpu, op, params, {{"grads", grads}, {"exp_avgs", exp_avgs}, {"exp_avg_sqs", exp_avg_sqs},
+  check_lists(kCpu, op, params, {{"exp_avgs", exp_avgs}, {"exp_avg_sqs", exp_avg_sqs},
                                  {amsgrad ? "max_exp_avg_sqs" : nullptr, max_exp_avg_sqs}});
+  const at::ScalarType grad_type = check_grads_and_model_params(kCpu, op, params, grads, model_params);
   check_steps(op, params, state_steps);
   const auto in = step_inputs(op, params, lr, grad_scale, maximize, found_inf);
   if (!in) return;
   const Isa isa = active_isa();
   const std::vector<double> steps = advance_steps(state_steps);
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, params[0].scalar_type(), "adam_step_cpu", [&] {
+  dispatch_param_grad(params[0].scalar_type(), grad_type, [&](auto types) {
+    using scalar_t = typename decltype(types)::Param;
+    using grad_t = typename decltype(types)::Grad;
     using M = math_t<scalar_t>;
     std::vector<AdamScalars<M>> scalars;
     scalars.reserve(params.size());
@@ -54,20 +56,22 @@ void adam_step_cpu(at::TensorList params, at::TensorList grads, at::TensorList e
                                         in->grad_mul));
     }
     const auto p = data_ptrs<scalar_t>(params);
-    const auto g = data_ptrs<const scalar_t>(grads);
+    const auto g = data_ptrs<const grad_t>(grads);
     const auto m = data_ptrs<scalar_t>(exp_avgs);
     const auto v = data_ptrs<scalar_t>(exp_avg_sqs);
     const auto x = amsgrad ? data_ptrs<scalar_t>(max_exp_avg_sqs) : std::vector<scalar_t*>(params.size());
+    const auto model = data_ptrs<grad_t>(model_params);
     const auto chunks = make_chunks(params);
     dispatch_bool(!decoupled_weight_decay && weight_decay != 0.0, [&](auto l2) {
       dispatch_bool(amsgrad, [&](auto ams) {
         dispatch_bool(lerp_from_end(1.0 - beta1), [&](auto from_end) {
           constexpr bool kL2 = decltype(l2)::value, kAmsgrad = decltype(ams)::value;
-          using Kernel = AdamChunk<scalar_t, kL2, kAmsgrad, decltype(from_end)::value>;
+          using Kernel = AdamChunk<scalar_t, grad_t, kL2, kAmsgrad, decltype(from_end)::value>;
           parallel_over_chunks(chunks, [&](const Chunk& c) {
             const int64_t t = c.tensor, i = c.begin;
             run_isa<Kernel>(isa, p[t] + i, g[t] + i, m[t] + i, v[t] + i, kAmsgrad ? x[t] + i : nullptr, c.numel(),
                             scalars[t]);
+            if (!model.empty()) round_into_model(p[t] + i, model[t] + i, c.numel());
           });
         });
       });

@@ -14,10 +14,10 @@ namespace agd_kernels::cpu {
 namespace {
 
 // Elements [0, n) of a tensor with one coefficient (a matrix with one tap, or a follower).
-template <typename T, typename S>
+template <typename T, typename G, typename S>
 struct AgdUniform {
   template <Isa I>
-  static void run(T* p, const T* g, int64_t n, S coefficient) {
+  static void run(T* p, const G* g, int64_t n, S coefficient) {
     using M = math_t<T>;
     const M c = static_cast<M>(coefficient);
     map_elements<I, true>(n, [&](M& pv, M gv) { agd_element(pv, gv, c); }, p, g);
@@ -26,10 +26,10 @@ struct AgdUniform {
 
 // Elements of a row-major (rows x K) tap layout starting at tap j0: coefficient of element e is
 // coefficients[(j0 + e) % K], walked one (partial) row at a time.
-template <typename T, typename S>
+template <typename T, typename G, typename S>
 struct AgdTaps {
   template <Isa I>
-  static void run(T* p, const T* g, int64_t n, const S* coefficients, int64_t K, int64_t j0) {
+  static void run(T* p, const G* g, int64_t n, const S* coefficients, int64_t K, int64_t j0) {
     using M = math_t<T>;
     for (int64_t i = 0, j = j0; i < n; j = 0) {
       const int64_t len = std::min(n - i, K - j);
@@ -44,7 +44,8 @@ struct AgdTaps {
 template <typename S>
 void agd_update(at::TensorList params, at::TensorList grads, const at::Tensor& sumsq, const at::Tensor& slice_sv,
                 at::IntArrayRef slice_start, at::IntArrayRef slice_count, int64_t depth, double gain,
-                double inv_grad_scale, at::Tensor& eta_out, at::Tensor& G_out) {
+                double inv_grad_scale, at::Tensor& eta_out, at::Tensor& G_out, at::TensorList model_params,
+                at::ScalarType grad_type) {
   const S* sq = sumsq.const_data_ptr<S>();
   const S* sv = slice_sv.const_data_ptr<S>();
   const int64_t slots = sumsq.numel(), sq_stride = sumsq.stride(0), sv_stride = slice_sv.stride(0);
@@ -88,22 +89,32 @@ void agd_update(at::TensorList params, at::TensorList grads, const at::Tensor& s
     }
   }
   const Isa isa = active_isa();
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, params[0].scalar_type(), "agd_step_cpu", [&] {
+  dispatch_param_grad(params[0].scalar_type(), grad_type, [&](auto types) {
+    using scalar_t = typename decltype(types)::Param;
+    using grad_t = typename decltype(types)::Grad;
     const auto p = data_ptrs<scalar_t>(p_work);
-    const auto g = data_ptrs<const scalar_t>(g_work);
+    const auto g = data_ptrs<const grad_t>(g_work);
+    const auto model = data_ptrs<grad_t>(model_params);
     parallel_over_chunks(make_chunks(p_work), [&](const Chunk& c) {
       const int64_t t = c.tensor, K = num_slices(p_work[t]);
       if (!update[t]) return;
       if (K == 1) {
-        run_isa<AgdUniform<scalar_t, S>>(isa, p[t] + c.begin, g[t] + c.begin, c.numel(), coefficients[first[t]]);
+        run_isa<AgdUniform<scalar_t, grad_t, S>>(isa, p[t] + c.begin, g[t] + c.begin, c.numel(),
+                                                 coefficients[first[t]]);
       } else {
-        run_isa<AgdTaps<scalar_t, S>>(isa, p[t] + c.begin, g[t] + c.begin, c.numel(),
-                                      coefficients.data() + first[t], K, c.begin % K);
+        run_isa<AgdTaps<scalar_t, grad_t, S>>(isa, p[t] + c.begin, g[t] + c.begin, c.numel(),
+                                              coefficients.data() + first[t], K, c.begin % K);
+      }
+      // A worked-on copy's model parameter is written below, from the parameter in its own layout.
+      if (!model.empty() && p_work[t].is_same(params[t])) {
+        round_into_model(p[t] + c.begin, model[t] + c.begin, c.numel());
       }
     });
   });
   for (size_t i = 0; i < params.size(); ++i) {
-    if (!p_work[i].is_same(params[i])) params[i].copy_(p_work[i]);
+    if (p_work[i].is_same(params[i])) continue;
+    params[i].copy_(p_work[i]);
+    if (!model_params.empty() && update[i]) model_params[i].copy_(params[i]);  // rounds to nearest even
   }
 }
 
@@ -115,8 +126,8 @@ std::tuple<at::Tensor, at::Tensor> agd_step_cpu(at::TensorList params, at::Tenso
                                                 const std::optional<at::Tensor>& grad_scale,
                                                 const std::optional<at::Tensor>& found_inf, at::TensorList model_params) {
   constexpr const char* op = "agd_step_";
-  TORCH_CHECK_NOT_IMPLEMENTED(model_params.empty(), op, ": model_params is not implemented by this backend yet");
-  check_lists(kCpu, op, params, {{"grads", grads}});
+  check_params(kCpu, op, params);
+  const at::ScalarType grad_type = check_grads_and_model_params(kCpu, op, params, grads, model_params);
   TORCH_CHECK_VALUE(sumsq.device().is_cpu() && sumsq.dim() == 1 &&
                     (sumsq.scalar_type() == at::kFloat || sumsq.scalar_type() == at::kDouble),
                     op, ": sumsq must be a 1-D float32 (or float64) CPU tensor; got ", sumsq.scalar_type(),
@@ -126,9 +137,11 @@ std::tuple<at::Tensor, at::Tensor> agd_step_cpu(at::TensorList params, at::Tenso
   at::Tensor eta = at::zeros({}, sumsq.options()), G = at::zeros({}, sumsq.options());
   if (found_inf_set(op, found_inf)) return {eta, G};  // skipped step: nothing written, eta = G = 0
   if (sumsq.scalar_type() == at::kFloat) {
-    agd_update<float>(params, grads, sumsq, slice_sv, slice_start, slice_count, depth, gain, inv_scale, eta, G);
+    agd_update<float>(params, grads, sumsq, slice_sv, slice_start, slice_count, depth, gain, inv_scale, eta, G, model_params,
+                      grad_type);
   } else {
-    agd_update<double>(params, grads, sumsq, slice_sv, slice_start, slice_count, depth, gain, inv_scale, eta, G);
+    agd_update<double>(params, grads, sumsq, slice_sv, slice_start, slice_count, depth, gain, inv_scale, eta, G, model_params,
+                      grad_type);
   }
   return {eta, G};
 }

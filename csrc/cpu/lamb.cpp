@@ -21,12 +21,12 @@ namespace {
 template <typename T>
 using MomentPtr = std::conditional_t<kLambDeferMoments<T>, const T*, T*>;
 
-template <typename T, bool kL2, bool kDecoupled>
+template <typename T, typename G, bool kL2, bool kDecoupled>
 struct LambMoments {
   // n elements: the moments (stored unless deferred) and sum p^2, sum u^2 into sums[0..1], in fp64 (exact
   // squares of fp32 values) with a fixed pairwise combine: deterministic.
   template <Isa I>
-  static void run(const T* p, const T* g, MomentPtr<T> m, MomentPtr<T> v, int64_t n, LambScalars<math_t<T>> s,
+  static void run(const T* p, const G* g, MomentPtr<T> m, MomentPtr<T> v, int64_t n, LambScalars<math_t<T>> s,
                   double* sums) {
     using M = math_t<T>;
     double acc_p[kLanes] = {}, acc_u[kLanes] = {};
@@ -52,11 +52,11 @@ struct LambMoments {
   }
 };
 
-template <typename T, bool kL2, bool kDecoupled>
+template <typename T, typename G, bool kL2, bool kDecoupled>
 struct LambApply {
   // p <- p - step_size * u (step_size = lr * this tensor's trust ratio).
   template <Isa I>
-  static void run(T* p, const T* g, T* m, T* v, int64_t n, LambScalars<math_t<T>> s, math_t<T> step_size) {
+  static void run(T* p, const G* g, T* m, T* v, int64_t n, LambScalars<math_t<T>> s, math_t<T> step_size) {
     using M = math_t<T>;
     if constexpr (kLambDeferMoments<T>) {
       map_elements<I>(n, [&](M& pv, M gv, M& mv, M& vv) {
@@ -80,11 +80,15 @@ void dispatch_decay(bool adam_w_mode, double weight_decay, Fn&& fn) {
 }
 
 // What both ops check, before anything is written: the lists, grad_sumsq, norms (1-D, contiguous, float64
-// or float32, 2 slots per tensor) and the scalars. Returns grad_scale (1 without one).
+// or float32, 2 slots per tensor) and the scalars. Returns grad_scale (1 without one); *grad_type is the
+// grads' dtype. model_params: lamb_apply_'s, nullptr for lamb_moments_ (which writes no parameter).
 double check_lamb(const char* op, at::TensorList params, at::TensorList grads, at::TensorList exp_avgs,
                   at::TensorList exp_avg_sqs, at::TensorList state_steps, const at::Tensor& grad_sumsq,
-                  const at::Tensor& norms, const std::optional<at::Tensor>& grad_scale) {
-  check_lists(kCpu, op, params, {{"grads", grads}, {"exp_avgs", exp_avgs}, {"exp_avg_sqs", exp_avg_sqs}});
+                  const at::Tensor& norms, const std::optional<at::Tensor>& grad_scale,
+                  const at::TensorList* model_params, at::ScalarType* grad_type) {
+  check_lists(kCpu, op, params, {{"exp_avgs", exp_avgs}, {"exp_avg_sqs", exp_avg_sqs}});
+  *grad_type = model_params ? check_grads_and_model_params(kCpu, op, params, grads, *model_params)
+                            : check_grads(kCpu, op, params, grads);
   check_steps(op, params, state_steps);
   TORCH_CHECK(grad_sumsq.device().is_cpu(), op, ": grad_sumsq is on ", grad_sumsq.device(),
               "; the cpu backend takes CPU tensors");
@@ -144,23 +148,26 @@ void lamb_moments_cpu(at::TensorList params, at::TensorList grads, at::TensorLis
                       double weight_decay, bool bias_correction, bool grad_averaging, bool adam_w_mode,
                       const std::optional<at::Tensor>& grad_scale, const std::optional<at::Tensor>& found_inf) {
   constexpr const char* op = "lamb_moments_";
+  at::ScalarType grad_type;
   const double scale = check_lamb(op, params, grads, exp_avgs, exp_avg_sqs, state_steps, grad_sumsq, norms,
-                                  grad_scale);
+                                  grad_scale, nullptr, &grad_type);
   if (params.empty() || found_inf_set(op, found_inf)) return;
   const double clip = clip_divisor(grad_sumsq, max_grad_norm, scale);
   const Isa isa = active_isa();
   const auto chunks = make_chunks(params);
   std::vector<double> partials(2 * chunks.size());
   const std::vector<double> steps = advance_steps(state_steps);
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, params[0].scalar_type(), "lamb_moments_cpu", [&] {
+  dispatch_param_grad(params[0].scalar_type(), grad_type, [&](auto types) {
+    using scalar_t = typename decltype(types)::Param;
+    using grad_t = typename decltype(types)::Grad;
     const auto scalars = lamb_scalars_of<math_t<scalar_t>>(steps, beta1, beta2, eps, weight_decay, bias_correction,
                                                            grad_averaging, 1.0 / (scale * clip));
     const auto p = data_ptrs<const scalar_t>(params);
-    const auto g = data_ptrs<const scalar_t>(grads);
+    const auto g = data_ptrs<const grad_t>(grads);
     const auto m = data_ptrs<scalar_t>(exp_avgs);
     const auto v = data_ptrs<scalar_t>(exp_avg_sqs);
     dispatch_decay(adam_w_mode, weight_decay, [&](auto l2, auto decoupled) {
-      using Kernel = LambMoments<scalar_t, decltype(l2)::value, decltype(decoupled)::value>;
+      using Kernel = LambMoments<scalar_t, grad_t, decltype(l2)::value, decltype(decoupled)::value>;
       parallel_over_chunks(chunks, [&](const Chunk& c) {
         const int64_t t = c.tensor, i = c.begin;
         const int64_t k = &c - chunks.data();  // c is chunks[k]: its two partials sit at 2k, 2k + 1
@@ -188,9 +195,9 @@ void lamb_apply_cpu(at::TensorList params, at::TensorList grads, at::TensorList 
                     bool use_trust_ratio, double phi_min, double phi_max, const std::optional<at::Tensor>& grad_scale,
                     const std::optional<at::Tensor>& found_inf, at::TensorList model_params) {
   constexpr const char* op = "lamb_apply_";
-  TORCH_CHECK_NOT_IMPLEMENTED(model_params.empty(), op, ": model_params is not implemented by this backend yet");
+  at::ScalarType grad_type;
   const double scale = check_lamb(op, params, grads, exp_avgs, exp_avg_sqs, state_steps, grad_sumsq, norms,
-                                  grad_scale);
+                                  grad_scale, &model_params, &grad_type);
   const double lr_value = read_scalar(op, "lr", lr);
   if (params.empty() || found_inf_set(op, found_inf)) return;
   const double clip = clip_divisor(grad_sumsq, max_grad_norm, scale);  // used by the 16-bit (deferred) path
@@ -202,7 +209,9 @@ void lamb_apply_cpu(at::TensorList params, at::TensorList grads, at::TensorList 
     const scalar_t* in = norms.const_data_ptr<scalar_t>();
     for (size_t j = 0; j < sums.size(); ++j) sums[j] = static_cast<double>(in[j]);
   });
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, params[0].scalar_type(), "lamb_apply_cpu", [&] {
+  dispatch_param_grad(params[0].scalar_type(), grad_type, [&](auto types) {
+    using scalar_t = typename decltype(types)::Param;
+    using grad_t = typename decltype(types)::Grad;
     using M = math_t<scalar_t>;
     const auto scalars = lamb_scalars_of<M>(steps, beta1, beta2, eps, weight_decay, bias_correction, grad_averaging,
                                             1.0 / (scale * clip));
@@ -212,14 +221,16 @@ void lamb_apply_cpu(at::TensorList params, at::TensorList grads, at::TensorList 
       step_size[t] = static_cast<M>(lr_value * ratio);
     }
     const auto p = data_ptrs<scalar_t>(params);
-    const auto g = data_ptrs<const scalar_t>(grads);
+    const auto g = data_ptrs<const grad_t>(grads);
     const auto m = data_ptrs<scalar_t>(exp_avgs);
     const auto v = data_ptrs<scalar_t>(exp_avg_sqs);
+    const auto model = data_ptrs<grad_t>(model_params);
     dispatch_decay(adam_w_mode, weight_decay, [&](auto l2, auto decoupled) {
-      using Kernel = LambApply<scalar_t, decltype(l2)::value, decltype(decoupled)::value>;
+      using Kernel = LambApply<scalar_t, grad_t, decltype(l2)::value, decltype(decoupled)::value>;
       parallel_over_chunks(chunks, [&](const Chunk& c) {
         const int64_t t = c.tensor, i = c.begin;
         run_isa<Kernel>(isa, p[t] + i, g[t] + i, m[t] + i, v[t] + i, c.numel(), scalars[t], step_size[t]);
+        if (!model.empty()) round_into_model(p[t] + i, model[t] + i, c.numel());
       });
     });
   });

@@ -16,6 +16,7 @@
 #include <vector>
 
 #include "../checks.h"
+#include "agd_kernels/common.h"
 
 namespace agd_kernels::cpu {
 
@@ -82,6 +83,34 @@ void dispatch_bool(bool flag, Fn&& fn) {
   } else {
     fn(std::false_type{});
   }
+}
+
+// ------------------------------------------------------------------------------- mixed precision
+// The element types of a call: Param for params and state, Grad for grads and model_params.
+template <typename P, typename G>
+struct ParamGrad {
+  using Param = P;
+  using Grad = G;
+};
+
+// fn(ParamGrad<T, T>) for the params' dtype, or fn(ParamGrad<float, bf16/half>) for fp32 masters with
+// 16-bit grads (csrc/checks.h check_grads has accepted exactly these).
+template <class Fn>
+void dispatch_param_grad(at::ScalarType param, at::ScalarType grad, Fn&& fn) {
+  if (param != grad) {
+    if (grad == at::kBFloat16) return fn(ParamGrad<float, c10::BFloat16>{});
+    return fn(ParamGrad<float, c10::Half>{});
+  }
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, param, "agd_kernels_cpu", [&] {
+    fn(ParamGrad<scalar_t, scalar_t>{});
+  });
+}
+
+// model[i] <- master[i] rounded to nearest even, over a chunk the update has just written: the chunk
+// (64 KiB of fp32) is still in L2, so memory sees the 2 B per element written and nothing read.
+template <typename P, typename G>
+void round_into_model(const P* master, G* model, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) agd_kernels::store(model, i, static_cast<math_t<G>>(master[i]));
 }
 
 // ------------------------------------------------------------------------------------------ checks

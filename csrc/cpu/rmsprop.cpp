@@ -10,10 +10,10 @@
 namespace agd_kernels::cpu {
 namespace {
 
-template <typename T, bool kWeightDecay, int kCentering, bool kMomentum>
+template <typename T, typename G, bool kWeightDecay, int kCentering, bool kMomentum>
 struct RmspropChunk {
   template <Isa I>
-  static void run(T* p, const T* g, T* v, T* gavg, T* buf, int64_t n, RmspropScalars<math_t<T>> s) {
+  static void run(T* p, const G* g, T* v, T* gavg, T* buf, int64_t n, RmspropScalars<math_t<T>> s) {
     using M = math_t<T>;
     constexpr auto element = rmsprop_element<kWeightDecay, kCentering, kMomentum, M>;
     constexpr bool kCentered = kCentering != kNotCentered;
@@ -56,34 +56,38 @@ void rmsprop_step_cpu(at::TensorList params, at::TensorList grads, at::TensorLis
                       bool centered, bool maximize, const std::optional<at::Tensor>& grad_scale,
                       const std::optional<at::Tensor>& found_inf, at::TensorList model_params) {
   constexpr const char* op = "rmsprop_step_";
-  TORCH_CHECK_NOT_IMPLEMENTED(model_params.empty(), op, ": model_params is not implemented by this backend yet");
   const bool has_momentum = momentum > 0.0;
-  check_lists(kCpu, op, params, {{"grads", grads}, {"square_avgs", square_avgs},
+  check_lists(kCpu, op, params, {{"square_avgs", square_avgs},
                                  {centered ? "grad_avgs" : nullptr, grad_avgs},
                                  {has_momentum ? "momentum_buffers" : nullptr, momentum_buffers}});
+  const at::ScalarType grad_type = check_grads_and_model_params(kCpu, op, params, grads, model_params);
   check_steps(op, params, state_steps);
   const auto in = step_inputs(op, params, lr, grad_scale, maximize, found_inf);
   if (!in) return;
   const Isa isa = active_isa();
   advance_steps(state_steps);  // counted for checkpoints; the math does not use it
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, params[0].scalar_type(), "rmsprop_step_cpu", [&] {
+  dispatch_param_grad(params[0].scalar_type(), grad_type, [&](auto types) {
+    using scalar_t = typename decltype(types)::Param;
+    using grad_t = typename decltype(types)::Grad;
     using M = math_t<scalar_t>;
     const auto s = rmsprop_scalars<M>(in->lr, alpha, eps, weight_decay, momentum, in->grad_mul);
     const auto none = std::vector<scalar_t*>(params.size());
     const auto p = data_ptrs<scalar_t>(params);
-    const auto g = data_ptrs<const scalar_t>(grads);
+    const auto g = data_ptrs<const grad_t>(grads);
     const auto v = data_ptrs<scalar_t>(square_avgs);
     const auto a = centered ? data_ptrs<scalar_t>(grad_avgs) : none;
     const auto b = has_momentum ? data_ptrs<scalar_t>(momentum_buffers) : none;
+    const auto model = data_ptrs<grad_t>(model_params);
     const auto chunks = make_chunks(params);
     dispatch_bool(weight_decay != 0.0, [&](auto wd) {
       dispatch_centering(rmsprop_centering(centered, alpha), [&](auto cen) {
         dispatch_bool(has_momentum, [&](auto mom) {
-          using Kernel = RmspropChunk<scalar_t, decltype(wd)::value, decltype(cen)::value, decltype(mom)::value>;
+          using Kernel = RmspropChunk<scalar_t, grad_t, decltype(wd)::value, decltype(cen)::value, decltype(mom)::value>;
           parallel_over_chunks(chunks, [&](const Chunk& c) {
             const int64_t t = c.tensor, i = c.begin;
             run_isa<Kernel>(isa, p[t] + i, g[t] + i, v[t] + i, a[t] ? a[t] + i : nullptr, b[t] ? b[t] + i : nullptr,
                             c.numel(), s);
+            if (!model.empty()) round_into_model(p[t] + i, model[t] + i, c.numel());
           });
         });
       });

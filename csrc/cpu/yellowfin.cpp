@@ -18,12 +18,12 @@
 namespace agd_kernels::cpu {
 namespace {
 
-template <typename T>
+template <typename T, typename G>
 struct YellowfinStats {
   // sums[0..3] = sum g^2, sum a*g, sum a^2, nnz(g) over n elements; products rounded in the math type
   // (as the reference does), sums in fp64 with a fixed pairwise combine: deterministic.
   template <Isa I>
-  static void run(const T* g, const T* a, int64_t n, double* sums) {
+  static void run(const G* g, const T* a, int64_t n, double* sums) {
     using M = math_t<T>;
     double acc[4][kLanes] = {};
     M tile[4][kTile];
@@ -45,10 +45,10 @@ struct YellowfinStats {
   }
 };
 
-template <typename T, bool kWeightDecay, bool kHeavy>
+template <typename T, typename G, bool kWeightDecay, bool kHeavy>
 struct YellowfinApply {
   template <Isa I>
-  static void run(T* p, const T* g, T* gbar, T* buf, int64_t n, YellowfinScalars<math_t<T>> s) {
+  static void run(T* p, const G* g, T* gbar, T* buf, int64_t n, YellowfinScalars<math_t<T>> s) {
     using M = math_t<T>;
     if constexpr (kHeavy) {
       map_elements<I>(n, [&](M& pv, M gv, M& av, M& bv) { yellowfin_element<kWeightDecay, true>(pv, gv, av, bv, s); },
@@ -83,8 +83,9 @@ void summed_stats(const char* op, const at::Tensor& stats, double sums[4]) {
 
 void yellowfin_stats_cpu(at::TensorList grads, at::TensorList grad_avgs, const at::Tensor& out) {
   constexpr const char* op = "yellowfin_stats_";
-  check_params(kCpu, op, grads, "grads");
-  check_like(kCpu, op, "grad_avgs", grads, grad_avgs, "grads");
+  // grad_avgs set the dtype (fp32 beside 16-bit grads under master weights), as params do for the other ops
+  check_params(kCpu, op, grad_avgs, "grad_avgs");
+  const at::ScalarType grad_type = check_grads(kCpu, op, grad_avgs, grads);
   check_fp64_cpu(op, "out", out);
   TORCH_CHECK_VALUE(out.numel() == 4 && out.dim() == 1, op, ": out must be a 1-D tensor of 4 values; got shape ",
                     out.sizes());
@@ -93,13 +94,15 @@ void yellowfin_stats_cpu(at::TensorList grads, at::TensorList grad_avgs, const a
     const Isa isa = active_isa();
     const auto chunks = make_chunks(grads);
     std::vector<double> partials(4 * chunks.size());
-    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grads[0].scalar_type(), "yellowfin_stats_cpu", [&] {
-      const auto g = data_ptrs<const scalar_t>(grads);
+    dispatch_param_grad(grad_avgs[0].scalar_type(), grad_type, [&](auto types) {
+      using scalar_t = typename decltype(types)::Param;
+      using grad_t = typename decltype(types)::Grad;
+      const auto g = data_ptrs<const grad_t>(grads);
       const auto a = data_ptrs<const scalar_t>(grad_avgs);
       parallel_over_chunks(chunks, [&](const Chunk& c) {
         const int64_t k = &c - chunks.data();  // c is chunks[k]: its partials sit at 4k .. 4k + 3
-        run_isa<YellowfinStats<scalar_t>>(isa, g[c.tensor] + c.begin, a[c.tensor] + c.begin, c.numel(),
-                                          partials.data() + 4 * k);
+        run_isa<YellowfinStats<scalar_t, grad_t>>(isa, g[c.tensor] + c.begin, a[c.tensor] + c.begin, c.numel(),
+                                                  partials.data() + 4 * k);
       });
     });
     for (size_t k = 0; k < chunks.size(); ++k)  // chunk order: deterministic for any thread count
@@ -136,8 +139,8 @@ void yellowfin_apply_cpu(at::TensorList params, at::TensorList grads, at::Tensor
                          at::TensorList momentum_buffers, const at::Tensor& tuner, const at::Tensor& stats,
                          double beta, double weight_decay, const std::optional<at::Tensor>& found_inf, at::TensorList model_params) {
   constexpr const char* op = "yellowfin_apply_";
-  TORCH_CHECK_NOT_IMPLEMENTED(model_params.empty(), op, ": model_params is not implemented by this backend yet");
-  check_lists(kCpu, op, params, {{"grads", grads}, {"grad_avgs", grad_avgs}, {"momentum_buffers", momentum_buffers}});
+  check_lists(kCpu, op, params, {{"grad_avgs", grad_avgs}, {"momentum_buffers", momentum_buffers}});
+  const at::ScalarType grad_type = check_grads_and_model_params(kCpu, op, params, grads, model_params);
   check_fp64_cpu(op, "tuner", tuner);
   TORCH_CHECK_VALUE(tuner.dim() == 1 && tuner.is_contiguous() && tuner.numel() > kYfSlots, op,
                     ": tuner must be a contiguous 1-D tensor of ", kYfSlots, " slots and the window; got shape ",
@@ -148,20 +151,24 @@ void yellowfin_apply_cpu(at::TensorList params, at::TensorList grads, at::Tensor
   if (params.empty() || found_inf_set(op, found_inf) || !std::isfinite(sums[0])) return;
   const double* state = tuner.const_data_ptr<double>();
   const Isa isa = active_isa();
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, params[0].scalar_type(), "yellowfin_apply_cpu", [&] {
+  dispatch_param_grad(params[0].scalar_type(), grad_type, [&](auto types) {
+    using scalar_t = typename decltype(types)::Param;
+    using grad_t = typename decltype(types)::Grad;
     using M = math_t<scalar_t>;
     const auto s = yellowfin_scalars<M>(state, beta, weight_decay);
     const auto p = data_ptrs<scalar_t>(params);
-    const auto g = data_ptrs<const scalar_t>(grads);
+    const auto g = data_ptrs<const grad_t>(grads);
     const auto a = data_ptrs<scalar_t>(grad_avgs);
     const auto b = data_ptrs<scalar_t>(momentum_buffers);
+    const auto model = data_ptrs<grad_t>(model_params);
     const auto chunks = make_chunks(params);
     dispatch_bool(weight_decay != 0.0, [&](auto wd) {
       dispatch_bool(state[kYfMuT] != 0.0, [&](auto heavy) {
-        using Kernel = YellowfinApply<scalar_t, decltype(wd)::value, decltype(heavy)::value>;
+        using Kernel = YellowfinApply<scalar_t, grad_t, decltype(wd)::value, decltype(heavy)::value>;
         parallel_over_chunks(chunks, [&](const Chunk& c) {
           const int64_t t = c.tensor, i = c.begin;
           run_isa<Kernel>(isa, p[t] + i, g[t] + i, a[t] + i, b[t] + i, c.numel(), s);
+          if (!model.empty()) round_into_model(p[t] + i, model[t] + i, c.numel());
         });
       });
     });
