@@ -1,5 +1,6 @@
 // Adam / AdamW / AMSGrad kernel body (agd_kernels::adam_step_): one launch per step over every tensor of the
-// call, fp32 moving 16 B read + 12 B written per element (20 + 16 with amsgrad), math from ../adam.h.
+// call, fp32 moving 16 B read + 12 B written per element (20 + 16 with amsgrad; master weights 14 + 14),
+// math from ../adam.h.
 #pragma once
 #include "agd_kernels/adam.h"
 #include "agd_kernels/grid/block.h"
