@@ -18,8 +18,8 @@ std::tuple<at::Tensor, at::Tensor> agd_step(Device& dev, at::TensorList params, 
                                             double gain, const OptionalTensor& grad_scale,
                                             const OptionalTensor& found_inf, at::TensorList model_params) {
   constexpr const char* op = "agd_step_";
-  TORCH_CHECK_NOT_IMPLEMENTED(model_params.empty(), op, ": model_params is not implemented by this backend yet");
-  check_lists(dev, op, params, {{"grads", grads}});
+  check_params(dev, op, params);
+  const at::ScalarType grad_dtype = check_grads_and_model_params(dev, op, params, grads, model_params);
   check_device(dev, op, "sumsq", sumsq);
   check_device(dev, op, "slice_sv", slice_sv);
   TORCH_CHECK_VALUE(sumsq.dim() == 1 && sumsq.scalar_type() == at::kFloat, op,
@@ -40,35 +40,40 @@ std::tuple<at::Tensor, at::Tensor> agd_step(Device& dev, at::TensorList params, 
   // The tap layout needs logical (o, i, *k) order in memory: other layouts run on contiguous copies,
   // copied back after the launch (extra copy kernels, and a table that differs every call).
   std::vector<at::Tensor> p_work(params.begin(), params.end()), g_work(grads.begin(), grads.end());
+  std::vector<at::Tensor> m_work(model_params.begin(), model_params.end());
   for (size_t i = 0; i < params.size(); ++i) {
     if (num_slices(params[i]) > 1 && !params[i].is_contiguous()) {
       p_work[i] = params[i].contiguous();
       g_work[i] = grads[i].contiguous();
+      if (!m_work.empty()) m_work[i] = model_params[i].contiguous();  // copied back whole: keep found_inf's no-op
     }
   }
-  using K0 = AgdUpdateKernel<float>;
+  using K0 = AgdUpdateKernel<float, float>;
   const int64_t n = static_cast<int64_t>(params.size());
   std::vector<int64_t> words(K0::kLists * n), numels(n);
   std::vector<bool> vector_ok(n);
   for (int64_t t = 0; t < n; ++t) {
     words[K0::kParam * n + t] = address(p_work[t]);
     words[K0::kGrad * n + t] = address(g_work[t]);
+    words[K0::kModelParam * n + t] = m_work.empty() ? 0 : address(m_work[t]);
     words[K0::kStart * n + t] = slice_start[t];
     words[K0::kCount * n + t] = slice_count[t];
     words[K0::kTaps * n + t] = params[t].dim() >= 2 ? num_slices(params[t]) : 0;
     numels[t] = params[t].numel();
-    vector_ok[t] = words[K0::kParam * n + t] % kVectorBytes == 0 && words[K0::kGrad * n + t] % kVectorBytes == 0;
+    vector_ok[t] = words[K0::kParam * n + t] % kVectorBytes == 0 && words[K0::kGrad * n + t] % kVectorBytes == 0 &&
+                   words[K0::kModelParam * n + t] % kVectorBytes == 0;
   }
   const int64_t blocks = finish_table(words, K0::kLists, numels, vector_ok);
   const Table table = dev.table(std::move(words), n, K0::kLists);
-  dispatch_dtype(params[0].scalar_type(), [&](auto tag) {
-    using K = AgdUpdateKernel<typename decltype(tag)::type>;
+  dispatch_dtypes(params[0].scalar_type(), grad_dtype, [&](auto tag, auto grad_tag) {
+    using K = AgdUpdateKernel<typename decltype(tag)::type, typename decltype(grad_tag)::type>;
     dev.template launch<K>(blocks, typename K::Args{table, sumsq.const_data_ptr<float>(),
                                                     slice_sv.const_data_ptr<float>(), sumsq.stride(0),
                                                     slice_sv.stride(0), step.const_data_ptr<float>(), inf_s});
   });
   for (size_t i = 0; i < params.size(); ++i) {
     if (!p_work[i].is_same(params[i])) params[i].copy_(p_work[i]);
+    if (!m_work.empty() && !m_work[i].is_same(model_params[i])) model_params[i].copy_(m_work[i]);
   }
   return {eta, G};
 }

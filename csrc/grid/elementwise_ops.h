@@ -17,9 +17,9 @@ void adam_step(Device& dev, at::TensorList params, at::TensorList grads, at::Ten
                bool maximize, bool decoupled_weight_decay, const OptionalTensor& grad_scale,
                const OptionalTensor& found_inf, at::TensorList model_params) {
   constexpr const char* op = "adam_step_";
-  TORCH_CHECK_NOT_IMPLEMENTED(model_params.empty(), op, ": model_params is not implemented by this backend yet");
-  check_lists(dev, op, params, {{"grads", grads}, {"exp_avgs", exp_avgs}, {"exp_avg_sqs", exp_avg_sqs},
+  check_lists(dev, op, params, {{"exp_avgs", exp_avgs}, {"exp_avg_sqs", exp_avg_sqs},
                                 {amsgrad ? "max_exp_avg_sqs" : nullptr, max_exp_avg_sqs}});
+  const at::ScalarType grad_dtype = check_grads_and_model_params(dev, op, params, grads, model_params);
   const bool steps_fp64 = check_steps(dev, op, params, state_steps);
   const Scalar lr_s = device_scalar(dev, op, "lr", lr);
   const Scalar scale_s = device_scalar(dev, op, "grad_scale", grad_scale);
@@ -27,13 +27,14 @@ void adam_step(Device& dev, at::TensorList params, at::TensorList grads, at::Ten
   if (params.empty()) return;
   int64_t blocks = 0;
   const Table table = make_table(dev, params, {params, grads, exp_avgs, exp_avg_sqs,
-                                               amsgrad ? max_exp_avg_sqs : at::TensorList()}, state_steps, &blocks);
-  dispatch_dtype(params[0].scalar_type(), [&](auto tag) {
+                                               amsgrad ? max_exp_avg_sqs : at::TensorList(), model_params}, state_steps, &blocks);
+  dispatch_dtypes(params[0].scalar_type(), grad_dtype, [&](auto tag, auto grad_tag) {
     using T = typename decltype(tag)::type;
+    using G = typename decltype(grad_tag)::type;
     dispatch_bool(!decoupled_weight_decay && weight_decay != 0.0, [&](auto l2) {
       dispatch_bool(amsgrad, [&](auto ams) {
         dispatch_bool(lerp_from_end(1.0 - beta1), [&](auto from_end) {
-          using K = AdamKernel<T, decltype(l2)::value, decltype(ams)::value, decltype(from_end)::value>;
+          using K = AdamKernel<T, G, decltype(l2)::value, decltype(ams)::value, decltype(from_end)::value>;
           dev.template launch<K>(blocks, typename K::Args{table, lr_s, scale_s, inf_s, beta1, beta2, eps,
                                                           weight_decay, decoupled_weight_decay, maximize,
                                                           steps_fp64});
@@ -48,21 +49,22 @@ void sgd_step(Device& dev, at::TensorList params, at::TensorList grads, at::Tens
               const at::Tensor& lr, double momentum, double dampening, double weight_decay, bool nesterov,
               bool maximize, bool is_first_step, const OptionalTensor& grad_scale, const OptionalTensor& found_inf, at::TensorList model_params) {
   constexpr const char* op = "sgd_step_";
-  TORCH_CHECK_NOT_IMPLEMENTED(model_params.empty(), op, ": model_params is not implemented by this backend yet");
   const bool has_momentum = momentum != 0.0;
-  check_lists(dev, op, params, {{"grads", grads}, {has_momentum ? "momentum_buffers" : nullptr, momentum_buffers}});
+  check_lists(dev, op, params, {{has_momentum ? "momentum_buffers" : nullptr, momentum_buffers}});
+  const at::ScalarType grad_dtype = check_grads_and_model_params(dev, op, params, grads, model_params);
   const Scalar lr_s = device_scalar(dev, op, "lr", lr);
   const Scalar scale_s = device_scalar(dev, op, "grad_scale", grad_scale);
   const Scalar inf_s = device_scalar(dev, op, "found_inf", found_inf);
   if (params.empty()) return;
   int64_t blocks = 0;
-  const Table table = make_table(dev, params, {params, grads, has_momentum ? momentum_buffers : at::TensorList()},
-                                 at::TensorList(), &blocks);
-  dispatch_dtype(params[0].scalar_type(), [&](auto tag) {
+  const Table table = make_table(dev, params, {params, grads, has_momentum ? momentum_buffers : at::TensorList(),
+                                               model_params}, at::TensorList(), &blocks);
+  dispatch_dtypes(params[0].scalar_type(), grad_dtype, [&](auto tag, auto grad_tag) {
     using T = typename decltype(tag)::type;
+    using G = typename decltype(grad_tag)::type;
     dispatch_bool(weight_decay != 0.0, [&](auto wd) {
       dispatch_bool(has_momentum, [&](auto mom) {
-        using K = SgdKernel<T, decltype(wd)::value, decltype(mom)::value>;
+        using K = SgdKernel<T, G, decltype(wd)::value, decltype(mom)::value>;
         dev.template launch<K>(blocks, typename K::Args{table, lr_s, scale_s, inf_s, momentum, dampening,
                                                         weight_decay, nesterov, maximize, is_first_step});
       });
@@ -85,11 +87,11 @@ void rmsprop_step(Device& dev, at::TensorList params, at::TensorList grads, at::
                   const at::Tensor& lr, double alpha, double eps, double weight_decay, double momentum, bool centered,
                   bool maximize, const OptionalTensor& grad_scale, const OptionalTensor& found_inf, at::TensorList model_params) {
   constexpr const char* op = "rmsprop_step_";
-  TORCH_CHECK_NOT_IMPLEMENTED(model_params.empty(), op, ": model_params is not implemented by this backend yet");
   const bool has_momentum = momentum > 0.0;
-  check_lists(dev, op, params, {{"grads", grads}, {"square_avgs", square_avgs},
+  check_lists(dev, op, params, {{"square_avgs", square_avgs},
                                 {centered ? "grad_avgs" : nullptr, grad_avgs},
                                 {has_momentum ? "momentum_buffers" : nullptr, momentum_buffers}});
+  const at::ScalarType grad_dtype = check_grads_and_model_params(dev, op, params, grads, model_params);
   const bool steps_fp64 = check_steps(dev, op, params, state_steps);
   const Scalar lr_s = device_scalar(dev, op, "lr", lr);
   const Scalar scale_s = device_scalar(dev, op, "grad_scale", grad_scale);
@@ -97,14 +99,15 @@ void rmsprop_step(Device& dev, at::TensorList params, at::TensorList grads, at::
   if (params.empty()) return;
   int64_t blocks = 0;
   const Table table = make_table(dev, params, {params, grads, square_avgs, centered ? grad_avgs : at::TensorList(),
-                                               has_momentum ? momentum_buffers : at::TensorList()},
+                                               has_momentum ? momentum_buffers : at::TensorList(), model_params},
                                  state_steps, &blocks);
-  dispatch_dtype(params[0].scalar_type(), [&](auto tag) {
+  dispatch_dtypes(params[0].scalar_type(), grad_dtype, [&](auto tag, auto grad_tag) {
     using T = typename decltype(tag)::type;
+    using G = typename decltype(grad_tag)::type;
     dispatch_bool(weight_decay != 0.0, [&](auto wd) {
       dispatch_centering(rmsprop_centering(centered, alpha), [&](auto cen) {
         dispatch_bool(has_momentum, [&](auto mom) {
-          using K = RmspropKernel<T, decltype(wd)::value, decltype(cen)::value, decltype(mom)::value>;
+          using K = RmspropKernel<T, G, decltype(wd)::value, decltype(cen)::value, decltype(mom)::value>;
           dev.template launch<K>(blocks, typename K::Args{table, lr_s, scale_s, inf_s, alpha, eps, weight_decay,
                                                           momentum, maximize, steps_fp64});
         });
@@ -118,19 +121,20 @@ void adagrad_step(Device& dev, at::TensorList params, at::TensorList grads, at::
                   at::TensorList state_steps, const at::Tensor& lr, double lr_decay, double weight_decay, double eps,
                   bool maximize, const OptionalTensor& grad_scale, const OptionalTensor& found_inf, at::TensorList model_params) {
   constexpr const char* op = "adagrad_step_";
-  TORCH_CHECK_NOT_IMPLEMENTED(model_params.empty(), op, ": model_params is not implemented by this backend yet");
-  check_lists(dev, op, params, {{"grads", grads}, {"state_sums", state_sums}});
+  check_lists(dev, op, params, {{"state_sums", state_sums}});
+  const at::ScalarType grad_dtype = check_grads_and_model_params(dev, op, params, grads, model_params);
   const bool steps_fp64 = check_steps(dev, op, params, state_steps);
   const Scalar lr_s = device_scalar(dev, op, "lr", lr);
   const Scalar scale_s = device_scalar(dev, op, "grad_scale", grad_scale);
   const Scalar inf_s = device_scalar(dev, op, "found_inf", found_inf);
   if (params.empty()) return;
   int64_t blocks = 0;
-  const Table table = make_table(dev, params, {params, grads, state_sums}, state_steps, &blocks);
-  dispatch_dtype(params[0].scalar_type(), [&](auto tag) {
+  const Table table = make_table(dev, params, {params, grads, state_sums, model_params}, state_steps, &blocks);
+  dispatch_dtypes(params[0].scalar_type(), grad_dtype, [&](auto tag, auto grad_tag) {
     using T = typename decltype(tag)::type;
+    using G = typename decltype(grad_tag)::type;
     dispatch_bool(weight_decay != 0.0, [&](auto wd) {
-      using K = AdagradKernel<T, decltype(wd)::value>;
+      using K = AdagradKernel<T, G, decltype(wd)::value>;
       dev.template launch<K>(blocks, typename K::Args{table, lr_s, scale_s, inf_s, lr_decay, weight_decay, eps,
                                                       maximize, steps_fp64});
     });

@@ -133,6 +133,17 @@ void dispatch_dtype(at::ScalarType st, Fn&& fn) {
   }
 }
 
+// fn(TypeTag<T>{}, TypeTag<G>{}) for the params' and the grads' storage types (checked before by
+// check_grads): T == G as without master weights, or float params beside float16/bfloat16 grads. Five
+// instantiations per body and flag set, not nine: no other pair is accepted.
+template <class Fn>
+void dispatch_dtypes(at::ScalarType params, at::ScalarType grads, Fn&& fn) {
+  if (params == grads) return dispatch_dtype(params, [&](auto tag) { fn(tag, tag); });
+  dispatch_dtype(grads, [&](auto grad_tag) {
+    if constexpr (sizeof(typename decltype(grad_tag)::type) == 2) fn(TypeTag<float>{}, grad_tag);
+  });
+}
+
 template <class Fn>
 void dispatch_bool(bool flag, Fn&& fn) {
   if (flag) {

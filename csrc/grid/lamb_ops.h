@@ -6,12 +6,13 @@
 
 namespace agd_kernels::grid {
 
-// What both ops check before anything is written. Returns whether the step counters are fp64.
+// What both ops check before anything is written, but grads (each op checks those: only lamb_apply_ takes
+// model_params). Returns whether the step counters are fp64.
 template <class Device>
-bool check_lamb(Device& dev, const char* op, at::TensorList params, at::TensorList grads, at::TensorList exp_avgs,
+bool check_lamb(Device& dev, const char* op, at::TensorList params, at::TensorList exp_avgs,
                 at::TensorList exp_avg_sqs, at::TensorList state_steps, const at::Tensor& grad_sumsq,
                 const at::Tensor& norms) {
-  check_lists(dev, op, params, {{"grads", grads}, {"exp_avgs", exp_avgs}, {"exp_avg_sqs", exp_avg_sqs}});
+  check_lists(dev, op, params, {{"exp_avgs", exp_avgs}, {"exp_avg_sqs", exp_avg_sqs}});
   const bool steps_fp64 = check_steps(dev, op, params, state_steps);
   check_device(dev, op, "grad_sumsq", grad_sumsq);
   TORCH_CHECK_TYPE(grad_sumsq.scalar_type() == at::kFloat || grad_sumsq.scalar_type() == at::kDouble, op,
@@ -47,19 +48,21 @@ void lamb_moments(Device& dev, at::TensorList params, at::TensorList grads, at::
                   double weight_decay, bool bias_correction, bool grad_averaging, bool adam_w_mode,
                   const OptionalTensor& grad_scale, const OptionalTensor& found_inf) {
   constexpr const char* op = "lamb_moments_";
-  const bool steps_fp64 =
-      check_lamb(dev, op, params, grads, exp_avgs, exp_avg_sqs, state_steps, grad_sumsq, norms);
+  const bool steps_fp64 = check_lamb(dev, op, params, exp_avgs, exp_avg_sqs, state_steps, grad_sumsq, norms);
+  const at::ScalarType grad_dtype = check_grads(dev, op, params, grads);
   const Scalar scale_s = device_scalar(dev, op, "grad_scale", grad_scale);
   const Scalar inf_s = device_scalar(dev, op, "found_inf", found_inf);
   if (params.empty()) return;
   int64_t blocks = 0;
-  const Table table = make_table(dev, params, {params, grads, exp_avgs, exp_avg_sqs}, state_steps, &blocks);
+  const Table table = make_table(dev, params, {params, grads, exp_avgs, exp_avg_sqs, at::TensorList()}, state_steps,
+                                 &blocks);
   double* partials = dev.scratch_doubles(2 * blocks);
   const LambHyper h{max_grad_norm, beta1, beta2, eps, weight_decay, bias_correction, grad_averaging, steps_fp64};
-  dispatch_dtype(params[0].scalar_type(), [&](auto tag) {
+  dispatch_dtypes(params[0].scalar_type(), grad_dtype, [&](auto tag, auto grad_tag) {
     using T = typename decltype(tag)::type;
+    using G = typename decltype(grad_tag)::type;
     dispatch_lamb_decay(adam_w_mode, weight_decay, [&](auto l2, auto decoupled) {
-      using K = LambMomentsKernel<T, decltype(l2)::value, decltype(decoupled)::value>;
+      using K = LambMomentsKernel<T, G, decltype(l2)::value, decltype(decoupled)::value>;
       dev.template launch<K>(blocks, typename K::Args{table, vector_of(grad_sumsq), vector_of(norms), partials,
                                                       scale_s, inf_s, h});
     });
@@ -74,20 +77,21 @@ void lamb_apply(Device& dev, at::TensorList params, at::TensorList grads, at::Te
                 bool adam_w_mode, bool use_trust_ratio, double phi_min, double phi_max,
                 const OptionalTensor& grad_scale, const OptionalTensor& found_inf, at::TensorList model_params) {
   constexpr const char* op = "lamb_apply_";
-  TORCH_CHECK_NOT_IMPLEMENTED(model_params.empty(), op, ": model_params is not implemented by this backend yet");
-  const bool steps_fp64 =
-      check_lamb(dev, op, params, grads, exp_avgs, exp_avg_sqs, state_steps, grad_sumsq, norms);
+  const bool steps_fp64 = check_lamb(dev, op, params, exp_avgs, exp_avg_sqs, state_steps, grad_sumsq, norms);
+  const at::ScalarType grad_dtype = check_grads_and_model_params(dev, op, params, grads, model_params);
   const Scalar lr_s = device_scalar(dev, op, "lr", lr);
   const Scalar scale_s = device_scalar(dev, op, "grad_scale", grad_scale);
   const Scalar inf_s = device_scalar(dev, op, "found_inf", found_inf);
   if (params.empty()) return;
   int64_t blocks = 0;
-  const Table table = make_table(dev, params, {params, grads, exp_avgs, exp_avg_sqs}, state_steps, &blocks);
+  const Table table = make_table(dev, params, {params, grads, exp_avgs, exp_avg_sqs, model_params}, state_steps,
+                                 &blocks);
   const LambHyper h{max_grad_norm, beta1, beta2, eps, weight_decay, bias_correction, grad_averaging, steps_fp64};
-  dispatch_dtype(params[0].scalar_type(), [&](auto tag) {
+  dispatch_dtypes(params[0].scalar_type(), grad_dtype, [&](auto tag, auto grad_tag) {
     using T = typename decltype(tag)::type;
+    using G = typename decltype(grad_tag)::type;
     dispatch_lamb_decay(adam_w_mode, weight_decay, [&](auto l2, auto decoupled) {
-      using K = LambApplyKernel<T, decltype(l2)::value, decltype(decoupled)::value>;
+      using K = LambApplyKernel<T, G, decltype(l2)::value, decltype(decoupled)::value>;
       dev.template launch<K>(blocks, typename K::Args{table, vector_of(grad_sumsq), vector_of(norms), lr_s, scale_s,
                                                       inf_s, h, use_trust_ratio, phi_min, phi_max});
     });

@@ -29,8 +29,9 @@ int64_t check_stats(const Device& dev, const char* op, const at::Tensor& stats) 
 template <class Device>
 void yellowfin_stats(Device& dev, at::TensorList grads, at::TensorList grad_avgs, const at::Tensor& out) {
   constexpr const char* op = "yellowfin_stats_";
-  check_params(dev, op, grads, "grads");
-  check_like(dev, op, "grad_avgs", grads, grad_avgs, "grads");
+  // grad_avgs lead (the dtype the kernel computes in): grads share it, or are 16-bit beside fp32 ones.
+  check_params(dev, op, grad_avgs, "grad_avgs");
+  const at::ScalarType grad_dtype = check_grads(dev, op, grad_avgs, grads);
   check_fp64(dev, op, "out", out);
   TORCH_CHECK_VALUE(out.numel() == 4 && out.dim() == 1, op, ": out must be a 1-D tensor of 4 values; got shape ",
                     out.sizes());
@@ -41,8 +42,8 @@ void yellowfin_stats(Device& dev, at::TensorList grads, at::TensorList grad_avgs
   int64_t blocks = 0;
   const Table table = make_table(dev, grads, {grads, grad_avgs}, at::TensorList(), &blocks);
   double* partials = dev.scratch_doubles(4 * blocks);
-  dispatch_dtype(grads[0].scalar_type(), [&](auto tag) {
-    using K = YellowfinStatsKernel<typename decltype(tag)::type>;
+  dispatch_dtypes(grad_avgs[0].scalar_type(), grad_dtype, [&](auto tag, auto grad_tag) {
+    using K = YellowfinStatsKernel<typename decltype(tag)::type, typename decltype(grad_tag)::type>;
     dev.template launch<K>(blocks, typename K::Args{table, partials, blocks, out.mutable_data_ptr<double>(),
                                                     out.stride(0)});
   });
@@ -78,8 +79,8 @@ void yellowfin_apply(Device& dev, at::TensorList params, at::TensorList grads, a
                      at::TensorList momentum_buffers, const at::Tensor& tuner, const at::Tensor& stats, double beta,
                      double weight_decay, const OptionalTensor& found_inf, at::TensorList model_params) {
   constexpr const char* op = "yellowfin_apply_";
-  TORCH_CHECK_NOT_IMPLEMENTED(model_params.empty(), op, ": model_params is not implemented by this backend yet");
-  check_lists(dev, op, params, {{"grads", grads}, {"grad_avgs", grad_avgs}, {"momentum_buffers", momentum_buffers}});
+  check_lists(dev, op, params, {{"grad_avgs", grad_avgs}, {"momentum_buffers", momentum_buffers}});
+  const at::ScalarType grad_dtype = check_grads_and_model_params(dev, op, params, grads, model_params);
   check_fp64(dev, op, "tuner", tuner);
   TORCH_CHECK_VALUE(tuner.dim() == 1 && tuner.is_contiguous() && tuner.numel() > kYfSlots, op,
                     ": tuner must be a contiguous 1-D tensor of ", kYfSlots, " slots and the window; got shape ",
@@ -88,10 +89,12 @@ void yellowfin_apply(Device& dev, at::TensorList params, at::TensorList grads, a
   const Scalar inf_s = device_scalar(dev, op, "found_inf", found_inf);
   if (params.empty()) return;
   int64_t blocks = 0;
-  const Table table = make_table(dev, params, {params, grads, grad_avgs, momentum_buffers}, at::TensorList(), &blocks);
-  dispatch_dtype(params[0].scalar_type(), [&](auto tag) {
+  const Table table = make_table(dev, params, {params, grads, grad_avgs, momentum_buffers, model_params},
+                                 at::TensorList(), &blocks);
+  dispatch_dtypes(params[0].scalar_type(), grad_dtype, [&](auto tag, auto grad_tag) {
     dispatch_bool(weight_decay != 0.0, [&](auto wd) {
-      using K = YellowfinApplyKernel<typename decltype(tag)::type, decltype(wd)::value>;
+      using K = YellowfinApplyKernel<typename decltype(tag)::type, typename decltype(grad_tag)::type,
+                                     decltype(wd)::value>;
       dev.template launch<K>(blocks, typename K::Args{table, tuner.const_data_ptr<double>(),
                                                       stats.const_data_ptr<double>(), rows, inf_s, beta,
                                                       weight_decay});

@@ -186,6 +186,34 @@ CUDA_STREAMS = {
 }
 
 
+#: Master-weights kernels (fp32 params, 16-bit grads and model params, grid/block.h kCopies): (fp32 streams
+#: read, written) by 128-bit accesses and (16-bit streams read, written) by 64-bit ones, 4 elements per
+#: thread for both. LAMB apply reads no gradient (fp32 moments are stored by lamb_moments_).
+MIXED_STREAMS = {
+    "AdamKernel": lambda l2, ams, end: (3 + ams, 3 + ams, 1, 1),  # p m v [vmax] / g / model
+    "SgdKernel": lambda wd, mom: (1 + mom, 1 + mom, 1, 1),  # p [buf]
+    "RmspropKernel": lambda wd, centering, mom: (2 + (centering > 0) + mom, 2 + (centering > 0) + mom, 1, 1),
+    "AdagradKernel": lambda wd: (2, 2, 1, 1),  # p sum
+    "AgdUpdateKernel": lambda: (1, 1, 1, 1),  # p
+    "LambMomentsKernel": lambda l2, dec: (3, 2, 1, 0),  # p m v / m v / g
+    "LambApplyKernel": lambda l2, dec: (3, 1, 0, 1),  # p m v / p / model
+    "YellowfinApplyKernel": lambda wd: (3, 3, 1, 1),  # p avg buf
+    "YellowfinStatsKernel": lambda: (1, 0, 1, 0),  # avg / g
+}
+#: The 16-bit grad type right after `If` in a master-weights kernel's symbol: AdamKernel<float,
+#: c10::BFloat16, ...> is "AdamKernelIfN3c108BFloat16ELb0E...", its fp32 twin "AdamKernelIffLb0E...".
+_GRADS_16 = ("N3c108BFloat16E", "N3c104HalfE")
+
+
+def _fp32_twin(symbol: str) -> str | None:
+    """The symbol of the all-fp32 kernel with the same flags as a master-weights kernel; None for others."""
+    name = _grid_kernel(symbol)
+    for grad in _GRADS_16:
+        if name + "If" + grad in symbol:
+            return symbol.replace(name + "If" + grad, name + "Iff", 1)
+    return None
+
+
 def test_extension_fp32_kernels_use_128_bit_global_accesses():
     """Every stream of every fp32 grid kernel moves through LDG.E.128/STG.E.128, and no kernel addresses
     memory generically (LD/ST): table pointers are declared global (grid/block.h Table::ptr)."""
@@ -195,7 +223,7 @@ def test_extension_fp32_kernels_use_128_bit_global_accesses():
         name = _grid_kernel(k.name)
         if k.generic:
             bad.append(f"{k.arch} {k.name}: {k.generic} generic LD/ST")
-        if not _fp32(k.name) or name not in CUDA_STREAMS:
+        if not _fp32(k.name) or name not in CUDA_STREAMS or _fp32_twin(k.name):
             continue
         checked.add(name)
         reads, writes = CUDA_STREAMS[name](*_template_flags(k.name))
@@ -205,6 +233,35 @@ def test_extension_fp32_kernels_use_128_bit_global_accesses():
             bad.append(f"{k.arch} {k.name}: 128-bit loads/stores {got}, expected a multiple of {(reads, writes)}")
     assert not bad, "\n".join(bad)
     assert checked == set(CUDA_STREAMS), f"no fp32 kernel found for {sorted(set(CUDA_STREAMS) - checked)}"
+
+
+def test_extension_master_weights_kernels_use_128_bit_fp32_and_64_bit_16_bit_accesses():
+    """fp32 streams of a master-weights kernel still move through LDG.E.128/STG.E.128, its 16-bit grad and
+    model-param streams through LDG.E.64/STG.E.64 (4 elements). Scalars and table words are 64-bit loads
+    too, so those count beyond the fp32 twin's (same flags, same scalar reads), less the model-param
+    pointer: one more table word, loaded once per block."""
+    path, _ = _extension()
+    kernels = sass_tools.inspect(path)
+    by_symbol = {(k.arch, k.name): k for k in kernels}
+    bad, checked = [], set()
+    for k in kernels:
+        twin_symbol = _fp32_twin(k.name)
+        name = _grid_kernel(k.name)
+        if twin_symbol is None or name not in MIXED_STREAMS:
+            continue
+        checked.add(name)
+        twin = by_symbol.get((k.arch, twin_symbol))
+        if twin is None:
+            bad.append(f"{k.arch} {k.name}: no fp32 twin {twin_symbol}")
+            continue
+        r32, w32, r16, w16 = MIXED_STREAMS[name](*_template_flags(k.name))
+        copies = k.loads[128] // r32
+        got = (k.loads[128], k.stores[128], k.loads[64] - twin.loads[64] - w16, k.stores[64] - twin.stores[64])
+        if copies < 1 or got != (copies * r32, copies * w32, copies * r16, copies * w16):
+            bad.append(f"{k.arch} {k.name}: 128-bit loads/stores, 64-bit loads/stores beyond the fp32 twin's "
+                       f"{got}, expected a multiple of {(r32, w32, r16, w16)}")
+    assert not bad, "\n".join(bad)
+    assert checked == set(MIXED_STREAMS), f"no master-weights kernel for {sorted(set(MIXED_STREAMS) - checked)}"
 
 
 # ------------------------------------------------------------------------------------- the tool itself

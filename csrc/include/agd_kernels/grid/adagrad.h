@@ -6,11 +6,12 @@
 
 namespace agd_kernels::grid {
 
-template <typename T, bool kWeightDecay>
+template <typename T, typename G, bool kWeightDecay>
 struct AdagradKernel {
+  static constexpr bool kCopy = kCopies<T, G>;
   using M = math_t<T>;
   static constexpr int kThreads = grid::kThreads;
-  enum List { kParam, kGrad, kStateSum, kStep, kLists };
+  enum List { kParam, kGrad, kStateSum, kModelParam, kStep, kLists };
 
   struct Args {
     Table table;
@@ -33,7 +34,8 @@ struct AdagradKernel {
     const AdagradScalars<M> s =
         adagrad_scalars<M>(read_scalar(a.lr, 0.0), t, a.lr_decay, a.weight_decay, a.eps, grad_mul);
     T* p = tab.ptr<T>(kParam, c.tensor);
-    const T* g = tab.ptr<const T>(kGrad, c.tensor);
+    const G* g = tab.ptr<const G>(kGrad, c.tensor);
+    G* model = tab.ptr<G>(kModelParam, c.tensor);
     T* sum = tab.ptr<T>(kStateSum, c.tensor);
     for_each_vector<T>(ctx, tab, c, [&](auto width, int64_t i) {
       constexpr int W = decltype(width)::value;
@@ -45,6 +47,7 @@ struct AdagradKernel {
       for (int k = 0; k < W; ++k) adagrad_element<kWeightDecay>(pv[k], gv[k], sv[k], s);
       store_pack<W>(p, i, pv);
       store_pack<W>(sum, i, sv);
+      if (kCopy) store_pack<W>(model, i, pv);
     });
     if (last_block(ctx, tab.counters + c.tensor, blocks_of(tab.numel(c.tensor)), shared.last) && ctx.thread() == 0)
       store_step(step, a.steps_fp64, t);

@@ -1,16 +1,18 @@
 // Adam / AdamW / AMSGrad kernel body (agd_kernels::adam_step_): one launch per step over every tensor of the
-// call, fp32 moving 16 B read + 12 B written per element (20 + 16 with amsgrad), math from ../adam.h.
+// call, fp32 moving 16 B read + 12 B written per element (20 + 16 with amsgrad; master weights 14 + 14),
+// math from ../adam.h.
 #pragma once
 #include "agd_kernels/adam.h"
 #include "agd_kernels/grid/block.h"
 
 namespace agd_kernels::grid {
 
-template <typename T, bool kL2, bool kAmsgrad, bool kLerpFromEnd>
+template <typename T, typename G, bool kL2, bool kAmsgrad, bool kLerpFromEnd>
 struct AdamKernel {
   using M = math_t<T>;
+  static constexpr bool kCopy = kCopies<T, G>;
   static constexpr int kThreads = grid::kThreads;
-  enum List { kParam, kGrad, kExpAvg, kExpAvgSq, kMaxExpAvgSq, kStep, kLists };
+  enum List { kParam, kGrad, kExpAvg, kExpAvgSq, kMaxExpAvgSq, kModelParam, kStep, kLists };
 
   struct Args {
     Table table;
@@ -39,7 +41,8 @@ struct AdamKernel {
     ctx.sync();
     const AdamScalars<M> s = shared.scalars;
     T* p = tab.ptr<T>(kParam, c.tensor);
-    const T* g = tab.ptr<const T>(kGrad, c.tensor);
+    const G* g = tab.ptr<const G>(kGrad, c.tensor);
+    G* model = tab.ptr<G>(kModelParam, c.tensor);
     T* m = tab.ptr<T>(kExpAvg, c.tensor);
     T* v = tab.ptr<T>(kExpAvgSq, c.tensor);
     T* vmax = tab.ptr<T>(kMaxExpAvgSq, c.tensor);
@@ -57,6 +60,7 @@ struct AdamKernel {
       store_pack<W>(m, i, mv);
       store_pack<W>(v, i, vv);
       if (kAmsgrad) store_pack<W>(vmax, i, xv);
+      if (kCopy) store_pack<W>(model, i, pv);
     });
     // Every block read the old step above; the tensor's last block advances it once all have.
     if (last_block(ctx, tab.counters + c.tensor, blocks_of(tab.numel(c.tensor)), shared.last) && ctx.thread() == 0)

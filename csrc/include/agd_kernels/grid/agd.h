@@ -51,12 +51,14 @@ struct AgdScalarsKernel {
   }
 };
 
-template <typename T>
+template <typename T, typename G>
 struct AgdUpdateKernel {
   using M = math_t<T>;
+  static constexpr bool kCopy = kCopies<T, G>;
   static constexpr int kThreads = grid::kThreads;
-  // Table columns: p, g, first slot, slots, taps (K for a matrix, 0 for a follower).
-  enum List { kParam, kGrad, kStart, kCount, kTaps, kLists };
+  // Table columns: p, g, model param (0 without masters), first slot, slots, taps (K for a matrix, 0 for a
+  // follower).
+  enum List { kParam, kGrad, kModelParam, kStart, kCount, kTaps, kLists };
 
   struct Args {
     Table table;
@@ -93,7 +95,8 @@ struct AgdUpdateKernel {
     ctx.sync();
     const float uniform = shared.coefficient;
     T* p = tab.ptr<T>(kParam, c.tensor);
-    const T* g = tab.ptr<const T>(kGrad, c.tensor);
+    const G* g = tab.ptr<const G>(kGrad, c.tensor);
+    G* model = tab.ptr<G>(kModelParam, c.tensor);
     for_each_vector<T>(ctx, tab, c, [&](auto width, int64_t i) {
       constexpr int W = decltype(width)::value;
       M pv[W], gv[W];
@@ -110,6 +113,7 @@ struct AgdUpdateKernel {
         agd_element(pv[k], gv[k], static_cast<M>(coefficient));
       }
       store_pack<W>(p, i, pv);
+      if (kCopy) store_pack<W>(model, i, pv);
     });
   }
 };

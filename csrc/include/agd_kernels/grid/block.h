@@ -66,6 +66,23 @@ AGDK_DEVICE void store_pack(T* base, int64_t i, const math_t<T> (&in)[W]) {
   *reinterpret_cast<Pack<T, W>*>(base + i) = pack;
 }
 
+// Master weights (agd_kernels/ops.py, "Mixed precision"): a body templated on the params' type T and the
+// grads' type G runs on fp32 masters with 16-bit grads when they differ, and then also stores each updated
+// master, rounded to nearest even, into a model param of type G (only stored, never loaded). Vectors
+// follow T: 4 elements per thread, so the fp32 streams stay 128-bit and the 16-bit ones are 64-bit.
+// Bytes per element, Adam: 14 read + 14 written, where a kernel on fp32 copies of the grads plus a
+// copy-back pass moved 40 (2 + 4 for g.float(), 16 + 12 for the step, 4 + 2 for the copy-back).
+template <typename A, typename B>
+struct SameType {
+  static constexpr bool value = false;
+};
+template <typename A>
+struct SameType<A, A> {
+  static constexpr bool value = true;
+};
+template <typename T, typename G>
+constexpr bool kCopies = !SameType<T, G>::value;
+
 // A per-step scalar the kernel reads from device memory (lr, grad_scale, found_inf): no host sync, and a
 // CUDA graph replays with whatever the tensor holds at replay time.
 struct Scalar {

@@ -40,7 +40,7 @@ struct LambHyper {
 
 // The element functions are called qualified (agd_kernels::lamb_moments, ::lamb_apply): the host launchers
 // of the same names in namespace grid (csrc/grid/lamb_ops.h) would otherwise hide them.
-enum LambList { kLambParam, kLambGrad, kLambExpAvg, kLambExpAvgSq, kLambStep };
+enum LambList { kLambParam, kLambGrad, kLambExpAvg, kLambExpAvgSq, kLambModelParam, kLambStep };
 
 // 1 / (grad_scale · clip divisor) in every thread: Σ grad_sumsq over a fixed tree, then lamb_clip_divisor.
 template <class Ctx>
@@ -52,7 +52,7 @@ AGDK_DEVICE double lamb_grad_mul(Ctx& ctx, double* scratch, const Vector& grad_s
   return 1.0 / (scale * lamb_clip_divisor(total, h.max_grad_norm, scale));
 }
 
-template <typename T, bool kL2, bool kDecoupled>
+template <typename T, typename G, bool kL2, bool kDecoupled>
 struct LambMomentsKernel {
   using M = math_t<T>;
   static constexpr int kThreads = grid::kThreads;
@@ -77,17 +77,19 @@ struct LambMomentsKernel {
     if (skip_step(a.found_inf)) return;
     const Table& tab = a.table;
     const Chunk c = chunk_of(tab, ctx.block());
-    void* step = tab.ptr<void>(kLambStep, c.tensor);
     const double grad_mul = lamb_grad_mul(ctx, shared.scratch, a.grad_sumsq, a.h, read_scalar(a.grad_scale, 1.0));
+    // The step pointer is read from the table at each use rather than kept live: kept, ptxas saved it to
+    // the stack across lamb_scalars' fp64 calls (8 B of local memory in 7 of the 16 master-weights
+    // variants, sm_80/sm_90).
     if (ctx.thread() == 0) {
-      shared.step = next_step(step, a.h.steps_fp64);
+      shared.step = next_step(tab.ptr<void>(kLambStep, c.tensor), a.h.steps_fp64);
       shared.scalars = lamb_scalars<M>(shared.step, a.h.beta1, a.h.beta2, a.h.eps, a.h.weight_decay,
                                        a.h.bias_correction, a.h.grad_averaging, grad_mul);
     }
     ctx.sync();
     const LambScalars<M> s = shared.scalars;
     const T* p = tab.ptr<const T>(kLambParam, c.tensor);
-    const T* g = tab.ptr<const T>(kLambGrad, c.tensor);
+    const G* g = tab.ptr<const G>(kLambGrad, c.tensor);
     T* m = tab.ptr<T>(kLambExpAvg, c.tensor);
     T* v = tab.ptr<T>(kLambExpAvgSq, c.tensor);
     double acc_p = 0.0, acc_u = 0.0;
@@ -130,14 +132,15 @@ struct LambMomentsKernel {
     if (ctx.thread() == 0) {
       a.norms.set(2 * c.tensor, norm_p);
       a.norms.set(2 * c.tensor + 1, norm_u);
-      store_step(step, a.h.steps_fp64, shared.step);
+      store_step(tab.ptr<void>(kLambStep, c.tensor), a.h.steps_fp64, shared.step);
     }
   }
 };
 
-template <typename T, bool kL2, bool kDecoupled>
+template <typename T, typename G, bool kL2, bool kDecoupled>
 struct LambApplyKernel {
   using M = math_t<T>;
+  static constexpr bool kCopy = kCopies<T, G>;
   static constexpr int kThreads = grid::kThreads;
   static constexpr bool kDefer = kLambDeferMoments<T>;
 
@@ -178,9 +181,10 @@ struct LambApplyKernel {
     const LambScalars<M> s = shared.scalars;
     const M step_size = shared.step_size;
     T* p = tab.ptr<T>(kLambParam, c.tensor);
-    const T* g = tab.ptr<const T>(kLambGrad, c.tensor);
+    const G* g = tab.ptr<const G>(kLambGrad, c.tensor);
     T* m = tab.ptr<T>(kLambExpAvg, c.tensor);
     T* v = tab.ptr<T>(kLambExpAvgSq, c.tensor);
+    G* model = tab.ptr<G>(kLambModelParam, c.tensor);
     for_each_vector<T>(ctx, tab, c, [&](auto width, int64_t i) {
       constexpr int W = decltype(width)::value;
       M pv[W], gv[W], mv[W], vv[W];
@@ -194,6 +198,7 @@ struct LambApplyKernel {
         agd_kernels::lamb_apply(pv[k], lamb_direction<kDecoupled>(pv[k], mv[k], vv[k], s), step_size);
       }
       store_pack<W>(p, i, pv);
+      if (kCopy) store_pack<W>(model, i, pv);
       if (kDefer) {
         store_pack<W>(m, i, mv);
         store_pack<W>(v, i, vv);

@@ -6,12 +6,13 @@
 
 namespace agd_kernels::grid {
 
-template <typename T, bool kWeightDecay, int kCentering, bool kMomentum>
+template <typename T, typename G, bool kWeightDecay, int kCentering, bool kMomentum>
 struct RmspropKernel {
+  static constexpr bool kCopy = kCopies<T, G>;
   using M = math_t<T>;
   static constexpr int kThreads = grid::kThreads;
   static constexpr bool kCentered = kCentering != kNotCentered;
-  enum List { kParam, kGrad, kSquareAvg, kGradAvg, kMomentumBuffer, kStep, kLists };
+  enum List { kParam, kGrad, kSquareAvg, kGradAvg, kMomentumBuffer, kModelParam, kStep, kLists };
 
   struct Args {
     Table table;
@@ -32,7 +33,8 @@ struct RmspropKernel {
     const RmspropScalars<M> s =
         rmsprop_scalars<M>(read_scalar(a.lr, 0.0), a.alpha, a.eps, a.weight_decay, a.momentum, grad_mul);
     T* p = tab.ptr<T>(kParam, c.tensor);
-    const T* g = tab.ptr<const T>(kGrad, c.tensor);
+    const G* g = tab.ptr<const G>(kGrad, c.tensor);
+    G* model = tab.ptr<G>(kModelParam, c.tensor);
     T* v = tab.ptr<T>(kSquareAvg, c.tensor);
     T* gavg = tab.ptr<T>(kGradAvg, c.tensor);
     T* buf = tab.ptr<T>(kMomentumBuffer, c.tensor);
@@ -51,6 +53,7 @@ struct RmspropKernel {
       store_pack<W>(v, i, vv);
       if (kCentered) store_pack<W>(gavg, i, av);
       if (kMomentum) store_pack<W>(buf, i, bv);
+      if (kCopy) store_pack<W>(model, i, pv);
     });
     void* step = tab.ptr<void>(kStep, c.tensor);
     const double t = next_step(step, a.steps_fp64);  // read before arriving: the last block writes it

@@ -6,11 +6,12 @@
 
 namespace agd_kernels::grid {
 
-template <typename T, bool kWeightDecay, bool kMomentum>
+template <typename T, typename G, bool kWeightDecay, bool kMomentum>
 struct SgdKernel {
   using M = math_t<T>;
+  static constexpr bool kCopy = kCopies<T, G>;
   static constexpr int kThreads = grid::kThreads;
-  enum List { kParam, kGrad, kMomentumBuffer, kLists };
+  enum List { kParam, kGrad, kMomentumBuffer, kModelParam, kLists };
 
   struct Args {
     Table table;
@@ -30,7 +31,8 @@ struct SgdKernel {
     const SgdScalars<M> s = sgd_scalars<M>(read_scalar(a.lr, 0.0), a.momentum, a.dampening, a.weight_decay,
                                            a.nesterov, a.first_step, grad_mul);
     T* p = tab.ptr<T>(kParam, c.tensor);
-    const T* g = tab.ptr<const T>(kGrad, c.tensor);
+    const G* g = tab.ptr<const G>(kGrad, c.tensor);
+    G* model = tab.ptr<G>(kModelParam, c.tensor);
     T* buf = tab.ptr<T>(kMomentumBuffer, c.tensor);
     for_each_vector<T>(ctx, tab, c, [&](auto width, int64_t i) {
       constexpr int W = decltype(width)::value;
@@ -43,6 +45,7 @@ struct SgdKernel {
       for (int k = 0; k < W; ++k) sgd_element<kWeightDecay, kMomentum>(pv[k], gv[k], bv[k], s);
       store_pack<W>(p, i, pv);
       if (kMomentum) store_pack<W>(buf, i, bv);
+      if (kCopy) store_pack<W>(model, i, pv);
     });
   }
 };

@@ -19,7 +19,8 @@ AGDK_DEVICE double yf_column_sum(const double* stats, int64_t rows, int col) {
   return sum;
 }
 
-template <typename T>
+// T: grad_avgs' type (fp32 beside 16-bit grads G under master weights, else G).
+template <typename T, typename G>
 struct YellowfinStatsKernel {
   using M = math_t<T>;
   static constexpr int kThreads = grid::kThreads;
@@ -41,7 +42,7 @@ struct YellowfinStatsKernel {
   AGDK_DEVICE static void run(Ctx& ctx, Shared& shared, const Args& a) {
     const Table& tab = a.table;
     const Chunk c = chunk_of(tab, ctx.block());
-    const T* g = tab.ptr<const T>(kGrad, c.tensor);
+    const G* g = tab.ptr<const G>(kGrad, c.tensor);
     const T* avg = tab.ptr<const T>(kGradAvg, c.tensor);
     double acc[4] = {0.0, 0.0, 0.0, 0.0};
     for_each_vector<T>(ctx, tab, c, [&](auto width, int64_t i) {
@@ -98,11 +99,12 @@ struct YellowfinTuneKernel {
   }
 };
 
-template <typename T, bool kWeightDecay>
+template <typename T, typename G, bool kWeightDecay>
 struct YellowfinApplyKernel {
   using M = math_t<T>;
+  static constexpr bool kCopy = kCopies<T, G>;
   static constexpr int kThreads = grid::kThreads;
-  enum List { kParam, kGrad, kGradAvg, kMomentumBuffer, kLists };
+  enum List { kParam, kGrad, kGradAvg, kMomentumBuffer, kModelParam, kLists };
 
   struct Args {
     Table table;
@@ -131,9 +133,10 @@ struct YellowfinApplyKernel {
     const Table& tab = a.table;
     const Chunk c = chunk_of(tab, ctx.block());
     T* p = tab.ptr<T>(kParam, c.tensor);
-    const T* g = tab.ptr<const T>(kGrad, c.tensor);
+    const G* g = tab.ptr<const G>(kGrad, c.tensor);
     T* avg = tab.ptr<T>(kGradAvg, c.tensor);
     T* buf = tab.ptr<T>(kMomentumBuffer, c.tensor);
+    G* model = tab.ptr<G>(kModelParam, c.tensor);
     const bool heavy = shared.heavy != 0;
     for_each_vector<T>(ctx, tab, c, [&](auto width, int64_t i) {
       constexpr int W = decltype(width)::value;
@@ -152,6 +155,7 @@ struct YellowfinApplyKernel {
       }
       store_pack<W>(p, i, pv);
       store_pack<W>(avg, i, av);
+      if (kCopy) store_pack<W>(model, i, pv);
     });
   }
 };
