@@ -131,22 +131,23 @@ void check_lists(const Backend& be, const char* op, at::TensorList params, std::
 // `grads`, each result also rounded into a 16-bit `model_params` tensor in the same pass.
 inline bool is_16_bit(at::ScalarType t) { return t == at::kHalf || t == at::kBFloat16; }
 
-// The dtype an op reads `grads` in: params[0]'s, or one 16-bit dtype beside float32 params. Checks grads
-// against params (count, device, shape, layout) and one dtype for all of them; params are checked already.
+// The dtype an op reads `grads` in: the dtype of `base` (params, or yellowfin_stats_'s grad_avgs), or one
+// 16-bit dtype beside a float32 base. Checks grads against base (count, device, shape, layout) and one
+// dtype for all of them; base is checked already.
 template <class Backend>
 at::ScalarType check_grads(const Backend& be, const char* op, at::TensorList params, at::TensorList grads,
-                           const char* name = "grads") {
-  TORCH_CHECK_VALUE(grads.size() == params.size(), op, ": ", name, " has ", grads.size(), " tensors, params has ",
+                           const char* base = "params") {
+  TORCH_CHECK_VALUE(grads.size() == params.size(), op, ": grads has ", grads.size(), " tensors, ", base, " has ",
                     params.size());
   if (params.empty()) return at::kFloat;
   const at::ScalarType p = params[0].scalar_type(), g = grads[0].scalar_type();
   const bool mixed = p == at::kFloat && is_16_bit(g);
-  TORCH_CHECK_TYPE(g == p || mixed, op, ": ", name, "[0] is ", g, ", params[0] is ", p, "; ", name,
-                   " must have the params' dtype, or be float16 or bfloat16 beside float32 params");
-  check_like(be, op, name, params, grads, "params", /*same_dtype=*/!mixed);
+  TORCH_CHECK_TYPE(g == p || mixed, op, ": grads[0] is ", g, ", ", base, "[0] is ", p, "; grads must have the ",
+                   base, "' dtype, or be float16 or bfloat16 beside float32 ", base);
+  check_like(be, op, "grads", params, grads, base, /*same_dtype=*/!mixed);
   for (size_t i = 0; i < grads.size(); ++i) {
-    TORCH_CHECK_TYPE(grads[i].scalar_type() == g, op, ": ", name, "[", i, "] is ", grads[i].scalar_type(), " but ",
-                     name, "[0] is ", g, "; one call takes one gradient dtype");
+    TORCH_CHECK_TYPE(grads[i].scalar_type() == g, op, ": grads[", i, "] is ", grads[i].scalar_type(),
+                     " but grads[0] is ", g, "; one call takes one gradient dtype");
   }
   return g;
 }

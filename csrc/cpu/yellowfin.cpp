@@ -85,7 +85,7 @@ void yellowfin_stats_cpu(at::TensorList grads, at::TensorList grad_avgs, const a
   constexpr const char* op = "yellowfin_stats_";
   // grad_avgs set the dtype (fp32 beside 16-bit grads under master weights), as params do for the other ops
   check_params(kCpu, op, grad_avgs, "grad_avgs");
-  const at::ScalarType grad_type = check_grads(kCpu, op, grad_avgs, grads);
+  const at::ScalarType grad_type = check_grads(kCpu, op, grad_avgs, grads, "grad_avgs");
   check_fp64_cpu(op, "out", out);
   TORCH_CHECK_VALUE(out.numel() == 4 && out.dim() == 1, op, ": out must be a 1-D tensor of 4 values; got shape ",
                     out.sizes());

@@ -31,7 +31,7 @@ void yellowfin_stats(Device& dev, at::TensorList grads, at::TensorList grad_avgs
   constexpr const char* op = "yellowfin_stats_";
   // grad_avgs lead (the dtype the kernel computes in): grads share it, or are 16-bit beside fp32 ones.
   check_params(dev, op, grad_avgs, "grad_avgs");
-  const at::ScalarType grad_dtype = check_grads(dev, op, grad_avgs, grads);
+  const at::ScalarType grad_dtype = check_grads(dev, op, grad_avgs, grads, "grad_avgs");
   check_fp64(dev, op, "out", out);
   TORCH_CHECK_VALUE(out.numel() == 4 && out.dim() == 1, op, ": out must be a 1-D tensor of 4 values; got shape ",
                     out.sizes());

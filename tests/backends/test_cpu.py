@@ -257,7 +257,7 @@ def test_channels_last_gives_the_contiguous_result(op):
 def test_mixed_layouts_of_one_parameter_are_rejected():
     args = list(make_args("adam_step_", [(8, 6, 3, 3)], torch.float32, "adam"))
     args[0] = [args[0][0].contiguous(memory_format=torch.channels_last)]
-    with pytest.raises(ValueError, match=r"grads\[0\] has strides .*params\[0\] has .*same memory layout"):
+    with pytest.raises(ValueError, match=r"exp_avgs\[0\] has strides .*params\[0\] has .*same memory layout"):
         run("adam_step_", "cpu", tuple(args))
 
 
