@@ -57,7 +57,8 @@ def _adagrad_kernel(rows, grads, models, blocks, counters, lr_ptr, scale_ptr, in
     t, start = program_chunk(blocks, CHUNK)
     row = rows + t * _NCOL
     _adagrad_chunk(row_pointer(row, _P, DTYPE, ALIGN), row_pointer(grads, t, GDTYPE, ALIGN),
-                   row_pointer(models, t, GDTYPE, ALIGN), row_pointer(row, _SUM, DTYPE, ALIGN), row_pointer(row, _STEP, tl.float32, 4), counters + t,
+                   row_pointer(models, t, GDTYPE, ALIGN), row_pointer(row, _SUM, DTYPE, ALIGN),
+                   row_pointer(row, _STEP, tl.float32, 4), counters + t,
                    tl.load(row + mt.NUMEL), start, tl.load(row + mt.NBLOCKS), lr_ptr, scale_ptr, inf_ptr, lr_decay,
                    weight_decay, eps, maximize, COPY, BLOCK, CHUNK)
 

@@ -3,6 +3,9 @@
 Bytes per fp32 element: p, g, m, v read (16 B) and p, m, v written (12 B), plus vmax (4 + 4 B) with
 amsgrad. Bias corrections are fp64 scalars computed per program from the step counter, as torch computes
 them from its host-side step; the step counter advances in the last program of each tensor.
+Master weights (model_params): g read in 16 bits and the model param written rounded, 14 B read + 14 B
+written per element, where the former fp32 gradient copy (2 + 4 B), kernel (28 B) and copy-back (4 + 2 B)
+moved 40 B.
 """
 
 import triton
@@ -82,7 +85,8 @@ def _adam_kernel(rows, grads, models, blocks, counters, lr_ptr, scale_ptr, inf_p
     t, start = program_chunk(blocks, CHUNK)
     row = rows + t * _NCOL
     _adam_chunk(row_pointer(row, _P, DTYPE, ALIGN), row_pointer(grads, t, GDTYPE, ALIGN),
-                row_pointer(models, t, GDTYPE, ALIGN), row_pointer(row, _M, DTYPE, ALIGN), row_pointer(row, _V, DTYPE, ALIGN),
+                row_pointer(models, t, GDTYPE, ALIGN), row_pointer(row, _M, DTYPE, ALIGN),
+                row_pointer(row, _V, DTYPE, ALIGN),
                 row_pointer(row, _VMAX, DTYPE, ALIGN), row_pointer(row, _STEP, tl.float32, 4), counters + t,
                 tl.load(row + mt.NUMEL), start, tl.load(row + mt.NBLOCKS), lr_ptr, scale_ptr, inf_ptr, beta1, beta2,
                 eps, weight_decay, amsgrad, maximize, decoupled, COPY, BLOCK, CHUNK)

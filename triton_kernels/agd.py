@@ -94,7 +94,8 @@ def _agd_update_kernel(rows, grads, models, blocks, sumsq, slice_sv, n_slots, de
     t, start = program_chunk(blocks, CHUNK)
     row = rows + t * _NCOL
     _agd_update_chunk(row_pointer(row, _P, DTYPE, ALIGN), row_pointer(grads, t, GDTYPE, ALIGN),
-                      row_pointer(models, t, GDTYPE, ALIGN), tl.load(row + mt.NUMEL), start, tl.load(row + _TAPS), tl.load(row + _SLOT),
+                      row_pointer(models, t, GDTYPE, ALIGN), tl.load(row + mt.NUMEL), start,
+                      tl.load(row + _TAPS), tl.load(row + _SLOT),
                       tl.load(row + _COUNT), tl.load(row + _FOLLOWER), sumsq, slice_sv, n_slots, depth, gain,
                       scale_ptr, inf_ptr, eta_out, g_out, tl.program_id(0) == 0, COPY, SLOTS, BLOCK, CHUNK)
 

@@ -215,7 +215,8 @@ def _lamb_apply_kernel(rows, grads, models, blocks, norms, lr_ptr, grad_sumsq, n
     t, start = program_chunk(blocks, CHUNK)
     row = rows + t * _NCOL
     _lamb_apply_chunk(row_pointer(row, _P, DTYPE, ALIGN), row_pointer(grads, t, GDTYPE, ALIGN),
-                      row_pointer(models, t, GDTYPE, ALIGN), row_pointer(row, _M, DTYPE, ALIGN), row_pointer(row, _V, DTYPE, ALIGN),
+                      row_pointer(models, t, GDTYPE, ALIGN), row_pointer(row, _M, DTYPE, ALIGN),
+                      row_pointer(row, _V, DTYPE, ALIGN),
                       row_pointer(row, _STEP, tl.float32, 4), tl.load(row + mt.NUMEL), start, norms + 2 * t, lr_ptr,
                       grad_sumsq, n_slots, scale_ptr, inf_ptr, max_grad_norm, beta1, beta2, eps, weight_decay,
                       bias_correction, grad_averaging, adam_w_mode, use_trust_ratio, phi_min, phi_max, DEFER, COPY,

@@ -75,7 +75,8 @@ def _rmsprop_kernel(rows, grads, models, blocks, counters, lr_ptr, scale_ptr, in
     t, start = program_chunk(blocks, CHUNK)
     row = rows + t * _NCOL
     _rmsprop_chunk(row_pointer(row, _P, DTYPE, ALIGN), row_pointer(grads, t, GDTYPE, ALIGN),
-                   row_pointer(models, t, GDTYPE, ALIGN), row_pointer(row, _SQ, DTYPE, ALIGN), row_pointer(row, _GAVG, DTYPE, ALIGN),
+                   row_pointer(models, t, GDTYPE, ALIGN), row_pointer(row, _SQ, DTYPE, ALIGN),
+                   row_pointer(row, _GAVG, DTYPE, ALIGN),
                    row_pointer(row, _BUF, DTYPE, ALIGN), row_pointer(row, _STEP, tl.float32, 4), counters + t,
                    tl.load(row + mt.NUMEL), start, tl.load(row + mt.NBLOCKS), lr_ptr, scale_ptr, inf_ptr, alpha,
                    eps, weight_decay, momentum, centered, maximize, COPY, BLOCK, CHUNK)
