@@ -32,6 +32,15 @@ def load(ptr, mask):
 
 
 @triton.jit
+def store_param(p, model, offs, mask, pv, COPY: tl.constexpr):
+    """Store an updated parameter, and with COPY (master weights) also into its 16-bit model parameter:
+    `.to` rounds to nearest even on the GPU (the interpreter truncates to bf16, tests/backends/test_triton.py)."""
+    tl.store(p + offs, pv.to(p.dtype.element_ty), mask=mask)
+    if COPY:
+        tl.store(model + offs, pv.to(model.dtype.element_ty), mask=mask)
+
+
+@triton.jit
 def last_to_arrive(counter, n_blocks, live):
     """True in exactly one program of a tensor: the last of its `n_blocks` programs to get here.
 

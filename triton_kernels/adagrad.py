@@ -8,7 +8,7 @@ import triton.language as tl
 from torch import Tensor
 
 from . import multi_tensor as mt
-from ._common import last_to_arrive, load, program_chunk, row_pointer, scalar
+from ._common import last_to_arrive, load, program_chunk, row_pointer, scalar, store_param
 
 # rows payload columns
 _P = tl.constexpr(mt.HEAD + 0)
@@ -18,7 +18,7 @@ _NCOL = tl.constexpr(mt.HEAD + 3)
 
 
 @triton.jit
-def _adagrad_tile(p, g, acc, offs, mask, clr, scale, weight_decay, eps, maximize):
+def _adagrad_tile(p, g, model, acc, offs, mask, clr, scale, weight_decay, eps, maximize, COPY: tl.constexpr):
     # tl.div_rn/tl.sqrt_rn: on the GPU `/` and tl.sqrt compile to div.full.f32/sqrt.approx.f32, up to 2 ulps
     # off the correctly rounded results torch computes (docs/gpu_runs.md)
     gv = tl.div_rn(load(g + offs, mask), scale)
@@ -29,12 +29,12 @@ def _adagrad_tile(p, g, acc, offs, mask, clr, scale, weight_decay, eps, maximize
         gv = gv + weight_decay * pv
     sv = load(acc + offs, mask) + gv * gv
     tl.store(acc + offs, sv.to(acc.dtype.element_ty), mask=mask)
-    tl.store(p + offs, (pv - clr * tl.div_rn(gv, tl.sqrt_rn(sv) + eps)).to(p.dtype.element_ty), mask=mask)
+    store_param(p, model, offs, mask, pv - clr * tl.div_rn(gv, tl.sqrt_rn(sv) + eps), COPY)
 
 
 @triton.jit
-def _adagrad_chunk(p, g, acc, step_ptr, counter, numel, start, n_blocks, lr_ptr, scale_ptr, inf_ptr, lr_decay,
-                   weight_decay, eps, maximize, BLOCK: tl.constexpr, CHUNK: tl.constexpr):
+def _adagrad_chunk(p, g, model, acc, step_ptr, counter, numel, start, n_blocks, lr_ptr, scale_ptr, inf_ptr, lr_decay,
+                   weight_decay, eps, maximize, COPY: tl.constexpr, BLOCK: tl.constexpr, CHUNK: tl.constexpr):
     live = tl.load(inf_ptr) == 0
     t = tl.load(step_ptr).to(tl.float64) + 1.0
     clr = (tl.load(lr_ptr).to(tl.float64) / (1.0 + (t - 1.0) * scalar(lr_decay, tl.float64))).to(tl.float32)
@@ -43,47 +43,48 @@ def _adagrad_chunk(p, g, acc, step_ptr, counter, numel, start, n_blocks, lr_ptr,
     for off in range(0, CHUNK, BLOCK):
         offs = start + off + tl.arange(0, BLOCK)
         if start + off + BLOCK <= limit:
-            _adagrad_tile(p, g, acc, offs, None, *scalars, maximize)
+            _adagrad_tile(p, g, model, acc, offs, None, *scalars, maximize, COPY)
         else:
-            _adagrad_tile(p, g, acc, offs, offs < limit, *scalars, maximize)
+            _adagrad_tile(p, g, model, acc, offs, offs < limit, *scalars, maximize, COPY)
     if last_to_arrive(counter, n_blocks, live):
         tl.store(step_ptr, t.to(tl.float32))
 
 
 @triton.jit
-def _adagrad_kernel(rows, grads, blocks, counters, lr_ptr, scale_ptr, inf_ptr, lr_decay: "fp64", weight_decay,
-                    eps, maximize, DTYPE: tl.constexpr, ALIGN: tl.constexpr, BLOCK: tl.constexpr,
-                    CHUNK: tl.constexpr):
+def _adagrad_kernel(rows, grads, models, blocks, counters, lr_ptr, scale_ptr, inf_ptr, lr_decay: "fp64",
+                    weight_decay, eps, maximize, DTYPE: tl.constexpr, GDTYPE: tl.constexpr, ALIGN: tl.constexpr,
+                    COPY: tl.constexpr, BLOCK: tl.constexpr, CHUNK: tl.constexpr):
     t, start = program_chunk(blocks, CHUNK)
     row = rows + t * _NCOL
-    _adagrad_chunk(row_pointer(row, _P, DTYPE, ALIGN), row_pointer(grads, t, DTYPE, ALIGN),
-                   row_pointer(row, _SUM, DTYPE, ALIGN), row_pointer(row, _STEP, tl.float32, 4), counters + t,
+    _adagrad_chunk(row_pointer(row, _P, DTYPE, ALIGN), row_pointer(grads, t, GDTYPE, ALIGN),
+                   row_pointer(models, t, GDTYPE, ALIGN), row_pointer(row, _SUM, DTYPE, ALIGN),
+                   row_pointer(row, _STEP, tl.float32, 4), counters + t,
                    tl.load(row + mt.NUMEL), start, tl.load(row + mt.NBLOCKS), lr_ptr, scale_ptr, inf_ptr, lr_decay,
-                   weight_decay, eps, maximize, BLOCK, CHUNK)
+                   weight_decay, eps, maximize, COPY, BLOCK, CHUNK)
 
 
 @triton.jit
-def _adagrad_tensor_kernel(p, g, acc, step_ptr, counter, numel, lr_ptr, scale_ptr, inf_ptr, lr_decay: "fp64",
-                           weight_decay, eps, maximize, BLOCK: tl.constexpr, CHUNK: tl.constexpr):
+def _adagrad_tensor_kernel(p, g, model, acc, step_ptr, counter, numel, lr_ptr, scale_ptr, inf_ptr,
+                           lr_decay: "fp64", weight_decay, eps, maximize, COPY: tl.constexpr, BLOCK: tl.constexpr,
+                           CHUNK: tl.constexpr):
     block = tl.program_id(0)
-    _adagrad_chunk(p, g, acc, step_ptr, counter, numel, block.to(tl.int64) * CHUNK, tl.num_programs(0), lr_ptr,
-                   scale_ptr, inf_ptr, lr_decay, weight_decay, eps, maximize, BLOCK, CHUNK)
+    _adagrad_chunk(p, g, model, acc, step_ptr, counter, numel, block.to(tl.int64) * CHUNK, tl.num_programs(0),
+                   lr_ptr, scale_ptr, inf_ptr, lr_decay, weight_decay, eps, maximize, COPY, BLOCK, CHUNK)
 
 
 def adagrad_step_triton(params: list[Tensor], grads: list[Tensor], state_sums: list[Tensor],
                         state_steps: list[Tensor], lr: Tensor, lr_decay: float, weight_decay: float, eps: float,
                         maximize: bool, grad_scale: Tensor | None, found_inf: Tensor | None,
-        model_params: list[Tensor]) -> None:
+                        model_params: list[Tensor]) -> None:
     """Triton `adagrad_step_` (see agd_kernels.ops.adagrad_step_)."""
-    if model_params:
-        raise NotImplementedError("model_params is not implemented by the triton backend yet")
     if not params:
         return
     op = "adagrad_step_"
     states = [state_sums]
-    mt.check_lists(op, params, {"grads": grads, "state_sums": state_sums}, steps=state_steps)
+    mt.check_lists(op, params, {"state_sums": state_sums}, grads=grads, model_params=model_params, steps=state_steps)
     device = params[0].device
     mt.check_scalar(op, "lr", lr, device)
     scale, inf = mt.amp_scalars(grad_scale, found_inf, device, op)
     hyper = (lr, scale, inf, lr_decay, weight_decay, eps, int(maximize))
-    mt.launch_elementwise(op, _adagrad_kernel, _adagrad_tensor_kernel, params, grads, states, state_steps, hyper)
+    mt.launch_elementwise(op, _adagrad_kernel, _adagrad_tensor_kernel, params, grads, states, state_steps, hyper,
+                          model_params)

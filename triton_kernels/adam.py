@@ -3,6 +3,9 @@
 Bytes per fp32 element: p, g, m, v read (16 B) and p, m, v written (12 B), plus vmax (4 + 4 B) with
 amsgrad. Bias corrections are fp64 scalars computed per program from the step counter, as torch computes
 them from its host-side step; the step counter advances in the last program of each tensor.
+Master weights (model_params): g read in 16 bits and the model param written rounded, 14 B read + 14 B
+written per element, where the former fp32 gradient copy (2 + 4 B), kernel (28 B) and copy-back (4 + 2 B)
+moved 40 B.
 """
 
 import triton
@@ -10,7 +13,7 @@ import triton.language as tl
 from torch import Tensor
 
 from . import multi_tensor as mt
-from ._common import last_to_arrive, lerp, load, pow_f64, program_chunk, row_pointer, scalar
+from ._common import last_to_arrive, lerp, load, pow_f64, program_chunk, row_pointer, scalar, store_param
 
 # rows payload columns
 _P = tl.constexpr(mt.HEAD + 0)
@@ -22,8 +25,8 @@ _NCOL = tl.constexpr(mt.HEAD + 5)
 
 
 @triton.jit
-def _adam_tile(p, g, m, v, vmax, offs, mask, scale, step_size, bc2_sqrt, decay, wd, w1, b2, w2, eps, amsgrad,
-               maximize, decoupled, l2):
+def _adam_tile(p, g, model, m, v, vmax, offs, mask, scale, step_size, bc2_sqrt, decay, wd, w1, b2, w2, eps, amsgrad,
+               maximize, decoupled, l2, COPY: tl.constexpr):
     # tl.div_rn/tl.sqrt_rn: on the GPU `/` and tl.sqrt compile to div.full.f32/sqrt.approx.f32, up to 2 ulps
     # off the correctly rounded results torch computes (docs/gpu_runs.md)
     gv = tl.div_rn(load(g + offs, mask), scale)
@@ -43,12 +46,12 @@ def _adam_tile(p, g, m, v, vmax, offs, mask, scale, step_size, bc2_sqrt, decay, 
     pv = pv - step_size * tl.div_rn(mv, tl.div_rn(tl.sqrt_rn(second), bc2_sqrt) + eps)
     tl.store(m + offs, mv.to(m.dtype.element_ty), mask=mask)
     tl.store(v + offs, vv.to(v.dtype.element_ty), mask=mask)
-    tl.store(p + offs, pv.to(p.dtype.element_ty), mask=mask)
+    store_param(p, model, offs, mask, pv, COPY)
 
 
 @triton.jit
-def _adam_chunk(p, g, m, v, vmax, step_ptr, counter, numel, start, n_blocks, lr_ptr, scale_ptr, inf_ptr,
-                beta1, beta2, eps, weight_decay, amsgrad, maximize, decoupled,
+def _adam_chunk(p, g, model, m, v, vmax, step_ptr, counter, numel, start, n_blocks, lr_ptr, scale_ptr, inf_ptr,
+                beta1, beta2, eps, weight_decay, amsgrad, maximize, decoupled, COPY: tl.constexpr,
                 BLOCK: tl.constexpr, CHUNK: tl.constexpr):
     beta1 = scalar(beta1, tl.float64)
     beta2 = scalar(beta2, tl.float64)
@@ -67,33 +70,35 @@ def _adam_chunk(p, g, m, v, vmax, step_ptr, counter, numel, start, n_blocks, lr_
     for off in range(0, CHUNK, BLOCK):
         offs = start + off + tl.arange(0, BLOCK)
         if start + off + BLOCK <= limit:
-            _adam_tile(p, g, m, v, vmax, offs, None, *scalars, amsgrad, maximize, decoupled, l2)
+            _adam_tile(p, g, model, m, v, vmax, offs, None, *scalars, amsgrad, maximize, decoupled, l2, COPY)
         else:
-            _adam_tile(p, g, m, v, vmax, offs, offs < limit, *scalars, amsgrad, maximize, decoupled, l2)
+            _adam_tile(p, g, model, m, v, vmax, offs, offs < limit, *scalars, amsgrad, maximize, decoupled, l2,
+                       COPY)
     if last_to_arrive(counter, n_blocks, live):
         tl.store(step_ptr, t.to(tl.float32))
 
 
 @triton.jit
-def _adam_kernel(rows, grads, blocks, counters, lr_ptr, scale_ptr, inf_ptr, beta1: "fp64", beta2: "fp64", eps,
-                 weight_decay: "fp64", amsgrad, maximize, decoupled, DTYPE: tl.constexpr, ALIGN: tl.constexpr,
-                 BLOCK: tl.constexpr, CHUNK: tl.constexpr):
+def _adam_kernel(rows, grads, models, blocks, counters, lr_ptr, scale_ptr, inf_ptr, beta1: "fp64", beta2: "fp64",
+                 eps, weight_decay: "fp64", amsgrad, maximize, decoupled, DTYPE: tl.constexpr, GDTYPE: tl.constexpr,
+                 ALIGN: tl.constexpr, COPY: tl.constexpr, BLOCK: tl.constexpr, CHUNK: tl.constexpr):
     t, start = program_chunk(blocks, CHUNK)
     row = rows + t * _NCOL
-    _adam_chunk(row_pointer(row, _P, DTYPE, ALIGN), row_pointer(grads, t, DTYPE, ALIGN),
-                row_pointer(row, _M, DTYPE, ALIGN), row_pointer(row, _V, DTYPE, ALIGN),
+    _adam_chunk(row_pointer(row, _P, DTYPE, ALIGN), row_pointer(grads, t, GDTYPE, ALIGN),
+                row_pointer(models, t, GDTYPE, ALIGN), row_pointer(row, _M, DTYPE, ALIGN),
+                row_pointer(row, _V, DTYPE, ALIGN),
                 row_pointer(row, _VMAX, DTYPE, ALIGN), row_pointer(row, _STEP, tl.float32, 4), counters + t,
                 tl.load(row + mt.NUMEL), start, tl.load(row + mt.NBLOCKS), lr_ptr, scale_ptr, inf_ptr, beta1, beta2,
-                eps, weight_decay, amsgrad, maximize, decoupled, BLOCK, CHUNK)
+                eps, weight_decay, amsgrad, maximize, decoupled, COPY, BLOCK, CHUNK)
 
 
 @triton.jit
-def _adam_tensor_kernel(p, g, m, v, vmax, step_ptr, counter, numel, lr_ptr, scale_ptr, inf_ptr, beta1: "fp64",
-                        beta2: "fp64", eps, weight_decay: "fp64", amsgrad, maximize, decoupled,
-                        BLOCK: tl.constexpr, CHUNK: tl.constexpr):
+def _adam_tensor_kernel(p, g, model, m, v, vmax, step_ptr, counter, numel, lr_ptr, scale_ptr, inf_ptr,
+                        beta1: "fp64", beta2: "fp64", eps, weight_decay: "fp64", amsgrad, maximize, decoupled,
+                        COPY: tl.constexpr, BLOCK: tl.constexpr, CHUNK: tl.constexpr):
     block = tl.program_id(0)
-    _adam_chunk(p, g, m, v, vmax, step_ptr, counter, numel, block.to(tl.int64) * CHUNK, tl.num_programs(0),
-                lr_ptr, scale_ptr, inf_ptr, beta1, beta2, eps, weight_decay, amsgrad, maximize, decoupled,
+    _adam_chunk(p, g, model, m, v, vmax, step_ptr, counter, numel, block.to(tl.int64) * CHUNK, tl.num_programs(0),
+                lr_ptr, scale_ptr, inf_ptr, beta1, beta2, eps, weight_decay, amsgrad, maximize, decoupled, COPY,
                 BLOCK, CHUNK)
 
 
@@ -101,18 +106,18 @@ def adam_step_triton(params: list[Tensor], grads: list[Tensor], exp_avgs: list[T
                      max_exp_avg_sqs: list[Tensor], state_steps: list[Tensor], lr: Tensor, beta1: float,
                      beta2: float, eps: float, weight_decay: float, amsgrad: bool, maximize: bool,
                      decoupled_weight_decay: bool, grad_scale: Tensor | None, found_inf: Tensor | None,
-        model_params: list[Tensor]) -> None:
+                     model_params: list[Tensor]) -> None:
     """Triton `adam_step_` (see agd_kernels.ops.adam_step_)."""
-    if model_params:
-        raise NotImplementedError("model_params is not implemented by the triton backend yet")
     if not params:
         return
     op = "adam_step_"
     states = [exp_avgs, exp_avg_sqs, max_exp_avg_sqs if amsgrad else None]
-    mt.check_lists(op, params, {"grads": grads, "exp_avgs": exp_avgs, "exp_avg_sqs": exp_avg_sqs,
-                                **({"max_exp_avg_sqs": max_exp_avg_sqs} if amsgrad else {})}, steps=state_steps)
+    mt.check_lists(op, params, {"exp_avgs": exp_avgs, "exp_avg_sqs": exp_avg_sqs,
+                                **({"max_exp_avg_sqs": max_exp_avg_sqs} if amsgrad else {})},
+                   grads=grads, model_params=model_params, steps=state_steps)
     device = params[0].device
     mt.check_scalar(op, "lr", lr, device)
     scale, inf = mt.amp_scalars(grad_scale, found_inf, device, op)
     hyper = (lr, scale, inf, beta1, beta2, eps, weight_decay, int(amsgrad), int(maximize), int(decoupled_weight_decay))
-    mt.launch_elementwise(op, _adam_kernel, _adam_tensor_kernel, params, grads, states, state_steps, hyper)
+    mt.launch_elementwise(op, _adam_kernel, _adam_tensor_kernel, params, grads, states, state_steps, hyper,
+                          model_params)

@@ -16,7 +16,7 @@ from agd_kernels.reference.agd import check_step_args
 from agd_kernels.reference.sumsq import num_slices
 
 from . import multi_tensor as mt
-from ._common import load, log1p_f64, program_chunk, row_pointer, scalar
+from ._common import load, log1p_f64, program_chunk, row_pointer, scalar, store_param
 
 # rows payload columns
 _P = tl.constexpr(mt.HEAD + 0)
@@ -31,7 +31,8 @@ _SLOTS = 1024
 
 
 @triton.jit
-def _agd_update_tile(p, g, offs, mask, sumsq, slice_sv, slot, taps, follower, follower_coef, step):
+def _agd_update_tile(p, g, model, offs, mask, sumsq, slice_sv, slot, taps, follower, follower_coef, step,
+                     COPY: tl.constexpr):
     if follower:
         coef = tl.zeros(offs.shape, dtype=tl.float32) + follower_coef
     else:  # the tap of element e is e % taps; sv and the norm are gathered per tap
@@ -42,13 +43,13 @@ def _agd_update_tile(p, g, offs, mask, sumsq, slice_sv, slot, taps, follower, fo
         # only an exactly zero sum is guarded: a NaN norm still poisons its slice (the reference's rule)
         coef = tl.where(norm == 0, 0.0, tl.div_rn(step * load(slice_sv + tap, mask), tl.where(norm == 0, 1.0, norm)))
     pv = load(p + offs, mask)
-    tl.store(p + offs, (pv - coef * load(g + offs, mask)).to(p.dtype.element_ty), mask=mask)
+    store_param(p, model, offs, mask, pv - coef * load(g + offs, mask), COPY)
 
 
 @triton.jit
-def _agd_update_chunk(p, g, numel, start, taps, slot, count, follower, sumsq, slice_sv, n_slots, depth, gain,
-                      scale_ptr, inf_ptr, eta_out, g_out, write_out, SLOTS: tl.constexpr, BLOCK: tl.constexpr,
-                      CHUNK: tl.constexpr):
+def _agd_update_chunk(p, g, model, numel, start, taps, slot, count, follower, sumsq, slice_sv, n_slots, depth, gain,
+                      scale_ptr, inf_ptr, eta_out, g_out, write_out, COPY: tl.constexpr, SLOTS: tl.constexpr,
+                      BLOCK: tl.constexpr, CHUNK: tl.constexpr):
     depth = scalar(depth, tl.float32)
     gain = scalar(gain, tl.float32)
     live = tl.load(inf_ptr) == 0
@@ -79,56 +80,57 @@ def _agd_update_chunk(p, g, numel, start, taps, slot, count, follower, sumsq, sl
     for off in range(0, CHUNK, BLOCK):
         offs = start + off + tl.arange(0, BLOCK)
         if start + off + BLOCK <= limit:
-            _agd_update_tile(p, g, offs, None, sumsq, slice_sv, slot, taps, follower, follower_coef, step)
+            _agd_update_tile(p, g, model, offs, None, sumsq, slice_sv, slot, taps, follower, follower_coef, step,
+                             COPY)
         else:
-            _agd_update_tile(p, g, offs, offs < limit, sumsq, slice_sv, slot, taps, follower, follower_coef, step)
+            _agd_update_tile(p, g, model, offs, offs < limit, sumsq, slice_sv, slot, taps, follower, follower_coef,
+                             step, COPY)
 
 
 @triton.jit
-def _agd_update_kernel(rows, grads, blocks, sumsq, slice_sv, n_slots, depth, gain, scale_ptr, inf_ptr, eta_out,
-                       g_out, DTYPE: tl.constexpr, ALIGN: tl.constexpr, SLOTS: tl.constexpr, BLOCK: tl.constexpr,
-                       CHUNK: tl.constexpr):
+def _agd_update_kernel(rows, grads, models, blocks, sumsq, slice_sv, n_slots, depth, gain, scale_ptr, inf_ptr,
+                       eta_out, g_out, DTYPE: tl.constexpr, GDTYPE: tl.constexpr, ALIGN: tl.constexpr,
+                       COPY: tl.constexpr, SLOTS: tl.constexpr, BLOCK: tl.constexpr, CHUNK: tl.constexpr):
     t, start = program_chunk(blocks, CHUNK)
     row = rows + t * _NCOL
-    _agd_update_chunk(row_pointer(row, _P, DTYPE, ALIGN), row_pointer(grads, t, DTYPE, ALIGN),
-                      tl.load(row + mt.NUMEL), start, tl.load(row + _TAPS), tl.load(row + _SLOT),
+    _agd_update_chunk(row_pointer(row, _P, DTYPE, ALIGN), row_pointer(grads, t, GDTYPE, ALIGN),
+                      row_pointer(models, t, GDTYPE, ALIGN), tl.load(row + mt.NUMEL), start,
+                      tl.load(row + _TAPS), tl.load(row + _SLOT),
                       tl.load(row + _COUNT), tl.load(row + _FOLLOWER), sumsq, slice_sv, n_slots, depth, gain,
-                      scale_ptr, inf_ptr, eta_out, g_out, tl.program_id(0) == 0, SLOTS, BLOCK, CHUNK)
+                      scale_ptr, inf_ptr, eta_out, g_out, tl.program_id(0) == 0, COPY, SLOTS, BLOCK, CHUNK)
 
 
 @triton.jit
-def _agd_update_tensor_kernel(p, g, numel, taps, slot, count, follower, sumsq, slice_sv, n_slots, depth, gain,
-                              scale_ptr, inf_ptr, eta_out, g_out, write_out, SLOTS: tl.constexpr,
-                              BLOCK: tl.constexpr, CHUNK: tl.constexpr):
+def _agd_update_tensor_kernel(p, g, model, numel, taps, slot, count, follower, sumsq, slice_sv, n_slots, depth,
+                              gain, scale_ptr, inf_ptr, eta_out, g_out, write_out, COPY: tl.constexpr,
+                              SLOTS: tl.constexpr, BLOCK: tl.constexpr, CHUNK: tl.constexpr):
     block = tl.program_id(0)
-    _agd_update_chunk(p, g, numel, block.to(tl.int64) * CHUNK, taps, slot, count, follower, sumsq, slice_sv,
+    _agd_update_chunk(p, g, model, numel, block.to(tl.int64) * CHUNK, taps, slot, count, follower, sumsq, slice_sv,
                       n_slots, depth, gain, scale_ptr, inf_ptr, eta_out, g_out, (write_out != 0) & (block == 0),
-                      SLOTS, BLOCK, CHUNK)
+                      COPY, SLOTS, BLOCK, CHUNK)
 
 
-def _check(params, grads, sumsq, slice_sv, slice_start, slice_count, depth) -> None:
+def _check(params, grads, sumsq, slice_sv, slice_start, slice_count, depth, model_params) -> None:
     check_step_args(params, grads, sumsq, slice_sv, slice_start, slice_count, depth)
     for name, t in (("sumsq", sumsq), ("slice_sv", slice_sv)):
         if t.dtype != torch.float32 or not t.is_contiguous() or (params and t.device != params[0].device):
             raise ValueError(f"agd_step_: {name} must be a contiguous float32 tensor on the parameters' device; "
                              f"got {t.dtype} on {t.device}")
-    mt.check_lists("agd_step_", params, {"grads": grads}, contiguous=True)
+    mt.check_lists("agd_step_", params, {}, grads=grads, model_params=model_params, contiguous=True)
 
 
 def agd_step_triton(params: list[Tensor], grads: list[Tensor], sumsq: Tensor, slice_sv: Tensor,
                     slice_start: list[int], slice_count: list[int], depth: int, gain: float,
                     grad_scale: Tensor | None, found_inf: Tensor | None,
-        model_params: list[Tensor]) -> tuple[Tensor, Tensor]:
+                    model_params: list[Tensor]) -> tuple[Tensor, Tensor]:
     """Triton `agd_step_` (see agd_kernels.ops.agd_step_); returns (eta, G) as 0-d fp32 tensors."""
-    if model_params:
-        raise NotImplementedError("model_params is not implemented by the triton backend yet")
-    _check(params, grads, sumsq, slice_sv, slice_start, slice_count, depth)
+    _check(params, grads, sumsq, slice_sv, slice_start, slice_count, depth, model_params)
     device = sumsq.device
     scale, inf = mt.amp_scalars(grad_scale, found_inf, device, "agd_step_")
     eta = torch.empty((), dtype=torch.float32, device=device)
     big_g = torch.empty((), dtype=torch.float32, device=device)
     cfg = mt.config(device)
-    meta = dict(SLOTS=_SLOTS, BLOCK=cfg.block, CHUNK=cfg.chunk, num_warps=cfg.num_warps)
+    meta = dict(COPY=bool(model_params), SLOTS=_SLOTS, BLOCK=cfg.block, CHUNK=cfg.chunk, num_warps=cfg.num_warps)
     scalars = (sumsq, slice_sv, sumsq.numel(), float(depth), float(gain), scale, inf, eta, big_g)
     # per tensor: element e of a weight uses tap e % taps (taps >= 1 even for a zero-size kernel dim,
     # which has no elements) and slots [slot, slot + count); a follower (rank <= 1) pools its owner's.
@@ -137,13 +139,17 @@ def agd_step_triton(params: list[Tensor], grads: list[Tensor], sumsq: Tensor, sl
     if not params or mt.traced(sumsq):
         # one launch per tensor; with no tensors, one empty launch still writes eta and G
         empty = sumsq[:0]
-        for i, (p, g, row) in enumerate(zip(params, grads, rows) if params else [(empty, empty, (1, 0, 0, 0))]):
+        models = model_params or params  # params stand in (never written: COPY false)
+        for i, (p, g, model, row) in enumerate(zip(params, grads, models, rows) if params
+                                               else [(empty, empty, empty, (1, 0, 0, 0))]):
             wrap_triton(_agd_update_tensor_kernel)[(mt.n_programs(p.numel(), cfg.chunk),)](
-                p, g, p.numel(), *row, *scalars, int(i == 0), **meta)
+                p, g, model, p.numel(), *row, *scalars, int(i == 0), **meta)
         return eta, big_g
     tab = mt.table("agd_step_", device, [p.numel() for p in params],
                    [(p.data_ptr(), *row) for p, row in zip(params, rows)], cfg.chunk)
+    grad_ptrs = mt.pointers(grads, device)
     wrap_triton(_agd_update_kernel)[(tab.n_blocks,)](
-        tab.rows, mt.pointers(grads, device), tab.blocks, *scalars, DTYPE=mt.TL_DTYPE[params[0].dtype],
-        ALIGN=mt.alignment(t.data_ptr() for t in (*params, *grads)), **meta)
+        tab.rows, grad_ptrs, mt.model_pointers(model_params, grad_ptrs, device), tab.blocks, *scalars,
+        DTYPE=mt.TL_DTYPE[params[0].dtype], GDTYPE=mt.TL_DTYPE[grads[0].dtype],
+        ALIGN=mt.alignment(t.data_ptr() for t in (*params, *grads, *model_params)), **meta)
     return eta, big_g

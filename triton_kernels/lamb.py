@@ -26,7 +26,7 @@ from torch import Tensor
 from torch.library import wrap_triton
 
 from . import multi_tensor as mt
-from ._common import last_to_arrive, load, pow_f64, program_chunk, row_pointer, scalar
+from ._common import last_to_arrive, load, pow_f64, program_chunk, row_pointer, scalar, store_param
 
 # rows payload columns
 _P = tl.constexpr(mt.HEAD + 0)
@@ -145,8 +145,8 @@ def _lamb_moments_chunk(p, g, m, v, step_ptr, counter, numel, start, n_blocks, b
 
 
 @triton.jit
-def _lamb_apply_tile(p, g, m, v, offs, mask, moments, step_size, bc1, bc2, eps, weight_decay, adam_w_mode,
-                     DEFER: tl.constexpr):
+def _lamb_apply_tile(p, g, model, m, v, offs, mask, moments, step_size, bc1, bc2, eps, weight_decay, adam_w_mode,
+                     DEFER: tl.constexpr, COPY: tl.constexpr):
     if DEFER:
         # the moments lamb_moments_ computed for the norms: same inputs (m, v, p not yet written), same code
         pv, mv, vv = _lamb_moments(p, g, m, v, offs, mask, *moments, weight_decay, adam_w_mode)
@@ -156,14 +156,14 @@ def _lamb_apply_tile(p, g, m, v, offs, mask, moments, step_size, bc1, bc2, eps, 
         mv = load(m + offs, mask)
         vv = load(v + offs, mask)
     u = _lamb_direction(mv, vv, pv, bc1, bc2, eps, weight_decay, adam_w_mode)
-    tl.store(p + offs, (pv - step_size * u).to(p.dtype.element_ty), mask=mask)
+    store_param(p, model, offs, mask, pv - step_size * u, COPY)
 
 
 @triton.jit
-def _lamb_apply_chunk(p, g, m, v, step_ptr, numel, start, norms, lr_ptr, grad_sumsq, n_slots, scale_ptr, inf_ptr,
-                      max_grad_norm, beta1, beta2, eps, weight_decay, bias_correction, grad_averaging, adam_w_mode,
-                      use_trust_ratio, phi_min, phi_max, DEFER: tl.constexpr, SLOTS: tl.constexpr,
-                      BLOCK: tl.constexpr, CHUNK: tl.constexpr):
+def _lamb_apply_chunk(p, g, model, m, v, step_ptr, numel, start, norms, lr_ptr, grad_sumsq, n_slots, scale_ptr,
+                      inf_ptr, max_grad_norm, beta1, beta2, eps, weight_decay, bias_correction, grad_averaging,
+                      adam_w_mode, use_trust_ratio, phi_min, phi_max, DEFER: tl.constexpr, COPY: tl.constexpr,
+                      SLOTS: tl.constexpr, BLOCK: tl.constexpr, CHUNK: tl.constexpr):
     live = tl.load(inf_ptr) == 0
     if DEFER:
         moments = _moment_scalars(grad_sumsq, n_slots, scale_ptr, max_grad_norm, beta1, beta2, grad_averaging,
@@ -185,19 +185,20 @@ def _lamb_apply_chunk(p, g, m, v, step_ptr, numel, start, norms, lr_ptr, grad_su
     for off in range(0, CHUNK, BLOCK):
         offs = start + off + tl.arange(0, BLOCK)
         if start + off + BLOCK <= limit:
-            _lamb_apply_tile(p, g, m, v, offs, None, *scalars, adam_w_mode, DEFER)
+            _lamb_apply_tile(p, g, model, m, v, offs, None, *scalars, adam_w_mode, DEFER, COPY)
         else:
-            _lamb_apply_tile(p, g, m, v, offs, offs < limit, *scalars, adam_w_mode, DEFER)
+            _lamb_apply_tile(p, g, model, m, v, offs, offs < limit, *scalars, adam_w_mode, DEFER, COPY)
 
 
 @triton.jit
 def _lamb_moments_kernel(rows, grads, blocks, counters, partials, norms, grad_sumsq, n_slots, scale_ptr, inf_ptr,
                          max_grad_norm: "fp64", beta1: "fp64", beta2: "fp64", eps, weight_decay, bias_correction,
-                         grad_averaging, adam_w_mode, DTYPE: tl.constexpr, ALIGN: tl.constexpr,
-                         DEFER: tl.constexpr, SLOTS: tl.constexpr, BLOCK: tl.constexpr, CHUNK: tl.constexpr):
+                         grad_averaging, adam_w_mode, DTYPE: tl.constexpr, GDTYPE: tl.constexpr,
+                         ALIGN: tl.constexpr, DEFER: tl.constexpr, SLOTS: tl.constexpr, BLOCK: tl.constexpr,
+                         CHUNK: tl.constexpr):
     t, start = program_chunk(blocks, CHUNK)
     row = rows + t * _NCOL
-    _lamb_moments_chunk(row_pointer(row, _P, DTYPE, ALIGN), row_pointer(grads, t, DTYPE, ALIGN),
+    _lamb_moments_chunk(row_pointer(row, _P, DTYPE, ALIGN), row_pointer(grads, t, GDTYPE, ALIGN),
                         row_pointer(row, _M, DTYPE, ALIGN), row_pointer(row, _V, DTYPE, ALIGN),
                         row_pointer(row, _STEP, tl.float32, 4), counters + t, tl.load(row + mt.NUMEL), start,
                         tl.load(row + mt.NBLOCKS), tl.program_id(0), tl.load(row + mt.FIRST), partials, norms + 2 * t,
@@ -206,19 +207,20 @@ def _lamb_moments_kernel(rows, grads, blocks, counters, partials, norms, grad_su
 
 
 @triton.jit
-def _lamb_apply_kernel(rows, grads, blocks, norms, lr_ptr, grad_sumsq, n_slots, scale_ptr, inf_ptr,
+def _lamb_apply_kernel(rows, grads, models, blocks, norms, lr_ptr, grad_sumsq, n_slots, scale_ptr, inf_ptr,
                        max_grad_norm: "fp64", beta1: "fp64", beta2: "fp64", eps, weight_decay, bias_correction,
                        grad_averaging, adam_w_mode, use_trust_ratio, phi_min, phi_max, DTYPE: tl.constexpr,
-                       ALIGN: tl.constexpr, DEFER: tl.constexpr, SLOTS: tl.constexpr, BLOCK: tl.constexpr,
-                       CHUNK: tl.constexpr):
+                       GDTYPE: tl.constexpr, ALIGN: tl.constexpr, DEFER: tl.constexpr, COPY: tl.constexpr,
+                       SLOTS: tl.constexpr, BLOCK: tl.constexpr, CHUNK: tl.constexpr):
     t, start = program_chunk(blocks, CHUNK)
     row = rows + t * _NCOL
-    _lamb_apply_chunk(row_pointer(row, _P, DTYPE, ALIGN), row_pointer(grads, t, DTYPE, ALIGN),
-                      row_pointer(row, _M, DTYPE, ALIGN), row_pointer(row, _V, DTYPE, ALIGN),
+    _lamb_apply_chunk(row_pointer(row, _P, DTYPE, ALIGN), row_pointer(grads, t, GDTYPE, ALIGN),
+                      row_pointer(models, t, GDTYPE, ALIGN), row_pointer(row, _M, DTYPE, ALIGN),
+                      row_pointer(row, _V, DTYPE, ALIGN),
                       row_pointer(row, _STEP, tl.float32, 4), tl.load(row + mt.NUMEL), start, norms + 2 * t, lr_ptr,
                       grad_sumsq, n_slots, scale_ptr, inf_ptr, max_grad_norm, beta1, beta2, eps, weight_decay,
-                      bias_correction, grad_averaging, adam_w_mode, use_trust_ratio, phi_min, phi_max, DEFER, SLOTS,
-                      BLOCK, CHUNK)
+                      bias_correction, grad_averaging, adam_w_mode, use_trust_ratio, phi_min, phi_max, DEFER, COPY,
+                      SLOTS, BLOCK, CHUNK)
 
 
 @triton.jit
@@ -234,21 +236,24 @@ def _lamb_moments_tensor_kernel(p, g, m, v, step_ptr, counter, numel, partials, 
 
 
 @triton.jit
-def _lamb_apply_tensor_kernel(p, g, m, v, step_ptr, numel, norms, slot, lr_ptr, grad_sumsq, n_slots, scale_ptr,
-                              inf_ptr, max_grad_norm: "fp64", beta1: "fp64", beta2: "fp64", eps, weight_decay,
-                              bias_correction, grad_averaging, adam_w_mode, use_trust_ratio, phi_min, phi_max,
-                              DEFER: tl.constexpr, SLOTS: tl.constexpr, BLOCK: tl.constexpr, CHUNK: tl.constexpr):
-    _lamb_apply_chunk(p, g, m, v, step_ptr, numel, tl.program_id(0).to(tl.int64) * CHUNK, norms + slot, lr_ptr,
-                      grad_sumsq, n_slots, scale_ptr, inf_ptr, max_grad_norm, beta1, beta2, eps, weight_decay,
-                      bias_correction, grad_averaging, adam_w_mode, use_trust_ratio, phi_min, phi_max, DEFER, SLOTS,
-                      BLOCK, CHUNK)
+def _lamb_apply_tensor_kernel(p, g, model, m, v, step_ptr, numel, norms, slot, lr_ptr, grad_sumsq, n_slots,
+                              scale_ptr, inf_ptr, max_grad_norm: "fp64", beta1: "fp64", beta2: "fp64", eps,
+                              weight_decay, bias_correction, grad_averaging, adam_w_mode, use_trust_ratio, phi_min,
+                              phi_max, DEFER: tl.constexpr, COPY: tl.constexpr, SLOTS: tl.constexpr,
+                              BLOCK: tl.constexpr, CHUNK: tl.constexpr):
+    _lamb_apply_chunk(p, g, model, m, v, step_ptr, numel, tl.program_id(0).to(tl.int64) * CHUNK, norms + slot,
+                      lr_ptr, grad_sumsq, n_slots, scale_ptr, inf_ptr, max_grad_norm, beta1, beta2, eps,
+                      weight_decay, bias_correction, grad_averaging, adam_w_mode, use_trust_ratio, phi_min, phi_max,
+                      DEFER, COPY, SLOTS, BLOCK, CHUNK)
 
 
 def _prepare(op: str, params, grads, exp_avgs, exp_avg_sqs, state_steps, grad_sumsq: Tensor, norms: Tensor,
-             grad_scale: Tensor | None, found_inf: Tensor | None) -> tuple[Tensor, Tensor, dict]:
+             grad_scale: Tensor | None, found_inf: Tensor | None,
+             model_params: list[Tensor] | None) -> tuple[Tensor, Tensor, dict]:
     """Checks both ops share (raising ValueError before anything is written); returns (grad_scale, found_inf,
-    launch meta-parameters)."""
-    mt.check_lists(op, params, {"grads": grads, "exp_avgs": exp_avgs, "exp_avg_sqs": exp_avg_sqs}, steps=state_steps)
+    launch meta-parameters). model_params is None for lamb_moments_, which writes no parameter."""
+    mt.check_lists(op, params, {"exp_avgs": exp_avgs, "exp_avg_sqs": exp_avg_sqs}, grads=grads,
+                   model_params=model_params, steps=state_steps)
     device = params[0].device
     if grad_sumsq.dtype != torch.float32 or grad_sumsq.device != device or not grad_sumsq.is_contiguous():
         raise ValueError(f"{op}: grad_sumsq must be a contiguous float32 tensor on {device}; got "
@@ -260,7 +265,8 @@ def _prepare(op: str, params, grads, exp_avgs, exp_avg_sqs, state_steps, grad_su
                          f"strides {norms.stride()} on {norms.device}")
     scale, inf = mt.amp_scalars(grad_scale, found_inf, device, op)
     cfg = mt.config(device)
-    # 16-bit moments would round (or underflow) when stored: lamb_apply_ recomputes them (module docstring)
+    # 16-bit moments would round (or underflow) when stored: lamb_apply_ recomputes them (module docstring); with
+    # master weights (16-bit grads beside them) params and moments are fp32 and stored in lamb_moments_
     meta = dict(DEFER=params[0].element_size() == 2, SLOTS=_SLOTS, BLOCK=cfg.block, CHUNK=cfg.chunk,
                 num_warps=cfg.num_warps)
     return scale, inf, meta
@@ -282,7 +288,7 @@ def lamb_moments_triton(params: list[Tensor], grads: list[Tensor], exp_avgs: lis
     if not params:
         return
     scale, inf, meta = _prepare("lamb_moments_", params, grads, exp_avgs, exp_avg_sqs, state_steps, grad_sumsq,
-                                norms, grad_scale, found_inf)
+                                norms, grad_scale, found_inf, None)
     hyper = (grad_sumsq, grad_sumsq.numel(), scale, inf, max_grad_norm, beta1, beta2, eps, weight_decay,
              int(bias_correction), int(grad_averaging), int(adam_w_mode))
     device = params[0].device
@@ -296,8 +302,8 @@ def lamb_moments_triton(params: list[Tensor], grads: list[Tensor], exp_avgs: lis
         return
     tab, grad_ptrs, align = _table(params, grads, exp_avgs, exp_avg_sqs, state_steps, meta["CHUNK"])
     wrap_triton(_lamb_moments_kernel)[(tab.n_blocks,)](tab.rows, grad_ptrs, tab.blocks, tab.counters, tab.scratch,
-                                                       norms, *hyper, DTYPE=mt.TL_DTYPE[params[0].dtype], ALIGN=align,
-                                                       **meta)
+                                                       norms, *hyper, DTYPE=mt.TL_DTYPE[params[0].dtype],
+                                                       GDTYPE=mt.TL_DTYPE[grads[0].dtype], ALIGN=align, **meta)
 
 
 def lamb_apply_triton(params: list[Tensor], grads: list[Tensor], exp_avgs: list[Tensor], exp_avg_sqs: list[Tensor],
@@ -305,22 +311,26 @@ def lamb_apply_triton(params: list[Tensor], grads: list[Tensor], exp_avgs: list[
                       beta1: float, beta2: float, eps: float, weight_decay: float, bias_correction: bool,
                       grad_averaging: bool, adam_w_mode: bool, use_trust_ratio: bool, phi_min: float, phi_max: float,
                       grad_scale: Tensor | None, found_inf: Tensor | None,
-        model_params: list[Tensor]) -> None:
+                      model_params: list[Tensor]) -> None:
     """Triton `lamb_apply_` (see agd_kernels.ops.lamb_apply_)."""
-    if model_params:
-        raise NotImplementedError("model_params is not implemented by the triton backend yet")
     if not params:
         return
     scale, inf, meta = _prepare("lamb_apply_", params, grads, exp_avgs, exp_avg_sqs, state_steps, grad_sumsq, norms,
-                                grad_scale, found_inf)
+                                grad_scale, found_inf, model_params)
     mt.check_scalar("lamb_apply_", "lr", lr, params[0].device)
     hyper = (lr, grad_sumsq, grad_sumsq.numel(), scale, inf, max_grad_norm, beta1, beta2, eps, weight_decay,
              int(bias_correction), int(grad_averaging), int(adam_w_mode), int(use_trust_ratio), phi_min, phi_max)
     if mt.traced(params[0]):
-        for i, (p, g, m, v, s) in enumerate(zip(params, grads, exp_avgs, exp_avg_sqs, state_steps)):
+        models = model_params or params  # params stand in (never written: COPY false)
+        for i, (p, g, model, m, v, s) in enumerate(zip(params, grads, models, exp_avgs, exp_avg_sqs, state_steps)):
             grid = (mt.n_programs(p.numel(), meta["CHUNK"]),)
-            wrap_triton(_lamb_apply_tensor_kernel)[grid](p, g, m, v, s, p.numel(), norms, 2 * i, *hyper, **meta)
+            wrap_triton(_lamb_apply_tensor_kernel)[grid](p, g, model, m, v, s, p.numel(), norms, 2 * i, *hyper,
+                                                         COPY=bool(model_params), **meta)
         return
     tab, grad_ptrs, align = _table(params, grads, exp_avgs, exp_avg_sqs, state_steps, meta["CHUNK"])
-    wrap_triton(_lamb_apply_kernel)[(tab.n_blocks,)](tab.rows, grad_ptrs, tab.blocks, norms, *hyper,
-                                                     DTYPE=mt.TL_DTYPE[params[0].dtype], ALIGN=align, **meta)
+    if model_params:  # the shared table's alignment covers the lists of both ops, not the model params
+        align = min(align, mt.alignment(t.data_ptr() for t in model_params))
+    wrap_triton(_lamb_apply_kernel)[(tab.n_blocks,)](
+        tab.rows, grad_ptrs, mt.model_pointers(model_params, grad_ptrs, params[0].device), tab.blocks, norms, *hyper,
+        DTYPE=mt.TL_DTYPE[params[0].dtype], GDTYPE=mt.TL_DTYPE[grads[0].dtype], ALIGN=align,
+        COPY=bool(model_params), **meta)

@@ -8,6 +8,9 @@ A launch over n tensors reads
                            elements gets max(1, cdiv(numel, CHUNK)) programs, so an empty tensor still has
                            one (its step counter advances, its slice sums are written as 0);
   ptrs   int64 [n]         data pointers of the list that may move every step (gradients);
+  models int64 [n]         with master weights, the model parameters' data pointers (the 16-bit copies a
+                           kernel writes; a list of its own, as LAMB's two ops share one rows table and only
+                           lamb_apply_ writes them); without, the gradient pointers stand in, never read;
   counters int32 [n]       arrival counters: the last program of a tensor to finish does its per-tensor
                            epilogue (step counter, final reduction) and resets its counter to 0.
 Tables are cached by content (pointers and sizes), so a step whose tensors did not move reuses them with no
@@ -36,6 +39,8 @@ import triton.language as tl
 
 #: Triton element type of each supported parameter dtype.
 TL_DTYPE = {torch.float32: tl.float32, torch.bfloat16: tl.bfloat16, torch.float16: tl.float16}
+#: Gradient (and model parameter) dtypes that may sit beside float32 params (master weights).
+HALF = (torch.bfloat16, torch.float16)
 
 # Common leading columns of every rows table (kernels read them through these constexpr indices).
 NUMEL = tl.constexpr(0)
@@ -165,45 +170,56 @@ def alignment(addresses) -> int:
 
 def elementwise_table(op: str, params: Sequence[Tensor], grads: Sequence[Tensor],
                       states: Sequence[Sequence[Tensor] | None], steps: Sequence[Tensor] | None, chunk: int,
-                      scratch_per_block: int = 0) -> tuple[Table, Tensor, int]:
-    """(table, gradient pointers, alignment of the tensor pointers) of an elementwise optimizer launch. Row
-    payload: the data pointers of params and of each state list (0 for an absent list), then the step counter's."""
+                      scratch_per_block: int = 0, model_params: Sequence[Tensor] = ()) -> tuple[Table, Tensor, int]:
+    """(table, gradient pointers, alignment of the tensor pointers, model params' included) of an elementwise
+    optimizer launch. Row payload: the data pointers of params and of each state list (0 for an absent list),
+    then the step counter's."""
     data = [(p.data_ptr(), *(0 if s is None else s[i].data_ptr() for s in states)) for i, p in enumerate(params)]
     payload = data if steps is None else [(*row, s.data_ptr()) for row, s in zip(data, steps)]
     device = params[0].device
     grad_ptrs = pointers(grads, device)
-    align = alignment(itertools.chain(itertools.chain.from_iterable(data), (g.data_ptr() for g in grads)))
+    align = alignment(itertools.chain(itertools.chain.from_iterable(data),
+                                      (t.data_ptr() for t in itertools.chain(grads, model_params))))
     tab = table(op, device, [p.numel() for p in params], payload, chunk, scratch_per_block)
     return tab, grad_ptrs, align
 
 
 def tensor_launches(params: Sequence[Tensor], grads: Sequence[Tensor], states: Sequence[Sequence[Tensor] | None],
-                    steps: Sequence[Tensor] | None, chunk: int):
+                    steps: Sequence[Tensor] | None, chunk: int, model_params: Sequence[Tensor] = ()):
     """(grid, args) of the per-tensor launches replacing one elementwise table launch while tracing:
-    args = (p, g, *states (p stands in for an absent list, never read), [step, arrival counter], numel)."""
+    args = (p, g, model param, *states, [step, arrival counter], numel); p stands in for an absent list or
+    model param, never read (COPY false)."""
     for i, (p, g) in enumerate(zip(params, grads)):
-        args = [p, g, *(p if s is None else s[i] for s in states)]
+        args = [p, g, model_params[i] if model_params else p, *(p if s is None else s[i] for s in states)]
         if steps is not None:
             args += [steps[i], torch.zeros(1, dtype=torch.int32, device=p.device)]
         yield (n_programs(p.numel(), chunk),), (*args, p.numel())
 
 
+def model_pointers(model_params: Sequence[Tensor], grad_ptrs: Tensor, device: torch.device) -> Tensor:
+    """The models pointer list of a table launch; without model_params the gradients' stands in (never read)."""
+    return pointers(model_params, device) if model_params else grad_ptrs
+
+
 def launch_elementwise(op: str, kernel, tensor_kernel, params: Sequence[Tensor], grads: Sequence[Tensor],
                        states: Sequence[Sequence[Tensor] | None], steps: Sequence[Tensor] | None,
-                       hyper: Sequence) -> None:
+                       hyper: Sequence, model_params: Sequence[Tensor] = ()) -> None:
     """The launch of an elementwise optimizer op: `kernel` once over the pointer table (arguments rows, gradient
-    pointers, blocks, arrival counters when there are step counters, then `hyper`), or while tracing
-    `tensor_kernel` once per tensor (the arguments of tensor_launches, then `hyper`)."""
+    pointers, model-param pointers, blocks, arrival counters when there are step counters, then `hyper`), or
+    while tracing `tensor_kernel` once per tensor (the arguments of tensor_launches, then `hyper`). Kernels are
+    specialised on COPY (model_params given: store each updated master into its model param) and, in the table
+    kernel, GDTYPE (the gradients' and model params' dtype): (T, T, no copy) and (fp32, 16-bit, copy)."""
     cfg = config(params[0].device)
-    meta = dict(BLOCK=cfg.block, CHUNK=cfg.chunk, num_warps=cfg.num_warps)
+    meta = dict(BLOCK=cfg.block, CHUNK=cfg.chunk, num_warps=cfg.num_warps, COPY=bool(model_params))
     if traced(params[0]):
-        for grid, args in tensor_launches(params, grads, states, steps, cfg.chunk):
+        for grid, args in tensor_launches(params, grads, states, steps, cfg.chunk, model_params):
             wrap_triton(tensor_kernel)[grid](*args, *hyper, **meta)
         return
-    tab, grad_ptrs, align = elementwise_table(op, params, grads, states, steps, cfg.chunk)
+    tab, grad_ptrs, align = elementwise_table(op, params, grads, states, steps, cfg.chunk, model_params=model_params)
     counters = () if steps is None else (tab.counters,)
-    wrap_triton(kernel)[(tab.n_blocks,)](tab.rows, grad_ptrs, tab.blocks, *counters, *hyper,
-                                         DTYPE=TL_DTYPE[params[0].dtype], ALIGN=align, **meta)
+    wrap_triton(kernel)[(tab.n_blocks,)](tab.rows, grad_ptrs, model_pointers(model_params, grad_ptrs, params[0].device),
+                                         tab.blocks, *counters, *hyper, DTYPE=TL_DTYPE[params[0].dtype],
+                                         GDTYPE=TL_DTYPE[grads[0].dtype], ALIGN=align, **meta)
 
 
 def pointers(tensors: Sequence[Tensor], device: torch.device) -> Tensor:
@@ -256,31 +272,68 @@ def check_scalar(op: str, name: str, t: Tensor | None, device: torch.device) -> 
                          f"{t.dtype} with {t.numel()} elements on {t.device}")
 
 
+def grad_dtype(op: str, params: Sequence[Tensor], grads: Sequence[Tensor], model_params: Sequence[Tensor] | None,
+               first: str = "params") -> torch.dtype:
+    """The dtype `op` reads `grads` in: `first`'s, or one 16-bit dtype beside float32 `first` (csrc/checks.h
+    check_grads). `model_params` is None for an op that writes no parameter; for one that does, 16-bit grads
+    need model_params (nothing else would carry the update to the model), and model_params need float32 params
+    and 16-bit grads (check_grads_and_model_params). Dtypes and model_params' count: check_lists does the rest."""
+    p, g = params[0].dtype, grads[0].dtype
+    mixed = p == torch.float32 and g in HALF
+    if g != p and not mixed:
+        raise ValueError(f"{op}: grads[0] is {g}, {first}[0] is {p}; grads must have the {first}' dtype, or be "
+                         f"float16 or bfloat16 beside float32 {first}")
+    for i, t in enumerate(grads):
+        if t.dtype != g:
+            raise ValueError(f"{op}: grads[{i}] is {t.dtype} but grads[0] is {g}; one call takes one gradient dtype")
+    if model_params is None:
+        return g
+    if not model_params:
+        if mixed:
+            raise ValueError(f"{op}: grads are {g} beside {p} params; pass the model's {g} parameters as "
+                             f"model_params (master weights), or grads of the params' dtype")
+        return g
+    if len(model_params) != len(params):
+        raise ValueError(f"{op}: model_params has {len(model_params)} tensors, params has {len(params)}; pass one "
+                         f"per param, or none")
+    if not mixed:
+        raise ValueError(f"{op}: model_params needs float32 params (the masters) and float16 or bfloat16 grads; got "
+                         f"{p} params and {g} grads")
+    return g
+
+
 def check_lists(op: str, params: Sequence[Tensor], lists: dict[str, Sequence[Tensor]], *,
+                grads: Sequence[Tensor] | None = None, model_params: Sequence[Tensor] | None = None,
                 steps: Sequence[Tensor] | None = None, contiguous: bool = False, first: str = "params") -> None:
-    """Raise ValueError, naming the list and index, unless every tensor of `lists` matches its parameter
-    (device, dtype, shape, strides), parameters are dense, and the dtype has a Triton kernel. With
-    `contiguous`, slices are logical (AGD taps), so row-major memory is required. `first` names `params`.
+    """Raise ValueError, naming the list and index, unless every tensor of `lists`, `grads` and `model_params`
+    matches its parameter (device, shape, strides; dtype: the parameter's, the gradients' for grads and
+    model_params, see grad_dtype), parameters are dense, and the dtype has a Triton kernel. With `contiguous`,
+    slices are logical (AGD taps), so row-major memory is required. `first` names `params`; model_params is
+    None for an op that writes no parameter.
 
     Runs every step: about 1 µs per tensor (get_device() is an int where .device builds an object).
     """
+    if grads is not None and len(grads) != len(params):
+        raise ValueError(f"{op}: grads has {len(grads)} tensors; expected one per tensor of {first} ({len(params)})")
     if not params:
         return
     device, dtype = params[0].get_device(), params[0].dtype
     if dtype not in TL_DTYPE:
         raise ValueError(f"{op}: the triton backend supports {sorted(map(str, TL_DTYPE))} tensors; got {dtype}")
-    named = [(first, params), *lists.items()]
-    for name, tensors in named:
+    gdtype = dtype if grads is None else grad_dtype(op, params, grads, model_params, first)
+    named = [(first, params, dtype), *((name, t, dtype) for name, t in lists.items()),
+             *((name, t, gdtype) for name, t in (("grads", grads), ("model_params", model_params)) if t)]
+    for name, tensors, _ in named:
         if len(tensors) != len(params):
             raise ValueError(f"{op}: {name} has {len(tensors)} tensors; expected one per tensor of {first} "
                              f"({len(params)})")
     for i, p in enumerate(params):
         shape, stride = p.shape, p.stride()
-        for name, tensors in named:
+        for name, tensors, want in named:
             t = tensors[i]
-            if t.get_device() != device or t.dtype != dtype or t.shape != shape:
+            if t.get_device() != device or t.dtype != want or t.shape != shape:
                 raise ValueError(f"{op}: {name}[{i}] is {t.dtype}{list(t.shape)} on {t.device}; expected "
-                                 f"{first}[{i}]'s {dtype}{list(shape)} on {params[0].device}")
+                                 f"{want}{list(shape)} on {params[0].device} (the shape of {first}[{i}])")
             if t.stride() != stride:
                 raise ValueError(f"{op}: {name}[{i}] has strides {t.stride()}; expected {first}[{i}]'s {stride}")
         if not p.is_contiguous() and (contiguous or not _dense(p)):

@@ -8,7 +8,7 @@ import triton.language as tl
 from torch import Tensor
 
 from . import multi_tensor as mt
-from ._common import last_to_arrive, lerp, load, program_chunk, row_pointer, scalar
+from ._common import last_to_arrive, lerp, load, program_chunk, row_pointer, scalar, store_param
 
 # rows payload columns
 _P = tl.constexpr(mt.HEAD + 0)
@@ -20,8 +20,8 @@ _NCOL = tl.constexpr(mt.HEAD + 5)
 
 
 @triton.jit
-def _rmsprop_tile(p, g, sq, gavg, buf, offs, mask, lr, scale, alpha, w, eps, weight_decay, momentum, centered,
-                  maximize):
+def _rmsprop_tile(p, g, model, sq, gavg, buf, offs, mask, lr, scale, alpha, w, eps, weight_decay, momentum, centered,
+                  maximize, COPY: tl.constexpr):
     # tl.div_rn/tl.sqrt_rn: on the GPU `/` and tl.sqrt compile to div.full.f32/sqrt.approx.f32, up to 2 ulps
     # off the correctly rounded results torch computes (docs/gpu_runs.md)
     gv = tl.div_rn(load(g + offs, mask), scale)
@@ -44,12 +44,13 @@ def _rmsprop_tile(p, g, sq, gavg, buf, offs, mask, lr, scale, alpha, w, eps, wei
         pv = pv - lr * bv
     else:
         pv = pv - lr * tl.div_rn(gv, denom)
-    tl.store(p + offs, pv.to(p.dtype.element_ty), mask=mask)
+    store_param(p, model, offs, mask, pv, COPY)
 
 
 @triton.jit
-def _rmsprop_chunk(p, g, sq, gavg, buf, step_ptr, counter, numel, start, n_blocks, lr_ptr, scale_ptr, inf_ptr,
-                   alpha, eps, weight_decay, momentum, centered, maximize, BLOCK: tl.constexpr, CHUNK: tl.constexpr):
+def _rmsprop_chunk(p, g, model, sq, gavg, buf, step_ptr, counter, numel, start, n_blocks, lr_ptr, scale_ptr,
+                   inf_ptr, alpha, eps, weight_decay, momentum, centered, maximize, COPY: tl.constexpr,
+                   BLOCK: tl.constexpr, CHUNK: tl.constexpr):
     alpha = scalar(alpha, tl.float64)
     scalars = (tl.load(lr_ptr).to(tl.float32), tl.load(scale_ptr).to(tl.float32), alpha.to(tl.float32),
                (1.0 - alpha).to(tl.float32), scalar(eps, tl.float32), scalar(weight_decay, tl.float32),
@@ -60,53 +61,53 @@ def _rmsprop_chunk(p, g, sq, gavg, buf, step_ptr, counter, numel, start, n_block
     for off in range(0, CHUNK, BLOCK):
         offs = start + off + tl.arange(0, BLOCK)
         if start + off + BLOCK <= limit:
-            _rmsprop_tile(p, g, sq, gavg, buf, offs, None, *scalars, centered, maximize)
+            _rmsprop_tile(p, g, model, sq, gavg, buf, offs, None, *scalars, centered, maximize, COPY)
         else:
-            _rmsprop_tile(p, g, sq, gavg, buf, offs, offs < limit, *scalars, centered, maximize)
+            _rmsprop_tile(p, g, model, sq, gavg, buf, offs, offs < limit, *scalars, centered, maximize, COPY)
     if last_to_arrive(counter, n_blocks, live):
         tl.store(step_ptr, step + 1.0)
 
 
 @triton.jit
-def _rmsprop_kernel(rows, grads, blocks, counters, lr_ptr, scale_ptr, inf_ptr, alpha: "fp64", eps, weight_decay,
-                    momentum, centered, maximize, DTYPE: tl.constexpr, ALIGN: tl.constexpr, BLOCK: tl.constexpr,
-                    CHUNK: tl.constexpr):
+def _rmsprop_kernel(rows, grads, models, blocks, counters, lr_ptr, scale_ptr, inf_ptr, alpha: "fp64", eps,
+                    weight_decay, momentum, centered, maximize, DTYPE: tl.constexpr, GDTYPE: tl.constexpr,
+                    ALIGN: tl.constexpr, COPY: tl.constexpr, BLOCK: tl.constexpr, CHUNK: tl.constexpr):
     t, start = program_chunk(blocks, CHUNK)
     row = rows + t * _NCOL
-    _rmsprop_chunk(row_pointer(row, _P, DTYPE, ALIGN), row_pointer(grads, t, DTYPE, ALIGN),
-                   row_pointer(row, _SQ, DTYPE, ALIGN), row_pointer(row, _GAVG, DTYPE, ALIGN),
+    _rmsprop_chunk(row_pointer(row, _P, DTYPE, ALIGN), row_pointer(grads, t, GDTYPE, ALIGN),
+                   row_pointer(models, t, GDTYPE, ALIGN), row_pointer(row, _SQ, DTYPE, ALIGN),
+                   row_pointer(row, _GAVG, DTYPE, ALIGN),
                    row_pointer(row, _BUF, DTYPE, ALIGN), row_pointer(row, _STEP, tl.float32, 4), counters + t,
                    tl.load(row + mt.NUMEL), start, tl.load(row + mt.NBLOCKS), lr_ptr, scale_ptr, inf_ptr, alpha,
-                   eps, weight_decay, momentum, centered, maximize, BLOCK, CHUNK)
+                   eps, weight_decay, momentum, centered, maximize, COPY, BLOCK, CHUNK)
 
 
 @triton.jit
-def _rmsprop_tensor_kernel(p, g, sq, gavg, buf, step_ptr, counter, numel, lr_ptr, scale_ptr, inf_ptr,
-                           alpha: "fp64", eps, weight_decay, momentum, centered, maximize,
+def _rmsprop_tensor_kernel(p, g, model, sq, gavg, buf, step_ptr, counter, numel, lr_ptr, scale_ptr, inf_ptr,
+                           alpha: "fp64", eps, weight_decay, momentum, centered, maximize, COPY: tl.constexpr,
                            BLOCK: tl.constexpr, CHUNK: tl.constexpr):
     block = tl.program_id(0)
-    _rmsprop_chunk(p, g, sq, gavg, buf, step_ptr, counter, numel, block.to(tl.int64) * CHUNK, tl.num_programs(0),
-                   lr_ptr, scale_ptr, inf_ptr, alpha, eps, weight_decay, momentum, centered, maximize, BLOCK, CHUNK)
+    _rmsprop_chunk(p, g, model, sq, gavg, buf, step_ptr, counter, numel, block.to(tl.int64) * CHUNK,
+                   tl.num_programs(0), lr_ptr, scale_ptr, inf_ptr, alpha, eps, weight_decay, momentum, centered,
+                   maximize, COPY, BLOCK, CHUNK)
 
 
 def rmsprop_step_triton(params: list[Tensor], grads: list[Tensor], square_avgs: list[Tensor],
                         grad_avgs: list[Tensor], momentum_buffers: list[Tensor], state_steps: list[Tensor],
                         lr: Tensor, alpha: float, eps: float, weight_decay: float, momentum: float, centered: bool,
                         maximize: bool, grad_scale: Tensor | None, found_inf: Tensor | None,
-        model_params: list[Tensor]) -> None:
+                        model_params: list[Tensor]) -> None:
     """Triton `rmsprop_step_` (see agd_kernels.ops.rmsprop_step_)."""
-    if model_params:
-        raise NotImplementedError("model_params is not implemented by the triton backend yet")
     if not params:
         return
     op = "rmsprop_step_"
     states = [square_avgs, grad_avgs if centered else None, momentum_buffers if momentum > 0 else None]
-    mt.check_lists(op, params, {"grads": grads, "square_avgs": square_avgs,
-                                **({"grad_avgs": grad_avgs} if centered else {}),
+    mt.check_lists(op, params, {"square_avgs": square_avgs, **({"grad_avgs": grad_avgs} if centered else {}),
                                 **({"momentum_buffers": momentum_buffers} if momentum > 0 else {})},
-                   steps=state_steps)
+                   grads=grads, model_params=model_params, steps=state_steps)
     device = params[0].device
     mt.check_scalar(op, "lr", lr, device)
     scale, inf = mt.amp_scalars(grad_scale, found_inf, device, op)
     hyper = (lr, scale, inf, alpha, eps, weight_decay, momentum, int(centered), int(maximize))
-    mt.launch_elementwise(op, _rmsprop_kernel, _rmsprop_tensor_kernel, params, grads, states, state_steps, hyper)
+    mt.launch_elementwise(op, _rmsprop_kernel, _rmsprop_tensor_kernel, params, grads, states, state_steps, hyper,
+                          model_params)

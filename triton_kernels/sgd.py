@@ -9,7 +9,7 @@ import triton.language as tl
 from torch import Tensor
 
 from . import multi_tensor as mt
-from ._common import load, program_chunk, row_pointer, scalar
+from ._common import load, program_chunk, row_pointer, scalar, store_param
 
 # rows payload columns
 _P = tl.constexpr(mt.HEAD + 0)
@@ -18,8 +18,8 @@ _NCOL = tl.constexpr(mt.HEAD + 2)
 
 
 @triton.jit
-def _sgd_tile(p, g, buf, offs, mask, lr, scale, momentum, one_minus_dampening, weight_decay, has_momentum, nesterov,
-              maximize, is_first_step):
+def _sgd_tile(p, g, model, buf, offs, mask, lr, scale, momentum, one_minus_dampening, weight_decay, has_momentum,
+              nesterov, maximize, is_first_step, COPY: tl.constexpr):
     # tl.div_rn/tl.sqrt_rn: on the GPU `/` and tl.sqrt compile to div.full.f32/sqrt.approx.f32, up to 2 ulps
     # off the correctly rounded results torch computes (docs/gpu_runs.md)
     d = tl.div_rn(load(g + offs, mask), scale)
@@ -38,12 +38,13 @@ def _sgd_tile(p, g, buf, offs, mask, lr, scale, momentum, one_minus_dampening, w
             d = d + momentum * b
         else:
             d = b
-    tl.store(p + offs, (pv - lr * d).to(p.dtype.element_ty), mask=mask)
+    store_param(p, model, offs, mask, pv - lr * d, COPY)
 
 
 @triton.jit
-def _sgd_chunk(p, g, buf, numel, start, lr_ptr, scale_ptr, inf_ptr, momentum, one_minus_dampening, weight_decay,
-               has_momentum, nesterov, maximize, is_first_step, BLOCK: tl.constexpr, CHUNK: tl.constexpr):
+def _sgd_chunk(p, g, model, buf, numel, start, lr_ptr, scale_ptr, inf_ptr, momentum, one_minus_dampening,
+               weight_decay, has_momentum, nesterov, maximize, is_first_step, COPY: tl.constexpr, BLOCK: tl.constexpr,
+               CHUNK: tl.constexpr):
     scalars = (tl.load(lr_ptr).to(tl.float32), tl.load(scale_ptr).to(tl.float32), scalar(momentum, tl.float32),
                scalar(one_minus_dampening, tl.float32), scalar(weight_decay, tl.float32))
     flags = (has_momentum, nesterov, maximize, is_first_step)
@@ -51,47 +52,48 @@ def _sgd_chunk(p, g, buf, numel, start, lr_ptr, scale_ptr, inf_ptr, momentum, on
     for off in range(0, CHUNK, BLOCK):
         offs = start + off + tl.arange(0, BLOCK)
         if start + off + BLOCK <= limit:
-            _sgd_tile(p, g, buf, offs, None, *scalars, *flags)
+            _sgd_tile(p, g, model, buf, offs, None, *scalars, *flags, COPY)
         else:
-            _sgd_tile(p, g, buf, offs, offs < limit, *scalars, *flags)
+            _sgd_tile(p, g, model, buf, offs, offs < limit, *scalars, *flags, COPY)
 
 
 @triton.jit
-def _sgd_kernel(rows, grads, blocks, lr_ptr, scale_ptr, inf_ptr, momentum, one_minus_dampening, weight_decay,
-                has_momentum, nesterov, maximize, is_first_step, DTYPE: tl.constexpr, ALIGN: tl.constexpr,
-                BLOCK: tl.constexpr, CHUNK: tl.constexpr):
+def _sgd_kernel(rows, grads, models, blocks, lr_ptr, scale_ptr, inf_ptr, momentum, one_minus_dampening, weight_decay,
+                has_momentum, nesterov, maximize, is_first_step, DTYPE: tl.constexpr, GDTYPE: tl.constexpr,
+                ALIGN: tl.constexpr, COPY: tl.constexpr, BLOCK: tl.constexpr, CHUNK: tl.constexpr):
     t, start = program_chunk(blocks, CHUNK)
     row = rows + t * _NCOL
-    _sgd_chunk(row_pointer(row, _P, DTYPE, ALIGN), row_pointer(grads, t, DTYPE, ALIGN),
-               row_pointer(row, _BUF, DTYPE, ALIGN), tl.load(row + mt.NUMEL), start, lr_ptr, scale_ptr, inf_ptr,
-               momentum, one_minus_dampening, weight_decay, has_momentum, nesterov, maximize, is_first_step,
-               BLOCK, CHUNK)
+    _sgd_chunk(row_pointer(row, _P, DTYPE, ALIGN), row_pointer(grads, t, GDTYPE, ALIGN),
+               row_pointer(models, t, GDTYPE, ALIGN), row_pointer(row, _BUF, DTYPE, ALIGN), tl.load(row + mt.NUMEL),
+               start, lr_ptr, scale_ptr, inf_ptr, momentum, one_minus_dampening, weight_decay, has_momentum, nesterov,
+               maximize, is_first_step, COPY, BLOCK, CHUNK)
 
 
 @triton.jit
-def _sgd_tensor_kernel(p, g, buf, numel, lr_ptr, scale_ptr, inf_ptr, momentum, one_minus_dampening, weight_decay,
-                       has_momentum, nesterov, maximize, is_first_step, BLOCK: tl.constexpr, CHUNK: tl.constexpr):
-    _sgd_chunk(p, g, buf, numel, tl.program_id(0).to(tl.int64) * CHUNK, lr_ptr, scale_ptr, inf_ptr, momentum,
-               one_minus_dampening, weight_decay, has_momentum, nesterov, maximize, is_first_step, BLOCK, CHUNK)
+def _sgd_tensor_kernel(p, g, model, buf, numel, lr_ptr, scale_ptr, inf_ptr, momentum, one_minus_dampening,
+                       weight_decay, has_momentum, nesterov, maximize, is_first_step, COPY: tl.constexpr,
+                       BLOCK: tl.constexpr, CHUNK: tl.constexpr):
+    _sgd_chunk(p, g, model, buf, numel, tl.program_id(0).to(tl.int64) * CHUNK, lr_ptr, scale_ptr, inf_ptr, momentum,
+               one_minus_dampening, weight_decay, has_momentum, nesterov, maximize, is_first_step, COPY, BLOCK,
+               CHUNK)
 
 
 def sgd_step_triton(params: list[Tensor], grads: list[Tensor], momentum_buffers: list[Tensor], lr: Tensor,
                     momentum: float, dampening: float, weight_decay: float, nesterov: bool, maximize: bool,
                     is_first_step: bool, grad_scale: Tensor | None, found_inf: Tensor | None,
-        model_params: list[Tensor]) -> None:
+                    model_params: list[Tensor]) -> None:
     """Triton `sgd_step_` (see agd_kernels.ops.sgd_step_)."""
-    if model_params:
-        raise NotImplementedError("model_params is not implemented by the triton backend yet")
     if not params:
         return
     op = "sgd_step_"
     has_momentum = momentum != 0
     states = [momentum_buffers if has_momentum else None]
-    mt.check_lists(op, params, {"grads": grads, **({"momentum_buffers": momentum_buffers} if has_momentum else {})})
+    mt.check_lists(op, params, {"momentum_buffers": momentum_buffers} if has_momentum else {}, grads=grads,
+                   model_params=model_params)
     device = params[0].device
     mt.check_scalar(op, "lr", lr, device)
     scale, inf = mt.amp_scalars(grad_scale, found_inf, device, op)
     # 1 - dampening in double, then fp32 like every Python scalar torch multiplies an fp32 tensor by
     hyper = (lr, scale, inf, momentum, 1.0 - dampening, weight_decay, int(has_momentum), int(nesterov),
              int(maximize), int(is_first_step))
-    mt.launch_elementwise(op, _sgd_kernel, _sgd_tensor_kernel, params, grads, states, None, hyper)
+    mt.launch_elementwise(op, _sgd_kernel, _sgd_tensor_kernel, params, grads, states, None, hyper, model_params)

@@ -18,7 +18,7 @@ from torch.library import wrap_triton
 from agd_kernels.reference.yellowfin import EPS, SLOT, SLOTS, X_MAX
 
 from . import multi_tensor as mt
-from ._common import last_to_arrive, load, pow_f64, program_chunk, row_pointer, scalar
+from ._common import last_to_arrive, load, pow_f64, program_chunk, row_pointer, scalar, store_param
 
 # rows payload columns (stats reads the gradient averages; apply writes params, averages and buffers)
 _AVG = tl.constexpr(mt.HEAD + 0)
@@ -99,10 +99,10 @@ def _yellowfin_stats_chunk(g, a, numel, start, block, n_blocks, partials, counte
 
 @triton.jit
 def _yellowfin_stats_kernel(rows, grads, blocks, partials, counter, out, n_blocks, DTYPE: tl.constexpr,
-                            ALIGN: tl.constexpr, BLOCK: tl.constexpr, CHUNK: tl.constexpr):
+                            GDTYPE: tl.constexpr, ALIGN: tl.constexpr, BLOCK: tl.constexpr, CHUNK: tl.constexpr):
     t, start = program_chunk(blocks, CHUNK)
     row = rows + t * _STATS_NCOL
-    _yellowfin_stats_chunk(row_pointer(grads, t, DTYPE, ALIGN), row_pointer(row, _AVG, DTYPE, ALIGN),
+    _yellowfin_stats_chunk(row_pointer(grads, t, GDTYPE, ALIGN), row_pointer(row, _AVG, DTYPE, ALIGN),
                            tl.load(row + mt.NUMEL), start, tl.program_id(0), n_blocks, partials, counter, out,
                            BLOCK, CHUNK)
 
@@ -120,7 +120,7 @@ def yellowfin_stats_triton(grads: list[Tensor], grad_avgs: list[Tensor], out: Te
     if not grads:
         return
     op = "yellowfin_stats_"
-    mt.check_lists(op, grads, {"grad_avgs": grad_avgs}, first="grads")
+    mt.check_lists(op, grad_avgs, {}, grads=grads, first="grad_avgs")
     device = grads[0].device
     if out.dtype != torch.float64 or out.numel() != 4 or out.device != device or not out.is_contiguous():
         raise ValueError(f"{op}: out must be a contiguous float64 tensor of 4 elements on {device}; got "
@@ -143,7 +143,7 @@ def yellowfin_stats_triton(grads: list[Tensor], grad_avgs: list[Tensor], out: Te
     # one arrival counter for the whole launch: its last program writes the four totals
     wrap_triton(_yellowfin_stats_kernel)[(tab.n_blocks,)](
         tab.rows, mt.pointers(grads, device), tab.blocks, tab.scratch, tab.counters, out, tab.n_blocks,
-        DTYPE=mt.TL_DTYPE[grads[0].dtype], ALIGN=align, **meta)
+        DTYPE=mt.TL_DTYPE[grad_avgs[0].dtype], GDTYPE=mt.TL_DTYPE[grads[0].dtype], ALIGN=align, **meta)
 
 
 # ------------------------------------------------------------------------------------------ tune
@@ -376,7 +376,8 @@ def _check_stats(op: str, stats: Tensor, device: torch.device) -> None:
 
 # ------------------------------------------------------------------------------------------ apply
 @triton.jit
-def _yellowfin_apply_tile(p, g, a, buf, offs, mask, lr, mu, heavy, beta, avg_coef, step_coef, weight_decay):
+def _yellowfin_apply_tile(p, g, model, a, buf, offs, mask, lr, mu, heavy, beta, avg_coef, step_coef, weight_decay,
+                          COPY: tl.constexpr):
     gv = load(g + offs, mask)
     pv = load(p + offs, mask)
     tl.store(a + offs, (load(a + offs, mask) * beta + avg_coef * gv).to(a.dtype.element_ty), mask=mask)
@@ -387,12 +388,12 @@ def _yellowfin_apply_tile(p, g, a, buf, offs, mask, lr, mu, heavy, beta, avg_coe
         # buffers start at zero: the first step with μ ≠ 0 gives μ·0 + d = d, torch's clone(d)
         d = mu * load(buf + offs, mask) + d
         tl.store(buf + offs, d.to(buf.dtype.element_ty), mask=mask)
-    tl.store(p + offs, (pv - lr * d).to(p.dtype.element_ty), mask=mask)
+    store_param(p, model, offs, mask, pv - lr * d, COPY)
 
 
 @triton.jit
-def _yellowfin_apply_chunk(p, g, a, buf, numel, start, tuner, stats, n_rows, inf_ptr, beta, weight_decay,
-                           BLOCK: tl.constexpr, CHUNK: tl.constexpr):
+def _yellowfin_apply_chunk(p, g, model, a, buf, numel, start, tuner, stats, n_rows, inf_ptr, beta, weight_decay,
+                           COPY: tl.constexpr, BLOCK: tl.constexpr, CHUNK: tl.constexpr):
     beta = scalar(beta, tl.float64)
     mu = tl.load(tuner + _MU_T)
     scalars = (tl.load(tuner + _APPLIED_LR).to(tl.float32), mu.to(tl.float32), mu != 0, beta.to(tl.float32),
@@ -402,40 +403,40 @@ def _yellowfin_apply_chunk(p, g, a, buf, numel, start, tuner, stats, n_rows, inf
     for off in range(0, CHUNK, BLOCK):
         offs = start + off + tl.arange(0, BLOCK)
         if start + off + BLOCK <= limit:
-            _yellowfin_apply_tile(p, g, a, buf, offs, None, *scalars)
+            _yellowfin_apply_tile(p, g, model, a, buf, offs, None, *scalars, COPY)
         else:
-            _yellowfin_apply_tile(p, g, a, buf, offs, offs < limit, *scalars)
+            _yellowfin_apply_tile(p, g, model, a, buf, offs, offs < limit, *scalars, COPY)
 
 
 @triton.jit
-def _yellowfin_apply_kernel(rows, grads, blocks, tuner, stats, n_rows, inf_ptr, beta: "fp64", weight_decay,
-                            DTYPE: tl.constexpr, ALIGN: tl.constexpr, BLOCK: tl.constexpr, CHUNK: tl.constexpr):
+def _yellowfin_apply_kernel(rows, grads, models, blocks, tuner, stats, n_rows, inf_ptr, beta: "fp64", weight_decay,
+                            DTYPE: tl.constexpr, GDTYPE: tl.constexpr, ALIGN: tl.constexpr, COPY: tl.constexpr,
+                            BLOCK: tl.constexpr, CHUNK: tl.constexpr):
     t, start = program_chunk(blocks, CHUNK)
     row = rows + t * _APPLY_NCOL
-    _yellowfin_apply_chunk(row_pointer(row, _P, DTYPE, ALIGN), row_pointer(grads, t, DTYPE, ALIGN),
-                           row_pointer(row, _APPLY_AVG, DTYPE, ALIGN), row_pointer(row, _BUF, DTYPE, ALIGN),
-                           tl.load(row + mt.NUMEL), start, tuner, stats, n_rows, inf_ptr, beta, weight_decay,
-                           BLOCK, CHUNK)
+    _yellowfin_apply_chunk(row_pointer(row, _P, DTYPE, ALIGN), row_pointer(grads, t, GDTYPE, ALIGN),
+                           row_pointer(models, t, GDTYPE, ALIGN), row_pointer(row, _APPLY_AVG, DTYPE, ALIGN),
+                           row_pointer(row, _BUF, DTYPE, ALIGN), tl.load(row + mt.NUMEL), start, tuner, stats,
+                           n_rows, inf_ptr, beta, weight_decay, COPY, BLOCK, CHUNK)
 
 
 @triton.jit
-def _yellowfin_apply_tensor_kernel(p, g, a, buf, numel, tuner, stats, n_rows, inf_ptr, beta: "fp64", weight_decay,
-                                   BLOCK: tl.constexpr, CHUNK: tl.constexpr):
-    _yellowfin_apply_chunk(p, g, a, buf, numel, tl.program_id(0).to(tl.int64) * CHUNK, tuner, stats, n_rows,
-                           inf_ptr, beta, weight_decay, BLOCK, CHUNK)
+def _yellowfin_apply_tensor_kernel(p, g, model, a, buf, numel, tuner, stats, n_rows, inf_ptr, beta: "fp64",
+                                   weight_decay, COPY: tl.constexpr, BLOCK: tl.constexpr, CHUNK: tl.constexpr):
+    _yellowfin_apply_chunk(p, g, model, a, buf, numel, tl.program_id(0).to(tl.int64) * CHUNK, tuner, stats, n_rows,
+                           inf_ptr, beta, weight_decay, COPY, BLOCK, CHUNK)
 
 
 def yellowfin_apply_triton(params: list[Tensor], grads: list[Tensor], grad_avgs: list[Tensor],
                            momentum_buffers: list[Tensor], tuner: Tensor, stats: Tensor, beta: float,
                            weight_decay: float, found_inf: Tensor | None,
-        model_params: list[Tensor]) -> None:
+                           model_params: list[Tensor]) -> None:
     """Triton `yellowfin_apply_` (see agd_kernels.ops.yellowfin_apply_)."""
-    if model_params:
-        raise NotImplementedError("model_params is not implemented by the triton backend yet")
     if not params:
         return
     op = "yellowfin_apply_"
-    mt.check_lists(op, params, {"grads": grads, "grad_avgs": grad_avgs, "momentum_buffers": momentum_buffers})
+    mt.check_lists(op, params, {"grad_avgs": grad_avgs, "momentum_buffers": momentum_buffers}, grads=grads,
+                   model_params=model_params)
     device = params[0].device
     if tuner.dtype != torch.float64 or tuner.numel() <= len(SLOTS) or tuner.device != device \
             or not tuner.is_contiguous():
@@ -445,4 +446,4 @@ def yellowfin_apply_triton(params: list[Tensor], grads: list[Tensor], grad_avgs:
     _, inf = mt.amp_scalars(None, found_inf, device, op)
     hyper = (tuner, stats, stats.numel() // 4, inf, beta, weight_decay)
     mt.launch_elementwise(op, _yellowfin_apply_kernel, _yellowfin_apply_tensor_kernel, params, grads,
-                          [grad_avgs, momentum_buffers], None, hyper)
+                          [grad_avgs, momentum_buffers], None, hyper, model_params)

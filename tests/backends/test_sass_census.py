@@ -41,6 +41,21 @@ STREAMS = {
     "sumsq._slice_sumsq_kernel": (1, 0), "sumsq._slice_sumsq_tensor_kernel": (1, 0),  # KP=1 (matrices)
 }
 
+#: Master-weights launches (dtype "f32+bf16" / "f32+f16"): (16-bit streams read, 16-bit streams written) of each
+#: kernel's STREAMS: the gradient (lamb_apply_ reads none: fp32 masters never defer the moments) and the model
+#: params (ops that write parameters). 8 elements of 2 bytes per thread per tile: 1 LDG.E.128 per 16-bit stream.
+MIXED_STREAMS = {
+    "adam._adam_kernel": (1, 1), "adam._adam_tensor_kernel": (1, 1),
+    "sgd._sgd_kernel": (1, 1), "sgd._sgd_tensor_kernel": (1, 1),
+    "rmsprop._rmsprop_kernel": (1, 1), "rmsprop._rmsprop_tensor_kernel": (1, 1),
+    "adagrad._adagrad_kernel": (1, 1), "adagrad._adagrad_tensor_kernel": (1, 1),
+    "agd._agd_update_kernel": (1, 1), "agd._agd_update_tensor_kernel": (1, 1),
+    "lamb._lamb_moments_kernel": (1, 0), "lamb._lamb_moments_tensor_kernel": (1, 0),
+    "lamb._lamb_apply_kernel": (0, 1), "lamb._lamb_apply_tensor_kernel": (0, 1),
+    "yellowfin._yellowfin_apply_kernel": (1, 1), "yellowfin._yellowfin_apply_tensor_kernel": (1, 1),
+    "yellowfin._yellowfin_stats_kernel": (1, 0), "yellowfin._yellowfin_stats_tensor_kernel": (1, 0),
+}
+
 
 @pytest.fixture(scope="module")
 def census(triton_aot):
@@ -96,6 +111,28 @@ def test_fp32_elementwise_kernels_use_128_bit_accesses(census):
             bad.append(f"{_label(job, arch)}: 128-bit loads/stores {got}, expected {want}")
     assert not bad, "\n".join(bad)
     assert checked == set(STREAMS), f"no fp32 launch of {sorted(set(STREAMS) - checked)} was compiled"
+
+
+def test_master_weights_kernels_use_128_bit_accesses(census):
+    """fp32 streams as in STREAMS, plus the 16-bit gradient read and model-param write, all 16-byte vectors."""
+    checked, bad = set(), []
+    for job, arch, k in census:
+        args = job["args"]
+        if job["kernel"] not in MIXED_STREAMS or "+" not in job["dtype"]:
+            continue
+        aligned = args.get("ALIGN", {"value": 16})["value"] == 16 and all(
+            v["aligned"] for v in args.values() if "tensor" in v)
+        per_thread = args["BLOCK"]["value"] // (32 * job["options"].get("num_warps", 4))
+        # STREAMS counts the gradient among the reads; the model params are written besides the fp32 streams
+        (reads, writes), (half_reads, half_writes) = STREAMS[job["kernel"]], MIXED_STREAMS[job["kernel"]]
+        want = ((reads - half_reads) * per_thread // 4 + half_reads * per_thread // 8,
+                writes * per_thread // 4 + half_writes * per_thread // 8) if aligned else (0, 0)
+        got = (k.loads[128], k.stores[128])
+        checked.add(job["kernel"])
+        if got != want:
+            bad.append(f"{_label(job, arch)}: 128-bit loads/stores {got}, expected {want}")
+    assert not bad, "\n".join(bad)
+    assert checked == set(MIXED_STREAMS), f"no master-weights launch of {sorted(set(MIXED_STREAMS) - checked)}"
 
 
 def test_census_file_is_current(triton_aot):

@@ -32,8 +32,8 @@ from agd_kernels.reference.agd import target_scale
 from agd_kernels.reference.sumsq import num_slices
 from agd_kernels.triton_kernels import multi_tensor, op_table
 from tests.models import clone_model, compute_grads, make_model, set_grads, two_groups
-from tests.op_cases import (MANY_SMALL, VARIANTS, _clone_args, _flat, check_backend, make_args, mutated_positions,
-                            op_dtypes, run, shapes_for)
+from tests.op_cases import (MANY_SMALL, VARIANTS, _clone_args, _flat, check_backend, is_mixed, make_args,
+                            mutated_positions, op_dtypes, run, shapes_for)
 from tests.tolerance import DTYPE_IDS, EPS, assert_within_2x_reference
 
 pytestmark = pytest.mark.skipif(
@@ -77,6 +77,15 @@ def test_matrices_only(op, variant, dtype):
                                                       [torch.float32]))
 def test_per_tensor_path_matches_reference(op, variant, dtype, monkeypatch):
     """The launches torch.compile traces (one per tensor through wrap_triton, no pointer table), run eagerly."""
+    monkeypatch.setattr(multi_tensor, "traced", lambda tensor: True)
+    check_backend(op, "triton", shapes_for(op, SIZES), dtype, variant)
+
+
+@pytest.mark.parametrize("op, variant, dtype", [
+    pytest.param(op, variant, dtype, id=f"{op}-{variant}-{DTYPE_IDS[dtype]}")
+    for op in OPS for variant in VARIANTS[op] if is_mixed(op, variant) for dtype in (torch.bfloat16, torch.float16)])
+def test_per_tensor_path_master_weights(op, variant, dtype, monkeypatch):
+    """The per-tensor kernels' specialisation for 16-bit grads and model params beside fp32 masters."""
     monkeypatch.setattr(multi_tensor, "traced", lambda tensor: True)
     check_backend(op, "triton", shapes_for(op, SIZES), dtype, variant)
 
@@ -174,7 +183,7 @@ def agd_edge_case(nan: bool, device: str = "cpu"):
     ops.slice_sumsq_([grads[i] for i in weights], sumsq, backend="triton")
     sv = torch.tensor([target_scale(shapes[i]) for i in weights for _ in range(starts_of[i][1])], device=device)
     args = (params, grads, sumsq, sv, [starts_of[o][0] for o in owner], [starts_of[o][1] for o in owner], 4, 2.0,
-            None, None)
+            None, None, [])
     runs = [_clone_args(args), _clone_args(args), _clone_args(args, torch.float64)]
     outs = [run("agd_step_", backend, a) for backend, a in zip(("triton", "torch", "torch"), runs)]
     return args, runs, outs
@@ -209,7 +218,7 @@ def test_interpreter_truncates_bf16():
     away, which the derived bf16 bound accepts (see the module docstring)."""
     p = torch.ones(1, dtype=torch.bfloat16)
     g = torch.full((1,), 2.0 ** -10, dtype=torch.bfloat16)
-    args = ([p], [g], [], torch.tensor(1.0), 0.0, 0.0, 0.0, False, False, False, None, None)
+    args = ([p], [g], [], torch.tensor(1.0), 0.0, 0.0, 0.0, False, False, False, None, None, [])
     got, ref, oracle = _clone_args(args), _clone_args(args), _clone_args(args, torch.float64)
     for backend, a in (("triton", got), ("torch", ref), ("torch", oracle)):
         run("sgd_step_", backend, a)
@@ -387,6 +396,41 @@ def test_bad_input_raises_and_changes_nothing(corrupt, match):
     for pos in mutated_positions("adam_step_"):
         for a, b in zip(args[pos], before[pos]):
             assert torch.equal(a, b)
+
+
+def _master_args():
+    return make_args("adam_step_", shapes_for("adam_step_", [3, 5]), torch.bfloat16, "master-weights", seed=3)
+
+
+# Mixed precision: the rules of csrc/checks.h check_grads / check_grads_and_model_params, with their messages.
+@pytest.mark.parametrize("corrupt, match", [
+    (lambda a: a[16].clear(), r"grads are torch.bfloat16 beside torch.float32 params; pass the model's "
+                              r"torch.bfloat16 parameters as model_params"),
+    (lambda a: a[1].__setitem__(slice(None), [g.float() for g in a[1]]),
+     r"model_params needs float32 params \(the masters\) and float16 or bfloat16 grads; got torch.float32 params "
+     r"and torch.float32 grads"),
+    (lambda a: a[1].__setitem__(1, a[1][1].half()), r"grads\[1\] is torch.float16 but grads\[0\] is torch.bfloat16; "
+                                                     r"one call takes one gradient dtype"),
+    (lambda a: a[16].pop(), r"model_params has 1 tensors, params has 2; pass one per param, or none"),
+    (lambda a: a[16].__setitem__(0, a[16][0].half()), r"model_params\[0\] is torch.float16\[3\] on cpu; expected "
+                                                       r"torch.bfloat16\[3\]"),
+    (lambda a: a[16].__setitem__(1, torch.zeros(10, dtype=torch.bfloat16)[::2]),
+     r"model_params\[1\] has strides \(2,\); expected params\[1\]'s \(1,\)"),
+    (lambda a: [t.__setitem__(slice(None), [x.to(dtype) for x in t])
+                for t, dtype in zip(a[:4], (torch.bfloat16, torch.float16, torch.bfloat16, torch.bfloat16))],
+     r"grads\[0\] is torch.float16, params\[0\] is torch.bfloat16; grads must have the params' dtype, or be "
+     r"float16 or bfloat16 beside float32 params"),
+], ids=["no-model-params", "fp32-grads", "two-grad-dtypes", "short-model-params", "model-dtype", "model-strides",
+        "fp16-beside-bf16"])
+def test_bad_mixed_input_raises_and_changes_nothing(corrupt, match):
+    args = _master_args()
+    corrupt(args)
+    before = _clone_args(args)
+    with pytest.raises(ValueError, match=match):
+        run("adam_step_", "triton", args)
+    for pos in mutated_positions("adam_step_"):
+        for a, b in zip(args[pos], before[pos]):
+            assert torch.equal(a.isnan(), b.isnan()) and torch.equal(a.nan_to_num(), b.nan_to_num())
 
 
 @pytest.mark.parametrize("op, pos", [("lamb_moments_", 6), ("lamb_apply_", 7)])

@@ -3,7 +3,7 @@ compiled for sm_80 and sm_90 for every parameter dtype, with exactly the argumen
 launcher passes on a GPU (tests/backends/triton_aot.py records the launches and compiles them)."""
 import pytest
 
-from tests.backends.triton_aot import ARCHS, DTYPES, KERNELS, Compiled
+from tests.backends.triton_aot import ARCHS, DTYPES, KERNELS, MIXED, Compiled
 
 
 @pytest.mark.parametrize("dtype", list(DTYPES.values()))
@@ -14,6 +14,19 @@ def test_kernel_compiles_for_sm80_and_sm90(triton_aot, kernel, dtype):
     failures = {f"{Compiled.describe(triton_aot.jobs[i])} @sm_{arch}": triton_aot.errors[arch][i]
                 for i in ids for arch in ARCHS if triton_aot.errors[arch][i]}
     assert not failures, "\n\n".join(f"{k}\n{v}" for k, v in failures.items())
+
+
+#: Kernels of the ops that read 16-bit grads beside fp32 params (and write model params when they write params).
+MIXED_KERNELS = [k for k in KERNELS if k.split(".")[1].removesuffix("_tensor_kernel").removesuffix("_kernel") in (
+    "_adam", "_sgd", "_rmsprop", "_adagrad", "_agd_update", "_lamb_moments", "_lamb_apply", "_yellowfin_stats",
+    "_yellowfin_apply")]
+
+
+@pytest.mark.parametrize("dtype", list(MIXED.values()))
+@pytest.mark.parametrize("kernel", MIXED_KERNELS)
+def test_master_weights_kernel_compiles_for_sm80_and_sm90(triton_aot, kernel, dtype):
+    """The (fp32 params, 16-bit grads and model params) specialisation of every kernel that takes it."""
+    test_kernel_compiles_for_sm80_and_sm90(triton_aot, kernel, dtype)
 
 
 def test_every_launch_belongs_to_a_listed_kernel(triton_aot):

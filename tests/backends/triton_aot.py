@@ -29,6 +29,9 @@ PACKAGE = "agd_kernels.triton_kernels"
 MODULES = ("sumsq", "agd", "adam", "sgd", "rmsprop", "adagrad", "lamb", "yellowfin", "stochastic_round")
 ARCHS = (80, 90)
 DTYPES = {torch.float32: "f32", torch.bfloat16: "bf16", torch.float16: "f16"}
+#: dtype ids of the master-weights launches (tests/op_cases.py `masters`): fp32 params and state, 16-bit grads
+#: and model params
+MIXED = {torch.bfloat16: "f32+bf16", torch.float16: "f32+f16"}
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
@@ -69,7 +72,7 @@ class _Recorder:
 
     def __init__(self):
         self.launches: list[dict] = []
-        self.dtype: torch.dtype | None = None
+        self.dtype: str | None = None  # the dtype id of the launches being recorded
 
     def __call__(self, kernel):
         recorder = self
@@ -82,7 +85,7 @@ class _Recorder:
                     annotations = kernel.fn.__annotations__
                     recorder.launches.append({
                         "kernel": f"{kernel.fn.__module__.rsplit('.', 1)[1]}.{kernel.fn.__name__}",
-                        "dtype": DTYPES[recorder.dtype],
+                        "dtype": recorder.dtype,
                         "args": {k: _spec(v, "constexpr" in str(annotations.get(k, "")))
                                  for k, v in bound.items()},
                         "options": options,
@@ -93,7 +96,7 @@ class _Recorder:
 
 def _record_all() -> list[dict]:
     from agd_kernels.triton_kernels import multi_tensor, op_table
-    from tests.op_cases import VARIANTS, make_args, shapes_for
+    from tests.op_cases import VARIANTS, is_mixed, make_args, shapes_for
 
     recorder = _Recorder()
     with contextlib.ExitStack() as stack:
@@ -109,8 +112,10 @@ def _record_all() -> list[dict]:
             mp.setattr(multi_tensor, "alignment", lambda addresses, align=align: align)
             for op, launcher in op_table.LAUNCHERS.items():
                 for dtype in DTYPES:
-                    recorder.dtype = dtype
                     for variant in VARIANTS[op]:
+                        if is_mixed(op, variant) and dtype not in MIXED:
+                            continue
+                        recorder.dtype = MIXED[dtype] if is_mixed(op, variant) else DTYPES[dtype]
                         # with kernel taps (conv shapes: tap width 16) and matrices only (tap width 1)
                         for shapes in (shapes_for(op, [1, 7, 4097]), [(1, 1), (7, 1), (4097, 1)]):
                             launcher(*make_args(op, shapes, dtype, variant))
