@@ -226,6 +226,38 @@ def test_bad_input_raises_naming_the_argument_and_changes_nothing(op, variant, c
     _assert_same_bits(_mutated(op, args), before, f"{op} after a rejected call")
 
 
+# Mixed precision (csrc/checks.h check_grads, check_grads_and_model_params), on the master-weights samples:
+# fp32 params, bf16 grads and model_params (the last argument).
+BAD_MIXED_INPUT = [
+    ("adam_step_", _replace(16, lambda ts: []), TypeError,
+     r"adam_step_: grads are BFloat16 beside Float params; pass the model's BFloat16 parameters as model_params"),
+    ("adam_step_", _replace(16, lambda ts: ts[:2]), ValueError,
+     r"adam_step_: model_params has 2 tensors, params has 3; pass one per param, or none"),
+    ("adam_step_", _set(16, 1, lambda t: t.half()), TypeError, r"adam_step_: model_params\[1\] is Half, grads\[1\] is BFloat16"),
+    ("sgd_step_", _set(1, 2, lambda t: t.half()), TypeError,
+     r"sgd_step_: grads\[2\] is Half but grads\[0\] is BFloat16; one call takes one gradient dtype"),
+    ("rmsprop_step_", _set(15, 0, lambda t: torch.zeros(t.numel() + 1, dtype=t.dtype)), ValueError,
+     r"rmsprop_step_: model_params\[0\] has shape \[6\], grads\[0\] has \[5\]"),
+    ("adagrad_step_", _replace(1, lambda ts: [t.float() for t in ts]), TypeError,
+     r"adagrad_step_: model_params needs float32 params \(the masters\) and float16 or bfloat16 grads"),
+    ("agd_step_", _replace(0, lambda ts: [t.double() for t in ts]), TypeError,
+     r"agd_step_: grads\[0\] is BFloat16, params\[0\] is Double; grads must have the params' dtype"),
+    ("yellowfin_stats_", _replace(1, lambda ts: [t.double() for t in ts]), TypeError,
+     r"yellowfin_stats_: grads\[0\] is BFloat16, grad_avgs\[0\] is Double; grads must have the grad_avgs' dtype"),
+]
+
+
+@pytest.mark.parametrize("op, corrupt, error, match", [pytest.param(*case, id=f"{case[0]}-{i}")
+                                                       for i, case in enumerate(BAD_MIXED_INPUT)])
+def test_bad_mixed_input_raises_naming_the_argument_and_changes_nothing(op, corrupt, error, match):
+    args = list(make_args(op, shapes_for(op, [5, 7, 3]), torch.bfloat16, "master-weights"))
+    corrupt(args)
+    before = [t.clone() for t in _mutated(op, args)]
+    with pytest.raises(error, match=match):
+        getattr(torch.ops.agd_kernels, op)(*args)
+    _assert_same_bits(_mutated(op, args), before, f"{op} after a rejected call")
+
+
 def test_unknown_isa_override_is_rejected(monkeypatch):
     monkeypatch.setenv("AGD_KERNELS_CPU_ISA", "avx9")
     args = make_args("sgd_step_", [(5,)], torch.float32, "plain")
