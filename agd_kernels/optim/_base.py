@@ -143,12 +143,11 @@ def _collect_group_grads(group_params: list[Tensor]) -> tuple[list[Tensor], list
 
 
 class _Copy(NamedTuple):
-    """One group's 16-bit parameters and the fp32 tensors that stood for them this step (masters, or
-    working copies to round stochastically)."""
+    """One stochastic_rounding group's bf16 parameters and the fp32 working copies that stood for them
+    this step, to round back."""
     group: int
     halves: list[Tensor]
     stand_ins: list[Tensor]
-    rounding: bool
 
 
 class FusedOptimizer(torch.optim.Optimizer):
@@ -175,6 +174,8 @@ class FusedOptimizer(torch.optim.Optimizer):
         #: this step's fp32 masters and working copies, by id, -> the 16-bit parameters they stand for
         #: (see _use_masters)
         self._model_of: dict[int, Tensor] = {}
+        #: the masters among them, id -> model parameter: the ops write these parameters (model_params)
+        self._masters: dict[int, Tensor] = {}
         #: per group index, the mode (see `mode`) its state was last laid out for (see _settle_state)
         self._modes: dict[int, tuple[bool, bool]] = {}
         self._seeds: dict[tuple[int, torch.device], tuple[int, Tensor]] = {}  # (group, device) -> seed tensor
@@ -300,8 +301,8 @@ class FusedOptimizer(torch.optim.Optimizer):
         hit = self._bucket_cache.get(slot)
         if (hit is None or hit.key != key or hit.dtypes != dtypes
                 or any(params[0 if idx is None else idx[0]].device != device for device, idx in hit.index)):
-            groups = list(group_by_device_dtype(params).items())
-            index = [(device, None if len(groups) == 1 else idx) for (device, _, _), idx in groups]
+            groups = list(group_by_device_dtype(params, self._masters).items())
+            index = [(device, None if len(groups) == 1 else idx) for (device, *_), idx in groups]
             hit = self._bucket_cache[slot] = _BucketEntry(key, dtypes, params, index)
         return hit
 
@@ -347,14 +348,11 @@ class FusedOptimizer(torch.optim.Optimizer):
             layout.reduce_(buffer)
         out = self._apply(collected)
         for copy in copies:
-            # The one rounding to the parameter: to nearest from masters, stochastic from working copies.
-            # After a found_inf step masters and working copies are unchanged, and so is what this writes
-            # (a bf16 value rounds to itself either way): no host sync needed to skip it.
-            if copy.rounding:
-                self._round_stochastically(copy)
-            else:
-                copy_locally_(copy.halves, copy.stand_ins)
-        if any(copy.rounding for copy in copies):
+            # Working copies round stochastically into their parameters (masters are rounded to nearest by
+            # the ops themselves, model_params). After a found_inf step the working copies are unchanged,
+            # and so is what this writes: no host sync needed to skip it.
+            self._round_stochastically(copy)
+        if copies:
             self._forget_working_copies(copies)
         return out if out is not None and (closure is None or self._RESULT_OVER_LOSS) else loss
 
@@ -363,18 +361,21 @@ class FusedOptimizer(torch.optim.Optimizer):
 
     # ---------------------------------------------------------------- master weights, stochastic rounding
     # master_weights=True (per group): a 16-bit parameter is updated through an fp32 copy kept in its
-    # state under MASTER. Its entry in `collected` becomes that master and its gradient an fp32 copy,
-    # so every op, subclass hook and backend runs unchanged, in fp32; step() then rounds the masters
-    # into the parameters. State stays keyed by the parameter: `_states` and `_param_of` map a master
-    # back. The kernels take one dtype per list, hence the transient fp32 gradient (docs/mixed_precision.md).
-    # stochastic_rounding=True (and master_weights off) does the same for bf16 parameters with a transient
-    # working copy p.float() in place of the master, and rounds it into the parameter stochastically. The
-    # state of those parameters is fp32 in both modes.
+    # state under MASTER. Its entry in `collected` becomes that master, next to its own 16-bit gradient;
+    # buckets keep masters apart (_grouping), and every op that writes parameters gets the bucket's 16-bit
+    # parameters as model_params (`_models`): the kernel reads the gradient in 16 bits and rounds each
+    # updated master into its parameter in the same pass (agd_kernels/ops.py, "Mixed precision"). State
+    # stays keyed by the parameter: `_states` and `_param_of` map a master back.
+    # stochastic_rounding=True (and master_weights off) substitutes, for bf16 parameters, a transient
+    # working copy p.float() and g.float() for its gradient, and step() rounds the copy into the parameter
+    # stochastically. The state of those parameters is fp32 in both modes.
     def _use_masters(self, collected: list[Collected]) -> list[_Copy]:
         """Substitutes in `collected` an fp32 stand-in for every parameter of a master_weights group (its
-        master, created at its first step) or of a stochastic_rounding group (a working copy) that has a
-        16-bit dtype the mode covers, and g.float() for its gradient; returns what step() rounds back."""
+        master, created at its first step; its gradient stays 16-bit) or of a stochastic_rounding group (a
+        working copy, with g.float()) that has a 16-bit dtype the mode covers; returns the working copies
+        step() rounds back."""
         self._model_of = model_of = {}
+        self._masters = fused = {}
         copies = []
         for gi, (group, found) in enumerate(zip(self.param_groups, collected)):
             masters, rounding = current = mode(group)
@@ -397,16 +398,21 @@ class FusedOptimizer(torch.optim.Optimizer):
                     else:
                         stand_in = p.detach().float()  # its state, if new, is made from it by _states
                     model_of[id(stand_in)] = p
-                    halves.append(p)
-                    stand_ins.append(stand_in)
-                    p, g = stand_in, g.float()
+                    if masters:  # the op reads g in 16 bits and rounds the master into p (model_params)
+                        fused[id(stand_in)] = p
+                    else:
+                        halves.append(p)
+                        stand_ins.append(stand_in)
+                        g = g.float()
+                    p = stand_in
                 params.append(p)
                 grads.append(g)
             # Working copies and fp32 parameters make one bucket: not grouped through the cache, which would
             # hold the copies until the next step.
             uniform = found.uniform or rounding and len({(t.dtype, t.device, is_dtensor(t)) for t in params}) == 1
             collected[gi] = Collected(params, grads, uniform)
-            copies.append(_Copy(gi, halves, stand_ins, rounding))
+            if rounding:
+                copies.append(_Copy(gi, halves, stand_ins))
         return copies
 
     @staticmethod
@@ -513,11 +519,18 @@ class FusedOptimizer(torch.optim.Optimizer):
         """Drops every reference this step's caches keep to working copies, so they are freed now (kept,
         they would cost what stochastic rounding saves): the layouts and bucketings built from them."""
         for copy in copies:
-            if copy.rounding:
-                self._bucket_cache.pop(copy.group, None)
-                for t in copy.stand_ins:
-                    self._model_of.pop(id(t), None)
+            self._bucket_cache.pop(copy.group, None)
+            for t in copy.stand_ins:
+                self._model_of.pop(id(t), None)
         self._layout_cache.clear()
+
+    def _models(self, params: list[Tensor]) -> list[Tensor]:
+        """model_params for an op call on one bucket: the 16-bit parameters of a bucket of masters (buckets
+        never mix masters and other tensors: _grouping), else none."""
+        masters = self._masters
+        if not masters or not params or id(params[0]) not in masters:
+            return []
+        return [masters[id(p)] for p in params]
 
     def _param_of(self, t: Tensor) -> Tensor:
         """The parameter `t` (one of this step's lists) stands for: its own self unless it is a master."""

@@ -58,4 +58,4 @@ class Adagrad(FusedOptimizer):
         ops.adagrad_step_(params, grads, [s["sum"] for s in states], [s["step"] for s in states], lr,
                           lr_decay=group["lr_decay"], weight_decay=group["weight_decay"], eps=group["eps"],
                           maximize=group["maximize"], grad_scale=grad_scale, found_inf=found_inf,
-                          backend=self.backend)
+                          model_params=self._models(params), backend=self.backend)

@@ -70,7 +70,7 @@ class Adam(FusedOptimizer):
             beta1=beta1, beta2=beta2, eps=group["eps"], weight_decay=group["weight_decay"],
             amsgrad=group["amsgrad"], maximize=group["maximize"],
             decoupled_weight_decay=group["decoupled_weight_decay"], grad_scale=grad_scale, found_inf=found_inf,
-            backend=self.backend)
+            model_params=self._models(params), backend=self.backend)
 
 
 class AdamW(Adam):

@@ -137,7 +137,7 @@ class AGD(FusedOptimizer):
         # Slot layout: matrices bucketed by (device, dtype) so each bucket's norms fill one contiguous
         # range. Shapes are global (DTensor.shape), so every rank builds the same layout.
         start, norm_buckets, slot_of, sv, spans = 0, [], {}, [], []
-        for _, idx in group_by_device_dtype([collected[gi][i] for gi, i in matrices]).items():
+        for _, idx in group_by_device_dtype([collected[gi][i] for gi, i in matrices], self._masters).items():
             bucket = [matrices[k] for k in idx]
             bucket_first = start
             for gi, i in bucket:
@@ -158,7 +158,7 @@ class AGD(FusedOptimizer):
         update_buckets = []
         for gi, params in enumerate(collected):
             members = [i for i in first[gi] if id(owner_of[id(model[gi][i])]) in slot_of]
-            for _, idx in group_by_device_dtype([params[i] for i in members]).items():
+            for _, idx in group_by_device_dtype([params[i] for i in members], self._masters).items():
                 positions = [members[k] for k in idx]
                 slots = [slot_of[id(owner_of[id(model[gi][i])])] for i in positions]
                 update_buckets.append((gi, positions, [s for s, _ in slots], [n for _, n in slots]))
@@ -205,7 +205,8 @@ class AGD(FusedOptimizer):
             out = ops.agd_step_([params[i] for i in positions], [grads[i] for i in positions], self._step_sumsq,
                                 plan.slice_sv, starts, counts, depth=plan.depth,
                                 gain=self.param_groups[gi]["gain"] * self.param_groups[gi]["lr"],
-                                grad_scale=grad_scale, found_inf=found_inf, backend=self.backend)
+                                grad_scale=grad_scale, found_inf=found_inf,
+                                model_params=self._models([params[i] for i in positions]), backend=self.backend)
             if eta is None:
                 eta, G = out
         self.last_eta, self.last_G = eta, G

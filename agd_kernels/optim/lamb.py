@@ -202,7 +202,8 @@ class LAMB(FusedOptimizer):
                             self._grad_sumsq,
                             self._step_norms.narrow(0, first, 2 * len(params)), **self._moment_args(group),
                             use_trust_ratio=use_trust_ratio, phi_min=phi_min, phi_max=phi_max,
-                            grad_scale=grad_scale, found_inf=found_inf, backend=self.backend)
+                            grad_scale=grad_scale, found_inf=found_inf, model_params=self._models(params),
+                            backend=self.backend)
         return None
 
     def _moment_args(self, group) -> dict[str, Any]:

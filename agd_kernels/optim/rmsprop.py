@@ -64,4 +64,4 @@ class RMSprop(FusedOptimizer):
             [s["momentum_buffer"] for s in states] if momentum > 0 else [], [s["step"] for s in states], lr,
             alpha=group["alpha"], eps=group["eps"], weight_decay=group["weight_decay"], momentum=momentum,
             centered=centered, maximize=group["maximize"], grad_scale=grad_scale, found_inf=found_inf,
-            backend=self.backend)
+            model_params=self._models(params), backend=self.backend)

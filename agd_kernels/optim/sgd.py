@@ -65,4 +65,5 @@ class SGD(FusedOptimizer):
             buffers = [s["momentum_buffer"] for s in states]
         ops.sgd_step_(params, grads, buffers, lr, momentum=momentum, dampening=group["dampening"],
                       weight_decay=group["weight_decay"], nesterov=group["nesterov"], maximize=group["maximize"],
-                      is_first_step=first, grad_scale=grad_scale, found_inf=found_inf, backend=self.backend)
+                      is_first_step=first, grad_scale=grad_scale, found_inf=found_inf,
+                      model_params=self._models(params), backend=self.backend)

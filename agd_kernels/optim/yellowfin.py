@@ -154,7 +154,8 @@ class YellowFin(FusedOptimizer):
         _, keep = shard_layout(params, self._describer(params))
         rows: dict[tuple, list[int]] = {}
         for i, p in enumerate(params):
-            rows.setdefault((p.device, p.dtype, is_dtensor(p), keep[i]), []).append(i)
+            model = self._masters.get(id(p))  # masters' 16-bit gradients make rows of their own
+            rows.setdefault((p.device, p.dtype, is_dtensor(p), keep[i], None if model is None else model.dtype), []).append(i)
         row_list = list(rows.values())
         first = [params[idx[0]] for idx in row_list]
         layout = self._partials_layout("stats", first, [(4 * r, 4) for r in range(len(row_list))])
@@ -196,7 +197,7 @@ class YellowFin(FusedOptimizer):
                 ops.yellowfin_apply_(bucket, bucket_grads, [s["grad_avg"] for s in states],
                                      [s["momentum_buffer"] for s in states], self.tuner, self._stats,
                                      beta=self.options["beta"], weight_decay=group["weight_decay"],
-                                     found_inf=found_inf, backend=self.backend)
+                                     found_inf=found_inf, model_params=self._models(bucket), backend=self.backend)
         return self.last_lr, self.last_mu
 
     # ---------------------------------------------------------------- checkpoints
