@@ -226,7 +226,7 @@ CUDA_STREAMS = {
 #: Master-weights kernels (fp32 params, 16-bit grads and model params, grid/block.h kCopies): (fp32 streams
 #: read, written) by 128-bit accesses and (16-bit streams read, written) by 64-bit ones, 4 elements per
 #: thread for both. LAMB apply reads no gradient (fp32 moments are stored by lamb_moments_).
-MIXED_STREAMS = {
+CUDA_MIXED_STREAMS = {
     "AdamKernel": lambda l2, ams, end: (3 + ams, 3 + ams, 1, 1),  # p m v [vmax] / g / model
     "SgdKernel": lambda wd, mom: (1 + mom, 1 + mom, 1, 1),  # p [buf]
     "RmspropKernel": lambda wd, centering, mom: (2 + (centering > 0) + mom, 2 + (centering > 0) + mom, 1, 1),
@@ -284,21 +284,21 @@ def test_extension_master_weights_kernels_use_128_bit_fp32_and_64_bit_16_bit_acc
     for k in kernels:
         twin_symbol = _fp32_twin(k.name)
         name = _grid_kernel(k.name)
-        if twin_symbol is None or name not in MIXED_STREAMS:
+        if twin_symbol is None or name not in CUDA_MIXED_STREAMS:
             continue
         checked.add(name)
         twin = by_symbol.get((k.arch, twin_symbol))
         if twin is None:
             bad.append(f"{k.arch} {k.name}: no fp32 twin {twin_symbol}")
             continue
-        r32, w32, r16, w16 = MIXED_STREAMS[name](*_template_flags(k.name))
+        r32, w32, r16, w16 = CUDA_MIXED_STREAMS[name](*_template_flags(k.name))
         copies = k.loads[128] // r32
         got = (k.loads[128], k.stores[128], k.loads[64] - twin.loads[64] - w16, k.stores[64] - twin.stores[64])
         if copies < 1 or got != (copies * r32, copies * w32, copies * r16, copies * w16):
             bad.append(f"{k.arch} {k.name}: 128-bit loads/stores, 64-bit loads/stores beyond the fp32 twin's "
                        f"{got}, expected a multiple of {(r32, w32, r16, w16)}")
     assert not bad, "\n".join(bad)
-    assert checked == set(MIXED_STREAMS), f"no master-weights kernel for {sorted(set(MIXED_STREAMS) - checked)}"
+    assert checked == set(CUDA_MIXED_STREAMS), f"no master-weights kernel for {sorted(set(CUDA_MIXED_STREAMS) - checked)}"
 
 
 # ------------------------------------------------------------------------------------- the tool itself

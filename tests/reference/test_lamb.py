@@ -247,7 +247,8 @@ def test_bad_norms_raise_naming_them(op, norms, error, match):
     before = [t.clone() for t in params + m + v + steps]
     hp = (1.0, 0.9, 0.999, 1e-6, 0.01, True, True, True)
     args = ((params, grads, m, v, steps, sumsq, norms, *hp, None, None) if op == "lamb_moments_" else
-            (params, grads, m, v, steps, torch.tensor(0.1), sumsq, norms, *hp, True, 0.0, math.inf, None, None))
+            (params, grads, m, v, steps, torch.tensor(0.1), sumsq, norms, *hp, True, 0.0, math.inf, None, None,
+             []))
     with pytest.raises(error, match=f"{op}: {match}"):
         getattr(ref_lamb, op)(*args)
     assert all(torch.equal(a, b) for a, b in zip(params + m + v + steps, before))
