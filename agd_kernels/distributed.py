@@ -20,12 +20,13 @@ from torch import Tensor
 
 try:  # import never fails (docs/design.md rule 6): torch builds without distributed support have no DTensor
     import torch.distributed as dist
-    from torch.distributed.tensor import DTensor, Partial, distribute_tensor
+    from torch.distributed.tensor import DTensor, Partial, Replicate, Shard, distribute_tensor
+    from torch.distributed.tensor._utils import compute_local_shape_and_global_offset
 
     _HAVE_DTENSOR = dist.is_available()
 except ImportError:  # pragma: no cover - every torch this project supports has it
     _HAVE_DTENSOR = False
-    DTensor = Partial = distribute_tensor = None
+    DTensor = Partial = Replicate = Shard = distribute_tensor = compute_local_shape_and_global_offset = None
 
 
 def is_dtensor(t: Any) -> bool:
@@ -37,6 +38,26 @@ def local(t: Tensor) -> Tensor:
 
     Under no_grad to_local() returns the local tensor itself, without an autograd node."""
     return t.to_local() if is_dtensor(t) else t
+
+
+def flat_offset(t: Tensor) -> int:
+    """Where a DTensor's local shard starts in the row-major numbering of its global elements (0 for a
+    plain tensor): the shard of a tensor sharded along dim 0 only (FSDP2's Shard(0), HSDP's Replicate
+    and Shard(0)) is one run of that numbering, so its k-th element is global element offset + k.
+    Stochastic rounding draws each element's bits from that global index, so shards round as the whole
+    tensor does. Any other layout (Shard(d) for d > 0, strided shards of FSDP2 over tensor parallelism,
+    Partial) scatters a shard over the numbering: ValueError saying which placement."""
+    if not is_dtensor(t):
+        return 0
+    for d, placement in enumerate(t.placements):
+        if not (type(placement) is Replicate or (type(placement) is Shard and placement.dim == 0)):
+            raise ValueError(f"placement {placement} on mesh dim {d}: only Shard(0) and Replicate keep a local "
+                             "shard one run of the tensor's elements")
+    _, start = compute_local_shape_and_global_offset(t.shape, t.device_mesh, t.placements)
+    row = 1
+    for n in t.shape[1:]:
+        row *= n
+    return start[0] * row if t.dim() else 0
 
 
 def unwrap(args: Sequence[Any]) -> list[Any]:

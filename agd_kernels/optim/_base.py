@@ -14,7 +14,7 @@ from torch import Tensor
 
 from .. import _backends, _ext, ops
 from .._grouping import group_by_device_dtype
-from ..distributed import Partials, is_dtensor, local
+from ..distributed import Partials, flat_offset, is_dtensor, local
 from ._lr import LrTensors
 
 
@@ -179,7 +179,8 @@ class FusedOptimizer(torch.optim.Optimizer):
         #: per group index, the mode (see `mode`) its state was last laid out for (see _settle_state)
         self._modes: dict[int, tuple[bool, bool]] = {}
         self._seeds: dict[tuple[int, torch.device], tuple[int, Tensor]] = {}  # (group, device) -> seed tensor
-        self._offsets: tuple[tuple[int, ...], dict[int, int]] = ((), {})  # parameter ids, id -> first index
+        # parameter ids, id -> index of its first element, id -> a DTensor shard's start in its tensor
+        self._offsets: tuple[tuple[int, ...], dict[int, int], dict[int, int]] = ((), {}, {})
         self._lr_cache: dict[int, LrTensors] = {}  # by group index
         self._bucket_cache: dict[Any, _BucketEntry] = {}
         #: per partial-sums buffer: (ids of its tensors, the tensors, so the ids stay unique, their layout)
@@ -386,7 +387,7 @@ class FusedOptimizer(torch.optim.Optimizer):
             if not any(p.dtype in covered for p in found.params):
                 continue
             if rounding:
-                self._check_unsharded(gi, group, [p for p in found.params if p.dtype in covered])
+                self._check_rounding_layout(gi, group, [p for p in found.params if p.dtype in covered])
             params, grads, halves, stand_ins = [], [], [], []
             for p, g in zip(found.params, found.grads):
                 if p.dtype in covered:
@@ -416,17 +417,18 @@ class FusedOptimizer(torch.optim.Optimizer):
         return copies
 
     @staticmethod
-    def _check_unsharded(gi: int, group: dict[str, Any], params: list[Tensor]) -> None:
-        """Stochastic rounding numbers elements by their index in the local tensor: a shard would draw the
-        bits of another shard's elements (the op's offsets could place it; not wired up). Raised before
-        anything changes."""
+    def _check_rounding_layout(gi: int, group: dict[str, Any], params: list[Tensor]) -> None:
+        """Stochastic rounding numbers a shard's elements by their index in the whole tensor
+        (distributed.flat_offset), which a shard has when only dim 0 is sharded; any other layout is
+        refused naming the parameter, before anything changes."""
         for p in params:
-            if is_dtensor(p):
+            try:
+                flat_offset(p)
+            except ValueError as e:
                 pos = next(i for i, q in enumerate(group["params"]) if q is p)
-                raise NotImplementedError(
-                    f"stochastic_rounding: {describe_param(group, gi, pos, p)} is a DTensor; stochastic rounding "
-                    "supports plain (unsharded or replicated) parameters only; use master_weights=True for "
-                    "sharded bf16 parameters")
+                raise ValueError(f"stochastic_rounding: {describe_param(group, gi, pos, p)} is a DTensor with "
+                                 f"placements {tuple(p.placements)}: {e}; shard it on dim 0 (FSDP2's default) "
+                                 "or use master_weights=True") from None
 
     def _new_master(self, p: Tensor, state: dict[str, Any], group: dict[str, Any]) -> Tensor:
         """p's fp32 master, stored in its state with the rest of a first step's state, made like the
@@ -482,7 +484,9 @@ class FusedOptimizer(torch.optim.Optimizer):
 
     def _element_offsets(self, params: list[Tensor]) -> list[int]:
         """The index of each parameter's first element in one numbering of every element of the optimizer
-        (its groups' parameters in order), so no two elements of a step draw the same bits."""
+        (its groups' parameters in order), so no two elements of a step draw the same bits. A DTensor
+        counts its global elements, and its local shard starts where it sits in them
+        (distributed.flat_offset): sharded, each element draws the bits it draws unsharded."""
         ids = tuple(id(p) for group in self.param_groups for p in group["params"])
         if self._offsets[0] != ids:
             first, offset = {}, 0
@@ -490,8 +494,12 @@ class FusedOptimizer(torch.optim.Optimizer):
                 for p in group["params"]:
                     first.setdefault(id(p), offset)
                     offset += p.numel()
-            self._offsets = (ids, first)
-        return [self._offsets[1][id(p)] for p in params]
+            self._offsets = (ids, first, {})
+        _, first, shard_start = self._offsets
+        for p in params:  # only the rounded parameters: other placements are refused for them alone
+            if id(p) not in shard_start:
+                shard_start[id(p)] = flat_offset(p)
+        return [first[id(p)] + shard_start[id(p)] for p in params]
 
     def _round_stochastically(self, copy: _Copy) -> None:
         """Rounds the working copies of one group into its bf16 parameters (ops.stochastic_round_), with

@@ -24,6 +24,7 @@ import subprocess
 import sys
 import time
 import traceback
+import zlib
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -554,6 +555,41 @@ def case_master(case: str, rank: int) -> dict:
     return {"params": full_params(inner), "checks": checks}
 
 
+#: bf16 parameters with stochastic_rounding=True on sharded meshes (docs/mixed_precision.md, section 6):
+#: each shard draws the bits of its elements' indices in the whole tensor, so a run fed the same full
+#: gradients rounds as the single-process one does. Two elementwise optimizers and AGD (whose per-tap
+#: sums over shards add up in another order, so its fp32 updates may differ in the last bits).
+ROUNDING_CASES = ("AdamW", "SGD", "AGD")
+ROUNDING_TOPOLOGIES = ("fsdp", *HSDP_MESHES)
+ROUNDING = dict(dtype=torch.bfloat16, stochastic_rounding=True)
+ROUNDING_SEED = 20261205
+
+
+def fixed_grad(name: str, shape: torch.Size, step: int) -> torch.Tensor:
+    """Step `step`'s full bf16 gradient of parameter `name`: the same on every rank and in one process."""
+    gen = torch.Generator().manual_seed(zlib.crc32(f"{name}/{step}".encode()))  # not hash(): salted per process
+    return (0.1 * torch.randn(shape, generator=gen, dtype=torch.float64)).to(torch.bfloat16)
+
+
+def rounding_run(module: nn.Module, opt: torch.optim.Optimizer) -> dict[str, torch.Tensor]:
+    """STEPS steps on fixed_grad's gradients (a DTensor parameter gets them distributed as it is) with
+    the groups' rounding_seed set to ROUNDING_SEED; returns the full parameters."""
+    from torch.distributed.tensor import DTensor, distribute_tensor
+    for group in opt.param_groups:
+        group["rounding_seed"] = ROUNDING_SEED
+    for k in range(STEPS):
+        for n, p in module.named_parameters():
+            g = fixed_grad(n, p.shape, k)
+            p.grad = distribute_tensor(g, p.device_mesh, p.placements) if isinstance(p, DTensor) else g
+        opt.step()
+    return full_params(module)
+
+
+def case_rounding(topology: str, case: str, rank: int) -> dict:
+    _, inner, opt = build(topology, case, "cpu", **ROUNDING)
+    return {"params": rounding_run(inner, opt)}
+
+
 def job_cases(job: str, rank: int, directory: Path) -> Iterator[tuple[str, Callable[[], dict]]]:
     """(case key, thunk) in the order every rank runs them."""
     kind, _, backend = job.partition("-")
@@ -564,6 +600,9 @@ def job_cases(job: str, rank: int, directory: Path) -> Iterator[tuple[str, Calla
             yield f"train/{case}", lambda case=case: case_master(case, rank)
             yield f"dcp/{case}", lambda case=case: case_checkpoint(
                 "fsdp", case, "cpu", rank, directory / "ckpt" / case, **MASTER)
+        for topology in ROUNDING_TOPOLOGIES:
+            for case in ROUNDING_CASES:
+                yield f"rounding/{topology}/{case}", lambda t=topology, case=case: case_rounding(t, case, rank)
     elif kind == "fsdp":
         if backend == "cpu":
             yield "layout", lambda: case_layout(rank)

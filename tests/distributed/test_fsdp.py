@@ -125,3 +125,35 @@ def test_fsdp2_bf16_master_weights(jobs, case):
     assert distributed <= min(2 * single, BOUND), (
         f"{case}: bf16 + master weights on FSDP2 is {distributed:.4f} (relative displacement) from the fp32 run; "
         f"single-process bf16 + master weights runs are up to {single:.4f}")
+
+
+ROUNDING = [pytest.param(topology, case, id=f"{topology}-{case}")
+            for topology in h.ROUNDING_TOPOLOGIES for case in h.ROUNDING_CASES]
+
+
+@pytest.mark.parametrize("topology, case", ROUNDING)
+def test_stochastic_rounding_on_shards_draws_the_single_process_bits(jobs, topology, case):
+    """bf16 parameters with stochastic_rounding=True, sharded on dim 0 (FSDP2; HSDP 2x1: replicas; 1x2:
+    shards on the mesh's second dim), fed the same full gradients as one process: each shard rounds its
+    elements with the bits of their index in the whole tensor, so the elementwise optimizers give the
+    single-process bits exactly. AGD's per-tap sums add up over shards in another order, so its fp32
+    update may differ in the last bits and flip a rare rounding: at most one bf16 step per element, on at
+    most 1% of the elements. Rounding with each shard's local indices instead fails every sharded case
+    here (AGD's by up to 6 bf16 steps after harness.STEPS steps)."""
+    ranks = jobs.get("fsdp-master").case(f"rounding/{topology}/{case}")
+    with h.one_thread():
+        model = h.make_model(torch.bfloat16)
+        expected = h.rounding_run(model, h.make_optimizer(case, model, "cpu", stochastic_rounding=True))
+    start = h.make_model(torch.bfloat16)
+    for rank, result in enumerate(ranks):
+        for name, want in expected.items():
+            got = result["params"][name]
+            assert not torch.equal(want, dict(start.named_parameters())[name].detach()), f"{name} never moved"
+            if case != "AGD":
+                assert torch.equal(got, want), (f"{case} on {topology}, rank {rank}: {name} differs from the "
+                                                f"single-process run in {(got != want).sum().item()} elements")
+                continue
+            ulps = (got.view(torch.int16).int() - want.view(torch.int16).int()).abs()
+            assert ulps.max() <= 1 and (ulps > 0).float().mean() <= 0.01, (
+                f"AGD on {topology}, rank {rank}: {name} differs from the single-process run in "
+                f"{(ulps > 0).sum().item()} of {ulps.numel()} elements, by up to {ulps.max().item()} bf16 steps")

@@ -73,3 +73,37 @@ def test_parameters_on_two_meshes_are_refused_naming_one(mesh):
     opt = ak.AGD([{"params": [first, second], "param_names": ["a.weight", "b.weight"]}])
     with pytest.raises(ValueError, match=r"parameter 'b.weight'.*lives on DeviceMesh.*give each mesh its own optimizer"):
         opt.step()
+
+
+@pytest.mark.parametrize("placement", [Shard(1), Partial()], ids=["Shard(1)", "Partial"])
+def test_stochastic_rounding_refuses_shards_that_are_not_one_run_of_the_tensor(mesh, placement):
+    """A shard along dim 1 (or a Partial) is no run of the whole tensor's element indices, which
+    stochastic rounding draws its bits from: refused naming the parameter and the placement, with
+    the parameter and the state as they were."""
+    p = nn.Parameter(distribute_tensor(torch.randn(4, 6), mesh, [Replicate()]).redistribute(placements=[placement])
+                     .to(torch.bfloat16)) if placement.is_shard() else nn.Parameter(
+        torch.distributed.tensor.DTensor.from_local(torch.randn(4, 6).to(torch.bfloat16), mesh, [placement]))
+    p.grad = torch.distributed.tensor.DTensor.from_local(torch.randn_like(p.to_local()), mesh, [placement])
+    before = p.to_local().clone()
+    opt = ak.AdamW([{"params": [p], "param_names": ["fc.weight"]}], stochastic_rounding=True)
+    with pytest.raises(ValueError, match=r"stochastic_rounding: parameter 'fc.weight'.*placements.*"
+                                         + placement.__class__.__name__ + r".*master_weights=True"):
+        opt.step()
+    assert torch.equal(p.to_local(), before) and not opt.state, "a refused step must change nothing"
+
+
+def test_stochastic_rounding_takes_dim_0_shards_and_replicas(mesh):
+    """On one rank a Shard(0) or Replicate bf16 parameter rounds as the plain tensor does, bit for bit
+    (tests/distributed/test_fsdp.py checks the shards of two ranks against one process)."""
+    torch.manual_seed(0)
+    full, grad = torch.randn(5, 3).to(torch.bfloat16), torch.randn(5, 3).to(torch.bfloat16)
+    results = []
+    for placement in (None, Shard(0), Replicate()):
+        p = nn.Parameter(full.clone() if placement is None else distribute_tensor(full.clone(), mesh, [placement]))
+        p.grad = grad.clone() if placement is None else distribute_tensor(grad.clone(), mesh, [placement])
+        opt = ak.AdamW([p], lr=1e-2, stochastic_rounding=True)
+        opt.param_groups[0]["rounding_seed"] = 5
+        opt.step()
+        results.append(p.detach() if placement is None else p.full_tensor())
+    assert not torch.equal(results[0], full)
+    assert torch.equal(results[1], results[0]) and torch.equal(results[2], results[0])
