@@ -138,11 +138,21 @@ def get_extensions():
     return [ext], info
 
 
+def _schema_fingerprint():
+    """agd_kernels.ops.schema_fingerprint() of this source tree, from a child interpreter that imports the
+    package without loading `_C` (a stale one in the tree would abort it: agd_kernels/_ext.py)."""
+    env = dict(os.environ, AGD_KERNELS_NO_EXT="1", PYTHONPATH=os.pathsep.join([ROOT, os.environ.get("PYTHONPATH", "")]))
+    out = subprocess.run([sys.executable, "-c", "import agd_kernels.ops as o; print(o.schema_fingerprint())"],
+                         cwd=ROOT, env=env, capture_output=True, text=True, check=True)
+    return out.stdout.strip().splitlines()[-1]
+
+
 class BuildWithInfo(BuildExtension):
     """Writes agd_kernels/_build_info.json (what was built, against what) and says it at the end."""
 
     def run(self):
         super().run()
+        BUILD_INFO["schemas"] = _schema_fingerprint()
         path = os.path.join(ROOT, "agd_kernels", "_build_info.json")
         with open(path, "w") as f:
             json.dump(BUILD_INFO, f, indent=2, sort_keys=True)

@@ -33,14 +33,31 @@ def _read_build_info() -> dict:
         return {}
 
 
-def load() -> None:
-    """Load `_C` once. Must run after agd_kernels.ops has defined the schemas (see ops.py)."""
+def stale_reason(build_info: dict, schemas: str) -> str | None:
+    """Why a `_C` built with `build_info` must not be loaded under the op schemas fingerprinted `schemas`
+    (agd_kernels.ops.schema_fingerprint), or None. Its C++ registrars check each kernel against the
+    schema while the library loads, and a mismatch throws from a static initialiser: the process aborts,
+    past any except clause. So a library built for other schemas (ops.py changed since the build) is
+    not loaded at all. A build that recorded no fingerprint is loaded as before."""
+    built = build_info.get("schemas")
+    if built is None or built == schemas:
+        return None
+    return ("agd_kernels._C was built for other op schemas (agd_kernels/ops.py changed since the build); "
+            "rebuild it with `pip install --no-build-isolation -e .`")
+
+
+def load(schemas: str) -> None:
+    """Load `_C` once. Must run after agd_kernels.ops has defined the schemas, fingerprinted `schemas`."""
     global LOADED, LOAD_ERROR, BUILD_INFO, MODULE
     if LOADED or LOAD_ERROR is not None:
         return
     BUILD_INFO = _read_build_info()
     if os.environ.get("AGD_KERNELS_NO_EXT", "0") == "1":
         LOAD_ERROR = RuntimeError("loading skipped: AGD_KERNELS_NO_EXT=1")
+        return
+    stale = stale_reason(BUILD_INFO, schemas)
+    if stale is not None:
+        LOAD_ERROR = ImportError(stale)
         return
     spec = importlib.util.find_spec("agd_kernels._C")
     if spec is None or spec.origin is None:

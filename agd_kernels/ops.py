@@ -28,9 +28,22 @@ writes each updated master, rounded to nearest even, into its model parameter, i
 gradient is read in 16 bits and no transient fp32 copy or copy-back pass exists. lamb_moments_ and
 yellowfin_stats_ (which read gradients but write no parameter) take 16-bit grads beside fp32
 params/grad_avgs the same way. With found_inf set nothing is written, model_params included.
+
+Telemetry (docs/telemetry.md): adam_step_, sgd_step_, rmsprop_step_ and adagrad_step_ end with
+`telemetry`, None or a contiguous fp32 tensor of shape (len(params), 5) on the params' device. Given, the op
+ADDS to row i, in the pass it makes anyway, the five sums of agd_kernels.reference.telemetry over tensor i
+(its local shard): w_sq, g_sq, w_g, d_sq, w_d, with w = params[i] before the op (the fp32 master with
+master weights), g = grads[i] / grad_scale (not negated by maximize, before weight decay), and
+Δw = params[i] after - w as stored (in the math type: fp32, fp64 for fp64 tensors). Terms are formed
+in the math type, partial sums at least in it (the backends add blocks of them in fp64) and the total is
+added to the buffer in fp32; a backend may add partial sums in any fixed order, so values agree with the
+fp64 reference to summation rounding, not bitwise, and repeat exactly from run to run.
+Without telemetry (None) a kernel does none of this work (a compile-time flag). With found_inf set
+nothing is added.
 """
 from __future__ import annotations
 
+import hashlib
 from typing import Sequence
 
 import torch
@@ -52,6 +65,8 @@ NAMESPACE = "agd_kernels"
 _AMP = "Tensor? grad_scale, Tensor? found_inf"
 #: The trailing argument of every op that writes parameters (see "Mixed precision" above).
 _MODEL = "Tensor(z!)[] model_params"
+#: The last argument of the elementwise update ops (see "Telemetry" above).
+_TELEMETRY = "Tensor(t!)? telemetry=None"
 
 #: name -> (schema, reference implementation). The single source of every op's signature.
 SCHEMAS: dict[str, tuple[str, object]] = {
@@ -61,20 +76,20 @@ SCHEMAS: dict[str, tuple[str, object]] = {
     "adam_step_": (
         "(Tensor(a!)[] params, Tensor[] grads, Tensor(b!)[] exp_avgs, Tensor(c!)[] exp_avg_sqs, "
         "Tensor(d!)[] max_exp_avg_sqs, Tensor(e!)[] state_steps, Tensor lr, float beta1, float beta2, "
-        f"float eps, float weight_decay, bool amsgrad, bool maximize, bool decoupled_weight_decay, {_AMP}, {_MODEL}) -> ()",
+        f"float eps, float weight_decay, bool amsgrad, bool maximize, bool decoupled_weight_decay, {_AMP}, {_MODEL}, {_TELEMETRY}) -> ()",
         _ref_adam.adam_step_),
     "sgd_step_": (
         "(Tensor(a!)[] params, Tensor[] grads, Tensor(b!)[] momentum_buffers, Tensor lr, float momentum, "
-        f"float dampening, float weight_decay, bool nesterov, bool maximize, bool is_first_step, {_AMP}, {_MODEL}) -> ()",
+        f"float dampening, float weight_decay, bool nesterov, bool maximize, bool is_first_step, {_AMP}, {_MODEL}, {_TELEMETRY}) -> ()",
         _ref_sgd.sgd_step_),
     "rmsprop_step_": (
         "(Tensor(a!)[] params, Tensor[] grads, Tensor(b!)[] square_avgs, Tensor(c!)[] grad_avgs, "
         "Tensor(d!)[] momentum_buffers, Tensor(e!)[] state_steps, Tensor lr, float alpha, float eps, "
-        f"float weight_decay, float momentum, bool centered, bool maximize, {_AMP}, {_MODEL}) -> ()",
+        f"float weight_decay, float momentum, bool centered, bool maximize, {_AMP}, {_MODEL}, {_TELEMETRY}) -> ()",
         _ref_rmsprop.rmsprop_step_),
     "adagrad_step_": (
         "(Tensor(a!)[] params, Tensor[] grads, Tensor(b!)[] state_sums, Tensor(c!)[] state_steps, Tensor lr, "
-        f"float lr_decay, float weight_decay, float eps, bool maximize, {_AMP}, {_MODEL}) -> ()",
+        f"float lr_decay, float weight_decay, float eps, bool maximize, {_AMP}, {_MODEL}, {_TELEMETRY}) -> ()",
         _ref_adagrad.adagrad_step_),
     "agd_step_": (
         "(Tensor(a!)[] params, Tensor[] grads, Tensor sumsq, Tensor slice_sv, int[] slice_start, "
@@ -127,6 +142,13 @@ _FAKES = {"agd_step_": _fake_agd_step, "yellowfin_tune_": _fake_yellowfin_tune}
 #: Ops whose tensors are fp64 tuner state whatever the parameters' dtype: their backend is chosen
 #: as for this dtype (the cuda and triton backends take no fp64 parameters, but do run these ops).
 RESOLVE_DTYPE = {"yellowfin_tune_": torch.float32}
+
+
+def schema_fingerprint(schemas: dict[str, tuple[str, object]] | None = None) -> str:
+    """A hash of every op's name and schema (of SCHEMAS, or `schemas`): setup.py records the one a build of
+    `_C` was made for, and _ext.load refuses a `_C` built for others (its registrars would abort the process)."""
+    text = "\n".join(name + schema for name, (schema, _) in sorted((schemas or SCHEMAS).items()))
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 def _define_all() -> None:
@@ -193,7 +215,7 @@ def _register_auto_cuda() -> None:
 
 
 _define_all()
-_ext.load()  # after the schemas: the C++ registrars attach kernels to the ops defined above
+_ext.load(schema_fingerprint())  # after the schemas: the C++ registrars attach kernels to the ops defined above
 _register_compiled()
 _register_auto_cuda()
 
@@ -221,7 +243,8 @@ def slice_sumsq_(tensors: Sequence[Tensor], out: Tensor, *, backend: str | None 
 def adam_step_(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, state_steps, lr: Tensor, *,
                beta1: float, beta2: float, eps: float, weight_decay: float, amsgrad: bool, maximize: bool,
                decoupled_weight_decay: bool, grad_scale: Tensor | None = None, found_inf: Tensor | None = None,
-               model_params: Sequence[Tensor] = (), backend: str | None = "auto") -> None:
+               model_params: Sequence[Tensor] = (), telemetry: Tensor | None = None,
+               backend: str | None = "auto") -> None:
     """Adam / AdamW / AMSGrad step with torch.optim semantics (docs/torch_optim_semantics.md §5).
 
     `max_exp_avg_sqs` is empty unless amsgrad. `state_steps` are 0-d fp32 tensors, incremented here.
@@ -229,13 +252,15 @@ def adam_step_(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, state_step
     if params:
         _kernel("adam_step_", params, backend)(
             params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, state_steps, lr, beta1, beta2, eps,
-            weight_decay, amsgrad, maximize, decoupled_weight_decay, grad_scale, found_inf, list(model_params))
+            weight_decay, amsgrad, maximize, decoupled_weight_decay, grad_scale, found_inf, list(model_params),
+            telemetry)
 
 
 def sgd_step_(params, grads, momentum_buffers, lr: Tensor, *, momentum: float, dampening: float,
               weight_decay: float, nesterov: bool, maximize: bool, is_first_step: bool,
               grad_scale: Tensor | None = None, found_inf: Tensor | None = None,
-              model_params: Sequence[Tensor] = (), backend: str | None = "auto") -> None:
+              model_params: Sequence[Tensor] = (), telemetry: Tensor | None = None,
+              backend: str | None = "auto") -> None:
     """SGD step (momentum, dampening, Nesterov) with torch.optim semantics (§2).
 
     `momentum_buffers` is empty when momentum == 0. With `is_first_step` the buffers are set to the
@@ -244,29 +269,31 @@ def sgd_step_(params, grads, momentum_buffers, lr: Tensor, *, momentum: float, d
     if params:
         _kernel("sgd_step_", params, backend)(
             params, grads, momentum_buffers, lr, momentum, dampening, weight_decay, nesterov, maximize,
-            is_first_step, grad_scale, found_inf, list(model_params))
+            is_first_step, grad_scale, found_inf, list(model_params), telemetry)
 
 
 def rmsprop_step_(params, grads, square_avgs, grad_avgs, momentum_buffers, state_steps, lr: Tensor, *,
                   alpha: float, eps: float, weight_decay: float, momentum: float, centered: bool, maximize: bool,
                   grad_scale: Tensor | None = None, found_inf: Tensor | None = None,
-                  model_params: Sequence[Tensor] = (), backend: str | None = "auto") -> None:
+                  model_params: Sequence[Tensor] = (), telemetry: Tensor | None = None,
+                  backend: str | None = "auto") -> None:
     """RMSprop step with torch.optim semantics (§3). `grad_avgs` is empty unless centered,
     `momentum_buffers` empty unless momentum > 0."""
     if params:
         _kernel("rmsprop_step_", params, backend)(
             params, grads, square_avgs, grad_avgs, momentum_buffers, state_steps, lr, alpha, eps,
-            weight_decay, momentum, centered, maximize, grad_scale, found_inf, list(model_params))
+            weight_decay, momentum, centered, maximize, grad_scale, found_inf, list(model_params), telemetry)
 
 
 def adagrad_step_(params, grads, state_sums, state_steps, lr: Tensor, *, lr_decay: float, weight_decay: float,
                   eps: float, maximize: bool, grad_scale: Tensor | None = None, found_inf: Tensor | None = None,
-                  model_params: Sequence[Tensor] = (), backend: str | None = "auto") -> None:
+                  model_params: Sequence[Tensor] = (), telemetry: Tensor | None = None,
+                  backend: str | None = "auto") -> None:
     """Adagrad step (dense gradients) with torch.optim semantics (§4)."""
     if params:
         _kernel("adagrad_step_", params, backend)(
             params, grads, state_sums, state_steps, lr, lr_decay, weight_decay, eps, maximize,
-            grad_scale, found_inf, list(model_params))
+            grad_scale, found_inf, list(model_params), telemetry)
 
 
 def agd_step_(params, grads, sumsq: Tensor, slice_sv: Tensor, slice_start: Sequence[int],

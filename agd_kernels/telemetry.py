@@ -44,7 +44,7 @@ def layer_stats(sums: Tensor) -> dict[str, Tensor]:
         "grad_norm": grad_norm,
         "update_norm": update_norm,
         "update_ratio": update_norm / weight_norm,
-        "grad_cosine": torch.where(norm_product > 0, w_g / norm_product, torch.zeros_like(w_g)),
+        "grad_cosine": torch.where(norm_product == 0, torch.zeros_like(w_g), w_g / norm_product),  # NaN stays
         "angular_update": torch.atan2(cross, w_sq + w_d),
     }
 

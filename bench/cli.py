@@ -24,7 +24,8 @@ from tqdm import tqdm
 from agd_kernels import _backends
 
 from . import presets, report
-from .providers import ALGORITHMS, PROVIDERS, build_step, default_providers, make_tensors, select_providers
+from .providers import (ALGORITHMS, PROVIDERS, TELEMETRY, build_step, default_providers, make_tensors,
+                        select_providers)
 from .report import Row
 from .timing import BandwidthProbe, clock_for, interleaved, summary
 
@@ -120,8 +121,9 @@ def _settings(args: argparse.Namespace, ap: argparse.ArgumentParser):
     if args.backends is None:
         backends = [n for n in default_providers(device) if n.startswith("agd_kernels[")]
     else:
-        backends = select_providers(device, [f"agd_kernels[{b}]" for b in args.backends])
-        dropped = sorted(set(args.backends) - {b[len("agd_kernels["):-1] for b in backends})
+        # each backend with its telemetry=True twin (the cost of telemetry, report.telemetry_costs)
+        backends = select_providers(device, [f"agd_kernels[{b}]{t}" for b in args.backends for t in ("", TELEMETRY)])
+        dropped = sorted(set(args.backends) - {b[len("agd_kernels["):b.index("]")] for b in backends})
         if dropped:
             ap.error(f"--backends {' '.join(dropped)}: does not run on {device.type} tensors")
     peers = args.providers if args.providers is not None else [p for p in PEERS if PROVIDERS[p].default]
@@ -237,6 +239,9 @@ def main(argv: list[str] | None = None) -> int:
                 del tensors
     report.add_speedups(rows)
     print(report.table(rows))
+    costs = report.telemetry_costs(rows)
+    if costs:
+        print(costs)
     note = _not_applicable_note(skipped)
     if note:
         print(note)

@@ -75,7 +75,18 @@ class Provider:
     peer: bool = True  # a baseline agd_kernels rows are compared against
 
 
-def _agd_kernels_provider(backend: str, default: bool) -> Provider:
+#: Suffix of the providers that step with telemetry=True (docs/telemetry.md): the same step, its update
+#: kernels also summing per-layer statistics; report.telemetry_costs sets them against the plain provider.
+TELEMETRY = "+tel"
+
+
+def _agd_kernels_provider(backend: str, default: bool, telemetry: bool = False) -> Provider:
+    def not_applicable(algo: Algorithm) -> str | None:
+        cls = getattr(agd_kernels, algo.agd_kernels_class, None)  # a missing class is `unavailable`'s to report
+        if telemetry and cls is not None and "telemetry" not in inspect.signature(cls).parameters:
+            return "its ops do not sum telemetry yet"
+        return None
+
     def unavailable(algo: Algorithm, device: torch.device, dtype: torch.dtype) -> str | None:
         if getattr(agd_kernels, algo.agd_kernels_class, None) is None:
             return f"agd_kernels.{algo.agd_kernels_class} does not exist in this build"
@@ -86,9 +97,11 @@ def _agd_kernels_provider(backend: str, default: bool) -> Provider:
         return None
 
     def build(algo: Algorithm, params):
-        return getattr(agd_kernels, algo.agd_kernels_class)(params, **algo.hyper, backend=backend).step
+        extra = dict(telemetry=True) if telemetry else {}
+        return getattr(agd_kernels, algo.agd_kernels_class)(params, **algo.hyper, backend=backend, **extra).step
 
-    return Provider(f"agd_kernels[{backend}]", lambda algo: None, unavailable, build, default=default, peer=False)
+    name = f"agd_kernels[{backend}]" + (TELEMETRY if telemetry else "")
+    return Provider(name, not_applicable, unavailable, build, default=default, peer=False)
 
 
 def _torch_provider(mode: str) -> Provider:
@@ -181,6 +194,10 @@ PROVIDERS: dict[str, Provider] = {p.name: p for p in (
     _agd_kernels_provider("cuda", default=True),
     _agd_kernels_provider("triton", default=True),
     _agd_kernels_provider("torch", default=False),  # the pure-PyTorch reference: the spec, not fast
+    _agd_kernels_provider("torch", default=False, telemetry=True),
+    _agd_kernels_provider("cpu", default=True, telemetry=True),
+    _agd_kernels_provider("cuda", default=True, telemetry=True),
+    _agd_kernels_provider("triton", default=True, telemetry=True),
     _torch_provider("foreach"),
     _torch_provider("fused"),
     _compiled_provider(),
@@ -197,7 +214,7 @@ def select_providers(device: torch.device, names) -> list[str]:
     """`names` minus agd_kernels backends that never run on this device type (cuda on a CPU run)."""
     keep = []
     for name in names:
-        backend = name[len("agd_kernels["):-1] if name.startswith("agd_kernels[") else None
+        backend = name[len("agd_kernels["):name.index("]")] if name.startswith("agd_kernels[") else None
         # auto's order lists exactly the backends that can run on the device type
         if backend is None or backend in _backends._auto_order(device):
             keep.append(name)

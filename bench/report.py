@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .providers import FLOOR
+from .providers import FLOOR, TELEMETRY
 from .timing import summary
 
 
@@ -59,6 +59,19 @@ def add_speedups(rows: list[Row]) -> None:
         for peer in rows:
             if peer.ok and peer.peer and peer.case == row.case and peer is not row:
                 row.speedups[peer.provider] = peer.quantiles()[0] / row.quantiles()[0]
+
+
+def telemetry_costs(rows: list[Row]) -> str:
+    """One line per case and backend that ran with and without telemetry: the median step time it adds."""
+    plain = {(row.case, row.provider): row for row in rows if row.ok}
+    lines = []
+    for row in rows:
+        base = plain.get((row.case, row.provider.removesuffix(TELEMETRY)))
+        if row.ok and row.provider.endswith(TELEMETRY) and base is not None:
+            on, off = row.quantiles()[0], base.quantiles()[0]
+            lines.append(f"  {row.preset}, {row.dtype}, {row.algorithm}, {base.provider}: {off * 1e3:.3f} -> "
+                         f"{on * 1e3:.3f} ms/step ({100 * (on / off - 1):+.1f}%)")
+    return "telemetry on (the update kernels also sum per-layer statistics):\n" + "\n".join(lines) if lines else ""
 
 
 def count(n: int) -> str:

@@ -11,6 +11,7 @@
 
 #include <cstdint>
 #include <initializer_list>
+#include <optional>
 #include <string>
 
 namespace agd_kernels {
@@ -129,6 +130,24 @@ void check_lists(const Backend& be, const char* op, at::TensorList params, std::
 // ------------------------------------------------------------------------------- mixed precision
 // Master weights (agd_kernels/ops.py, "Mixed precision"): fp32 `params` (the masters) updated from 16-bit
 // `grads`, each result also rounded into a 16-bit `model_params` tensor in the same pass.
+// An update op's `telemetry` (agd_kernels/ops.py, "Telemetry"): None, or a contiguous fp32 (len(params), 5)
+// tensor on the backend's device; the reference's messages (agd_kernels/reference/telemetry.py `check`).
+constexpr int kTelemetrySums = 5;  // w_sq, g_sq, w_g, d_sq, w_d (agd_kernels/reference/telemetry.py SUMS)
+
+template <class Backend>
+void check_telemetry(const Backend& be, const char* op, at::TensorList params,
+                     const std::optional<at::Tensor>& telemetry) {
+  if (!telemetry.has_value()) return;
+  const at::Tensor& t = *telemetry;
+  const int64_t n = static_cast<int64_t>(params.size());
+  TORCH_CHECK_VALUE(t.scalar_type() == at::kFloat && t.dim() == 2 && t.size(0) == n && t.size(1) == kTelemetrySums &&
+                        t.is_contiguous(),
+                    op, ": telemetry must be a contiguous float32 tensor of shape (", n, ", ", kTelemetrySums,
+                    ") (one row of ('w_sq', 'g_sq', 'w_g', 'd_sq', 'w_d') per parameter); got ", t.scalar_type(),
+                    " of shape ", t.sizes());
+  check_device(be, op, "telemetry", t);
+}
+
 inline bool is_16_bit(at::ScalarType t) { return t == at::kHalf || t == at::kBFloat16; }
 
 // The dtype an op reads `grads` in: the dtype of `base` (params, or yellowfin_stats_'s grad_avgs), or one

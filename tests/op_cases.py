@@ -19,7 +19,10 @@ from agd_kernels.reference import lamb as ref_lamb
 from agd_kernels.reference import yellowfin as ref_yellowfin
 from agd_kernels.reference.agd import target_scale
 from agd_kernels.reference.sumsq import num_slices
+from agd_kernels.reference.telemetry import NUM_SUMS, SUMS, telemetry_sums
 from tests.tolerance import assert_within_2x_reference
+
+EPS32 = 2.0 ** -23
 
 # Sizes (elements) every backend is checked on: empty, one element, sizes that divide no block or
 # chunk size, and (CPU) one tensor larger than a million. MANY_SMALL: 300 tensors of mixed sizes.
@@ -36,6 +39,9 @@ VARIANTS: dict[str, dict[str, dict]] = {
         "amp": dict(grad_scale=1024.0),
         "found-inf": dict(found_inf=1.0),
         "master-weights": dict(decoupled_weight_decay=True, weight_decay=0.1, masters=True),
+        "telemetry": dict(weight_decay=0.1, maximize=True, grad_scale=64.0, telemetry=True),
+        "telemetry-found-inf": dict(found_inf=1.0, telemetry=True),
+        "telemetry-master-weights": dict(decoupled_weight_decay=True, weight_decay=0.1, masters=True, telemetry=True),
     },
     "sgd_step_": {
         "plain": dict(momentum=0.0),
@@ -45,6 +51,9 @@ VARIANTS: dict[str, dict[str, dict]] = {
         "amp": dict(momentum=0.9, grad_scale=512.0),
         "found-inf": dict(momentum=0.9, found_inf=1.0),
         "master-weights": dict(momentum=0.9, weight_decay=0.01, masters=True),
+        "telemetry": dict(momentum=0.9, weight_decay=0.01, maximize=True, grad_scale=64.0, telemetry=True),
+        "telemetry-found-inf": dict(momentum=0.9, found_inf=1.0, telemetry=True),
+        "telemetry-master-weights": dict(momentum=0.9, weight_decay=0.01, masters=True, telemetry=True),
     },
     "rmsprop_step_": {
         "plain": {},
@@ -53,6 +62,10 @@ VARIANTS: dict[str, dict[str, dict]] = {
         "amp": dict(centered=True, grad_scale=256.0),
         "found-inf": dict(momentum=0.5, found_inf=1.0),
         "master-weights": dict(centered=True, momentum=0.9, masters=True),
+        "telemetry": dict(centered=True, momentum=0.9, weight_decay=0.01, maximize=True, grad_scale=64.0,
+                          telemetry=True),
+        "telemetry-found-inf": dict(momentum=0.5, found_inf=1.0, telemetry=True),
+        "telemetry-master-weights": dict(centered=True, momentum=0.9, masters=True, telemetry=True),
     },
     "adagrad_step_": {
         "plain": {},
@@ -60,6 +73,9 @@ VARIANTS: dict[str, dict[str, dict]] = {
         "amp": dict(grad_scale=128.0),
         "found-inf": dict(found_inf=1.0),
         "master-weights": dict(masters=True),
+        "telemetry": dict(lr_decay=0.01, weight_decay=0.1, maximize=True, grad_scale=64.0, telemetry=True),
+        "telemetry-found-inf": dict(found_inf=1.0, telemetry=True),
+        "telemetry-master-weights": dict(masters=True, telemetry=True),
     },
     "agd_step_": {
         "plain": {},
@@ -150,6 +166,19 @@ def is_mixed(op: str, variant: str) -> bool:
     return VARIANTS[op][variant].get("masters", False)
 
 
+#: Variants with `telemetry=True` pass the op a telemetry buffer (agd_kernels/ops.py, "Telemetry") as its
+#: last argument, filled with TELEMETRY_FILL so that a kernel that overwrites instead of adding shows.
+TELEMETRY_FILL = 0.25
+
+
+#: The ops whose schema ends with `telemetry`.
+TELEMETRY_OPS = {op for op, (schema, _) in ops.SCHEMAS.items() if "telemetry" in schema}
+
+
+def has_telemetry(op: str, variant: str) -> bool:
+    return VARIANTS[op][variant].get("telemetry", False)
+
+
 def op_dtypes(op: str, dtypes, variant: str | None = None) -> list[torch.dtype]:
     """The dtypes a backend matrix over `dtypes` runs `op` (in `variant`) in."""
     if op in FIXED_DTYPE:
@@ -230,6 +259,8 @@ def make_args(op: str, shapes, dtype: torch.dtype, variant: str, seed: int = 0, 
     args = _make_args(op, shapes, dtype, variant, seed, device)
     if op == "lamb_apply_":
         return _lamb_after_moments(*(_clone_args(a, torch.float64) if oracle else a for a in args))
+    if oracle and has_telemetry(op, variant):  # the buffer is fp32 by contract: check_telemetry checks it
+        args = (*args[:-1], None)
     return _clone_args(args, torch.float64) if oracle else args
 
 
@@ -243,7 +274,16 @@ def _lamb_after_moments(moments: tuple, apply_only: tuple) -> tuple:
 
 def _make_args(op: str, shapes, dtype: torch.dtype, variant: str, seed: int, device) -> tuple:
     """make_args without the oracle cast; lamb_apply_ gives (lamb_moments_'s arguments, its own)."""
-    args = _make_fp_args(op, shapes, dtype, variant, seed, device)
+    args = _with_model_params(op, _make_fp_args(op, shapes, dtype, variant, seed, device), dtype, variant)
+    if op in TELEMETRY_OPS:  # the buffer, or None: every call passes the whole schema
+        buffer = None
+        if has_telemetry(op, variant):
+            buffer = torch.full((len(args[0]), NUM_SUMS), TELEMETRY_FILL, dtype=torch.float32, device=device)
+        args = (*args, buffer)
+    return args
+
+
+def _with_model_params(op: str, args: tuple, dtype: torch.dtype, variant: str) -> tuple:
     if not is_mixed(op, variant):
         return args
     # Mixed precision: the gradients in the 16-bit dtype, and NaN-filled model_params (so an element the
@@ -270,6 +310,7 @@ def _make_fp_args(op: str, shapes, dtype: torch.dtype, variant: str, seed: int, 
         return (x.abs() if positive else x).to(dtype=dtype, device=device)
 
     hp = dict(_DEFAULTS.get(op, {}), **VARIANTS[op][variant])
+    hp.pop("telemetry", None)  # the buffer is appended by _make_args
     half = None
     if hp.pop("masters", False):  # fp32 masters and state; gradients and model_params in the 16-bit `dtype`
         if dtype not in HALF_DTYPES:
@@ -466,11 +507,41 @@ def check_backend(op: str, backend: str, shapes, dtype: torch.dtype, variant: st
                                        **floor)
     for i, (g, r, o) in enumerate(zip(_flat(got), _flat(ref), _flat(oracle))):
         assert_within_2x_reference(g, r, o, name=f"{op}[{variant}] output {i} ({backend}, {dtype})")
+    if has_telemetry(op, variant):
+        for who, done in ((backend, got_args), ("torch", ref_args)):
+            check_telemetry(op, f"{op}[{variant}] ({who}, {dtype})", args, done)
     # found_inf set: nothing may change, to the bit; nor may what the spec leaves alone for this dtype.
     found_inf = VARIANTS[op][variant].get("found_inf")
     for pos in mutated_positions(op) if found_inf else UNWRITTEN.get(op, lambda dtype: [])(_first_tensor(args).dtype):
         for g, a in zip(_flat(got_args[pos]), _flat(args[pos])):
             assert torch.equal(g, a) or (g.isnan() == a.isnan()).all() and torch.equal(g.nan_to_num(), a.nan_to_num())
+
+
+def check_telemetry(op: str, name: str, before: tuple, after: tuple) -> None:
+    """The telemetry buffer an op filled (after[-1]) against the fp64 sums of the tensors it read
+    (before: params, grads, grad_scale) and the params it wrote (after[0]), added to the fill; nothing added
+    when found_inf is set. Taking Δw from the op's own output keeps its rounding of the update out of this
+    check (check_backend's rule covers that), leaving the summation: fp32 accumulation in any fixed order,
+    so within 1e-5 of each sum's scale (Σ of the squares; Cauchy-Schwarz's √(w_sq·g_sq), √(w_sq·d_sq) for
+    the cross sums) plus an fp32 ulp of the result (the add to the fill)."""
+    grad_scale, found_inf = _amp_of(op, before)
+    got = after[-1].double().cpu()
+    expected = torch.full_like(got, TELEMETRY_FILL)
+    if not (found_inf is not None and found_inf.item() != 0):
+        for i, (w, g, w_new) in enumerate(zip(before[0], before[1], after[0])):
+            expected[i] += telemetry_sums(w, g, w_new, grad_scale).cpu()
+    sums = (expected - TELEMETRY_FILL).clamp_min(0)
+    w_sq, g_sq, _, d_sq, _ = sums.unbind(1)
+    scale = torch.stack([w_sq, g_sq, (w_sq * g_sq).sqrt(), d_sq, (w_sq * d_sq).sqrt()], dim=1)
+    bad = (got - expected).abs() > 1e-5 * scale + 2 * EPS32 * expected.abs()  # + the fp32 add to the fill
+    assert not bad.any(), (
+        f"{name}: telemetry rows {bad.any(1).nonzero().reshape(-1).tolist()[:8]} differ from the fp64 sums; "
+        f"got {got[bad.any(1)][:3].tolist()}, expected {expected[bad.any(1)][:3].tolist()} (columns {SUMS})")
+
+
+def _amp_of(op: str, args: tuple) -> tuple:
+    """(grad_scale, found_inf) of an elementwise update op's arguments: the two just before model_params."""
+    return args[-4], args[-3]
 
 
 def _check_exact(op: str, backend: str, args, variant: str, kernel) -> None:

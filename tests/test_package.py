@@ -62,6 +62,7 @@ def test_build_is_recorded():
     info = _ext.BUILD_INFO
     assert _ext.LOADED, _ext.LOAD_ERROR
     assert info["torch"] == torch.__version__ and "cpu" in info["parts"], info
+    assert info["schemas"] == ops.schema_fingerprint(), "a build records the op schemas it was made for"
     if shutil.which("nvcc") and torch.version.cuda and "cuda" not in info["parts"] \
             and info.get("cuda_reason") != "AGD_KERNELS_NO_CUDA=1":
         raise AssertionError(f"nvcc is on PATH and torch has CUDA, but the CUDA part was not built: {info}")
@@ -69,3 +70,15 @@ def test_build_is_recorded():
         assert info["cuda_arch_list"] == "8.0;9.0", info
         # The .cu probe was compiled, linked and loads here even without a GPU.
         assert torch.ops.agd_kernels.cuda_runtime_info().startswith("runtime ")
+
+
+def test_a_build_for_other_schemas_is_not_loaded():
+    """Its registrars would abort the process while loading (agd_kernels/_ext.py stale_reason)."""
+    from agd_kernels import _ext
+    now = ops.schema_fingerprint()
+    assert _ext.stale_reason({"schemas": now}, now) is None
+    assert _ext.stale_reason({}, now) is None  # a build that recorded none: loaded as before
+    reason = _ext.stale_reason({"schemas": "0" * 16}, now)
+    assert reason is not None and "built for other op schemas" in reason and "pip install" in reason
+    changed = dict(ops.SCHEMAS, adam_step_=(ops.SCHEMAS["adam_step_"][0].replace("-> ()", "-> Tensor"), None))
+    assert ops.schema_fingerprint(changed) != now

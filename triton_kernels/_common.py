@@ -84,3 +84,64 @@ def scalar(x, DTYPE: tl.constexpr):
     kernel as fp32 (β2 = 0.999f makes 1 − β2 1.3e-5 off: the H200's Adam, LAMB and YellowFin mismatches,
     docs/gpu_runs.md). tests/backends/test_triton_signatures.py guards it."""
     return tl.full([], x, DTYPE)
+
+
+# ------------------------------------------------------------------------------------------ telemetry
+# With TELEMETRY (a constexpr: the launcher was given a buffer, agd_kernels/ops.py "Telemetry") a program sums
+# the five columns of agd_kernels/reference/telemetry.py SUMS over its tiles in fp32 (one tl.sum tree per tile,
+# then tile order), stores them as one fp64 partial row of its own, and the last program of the tensor to
+# arrive adds the tensor's rows in program order into telemetry[tensor]: no float atomics, the same bits for
+# any arrival order, and no launch beyond the update's. Without TELEMETRY the sums are never formed.
+NUM_SUMS = tl.constexpr(5)
+# Partial rows the last program adds per step: one row per thread of a 4-warp program.
+SUM_ROWS = tl.constexpr(128)
+
+
+@triton.jit
+def no_sums():
+    """The five running sums of a program before its first tile."""
+    z = tl.zeros([], dtype=tl.float32)
+    return z, z, z, z, z
+
+
+@triton.jit
+def _add5(a0, a1, a2, a3, a4, b0, b1, b2, b3, b4):
+    return a0 + b0, a1 + b1, a2 + b2, a3 + b3, a4 + b4
+
+
+@triton.jit
+def add_tile_sums(sums, w, g, new, p, mask, TELEMETRY: tl.constexpr):
+    """`sums` plus one tile's five sums: w the weights before the update, g the gradient divided by grad_scale
+    (not negated by maximize, before weight decay), Δw = `new` rounded as it is stored into p, minus w.
+    Masked lanes loaded w = g = 0; their Δw is zeroed too (an update of zeros need not be zero)."""
+    if TELEMETRY:
+        d = new.to(p.dtype.element_ty).to(tl.float32) - w
+        if mask is not None:
+            d = tl.where(mask, d, 0.0)
+        t = tl.reduce((w * w, g * g, w * g, d * d, w * d), 0, _add5)
+        return sums[0] + t[0], sums[1] + t[1], sums[2] + t[2], sums[3] + t[3], sums[4] + t[4]
+    else:
+        return sums
+
+
+@triton.jit
+def store_sums(sums, scratch, block):
+    """This program's sums as partial row `block` (fp64 slots) of the launch's scratch."""
+    row = scratch + block.to(tl.int64) * NUM_SUMS
+    for c in tl.static_range(NUM_SUMS):
+        tl.store(row + c, sums[c].to(tl.float64))
+
+
+@triton.jit
+def add_tensor_sums(scratch, first_block, n_blocks, out):
+    """out[0:5] (fp32, one tensor's telemetry row) += the sums of partial rows first_block .. + n_blocks, in
+    that order: SUM_ROWS rows at a time by tl.sum's fixed tree, then in sequence, in fp64. Runs in the
+    tensor's last program (last_to_arrive), which sees every sibling's row; .cg reads them from L2."""
+    k = tl.arange(0, SUM_ROWS)
+    for c in tl.static_range(NUM_SUMS):
+        total = tl.zeros([], dtype=tl.float64)
+        for b in range(first_block, first_block + n_blocks, SUM_ROWS):
+            rows = b + k
+            total += tl.sum(tl.load(scratch + rows.to(tl.int64) * NUM_SUMS + c, mask=rows < first_block + n_blocks,
+                                    other=0.0, cache_modifier=".cg"))
+        tl.store(out + c, tl.load(out + c) + total.to(tl.float32))

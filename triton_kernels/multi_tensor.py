@@ -51,15 +51,20 @@ HEAD = 3
 
 @dataclass(frozen=True)
 class Config:
-    """Tile sizes of one launch. BLOCK elements per tile, CHUNK (a multiple of BLOCK) per program."""
+    """Tile sizes of one launch. BLOCK elements per tile, CHUNK (a multiple of BLOCK) per program;
+    telemetry_maxnreg: ptxas' register cap for the TELEMETRY variants (None: no cap)."""
     block: int
     chunk: int
     num_warps: int
+    telemetry_maxnreg: int | None = None
 
 
 # GPU: 1024-element tiles over 4 warps are 8 elements (two 16-byte vectors of fp32) per thread; 8 tiles per
 # program give 15k programs for 124M parameters, enough to fill any GPU, and few per-chunk partials to reduce.
-GPU = Config(block=1024, chunk=8192, num_warps=4)
+# With TELEMETRY, ptxas gives fp32 Adam 168 registers on sm_90 uncapped (96 on sm_80; 80 without telemetry):
+# capped at 128 (tests/backends/test_sass_census.py MAX_REGISTERS) it keeps 4 programs per SM, at 8 bytes of
+# stack saved outside the loops (docs/sass_census.md).
+GPU = Config(block=1024, chunk=8192, num_warps=4, telemetry_maxnreg=128)
 # Interpreter: it runs every tile operation as one numpy call, so big tiles are fast; chunks of 2 tiles keep
 # the multi-chunk and multi-tile paths exercised by small test tensors (4097 elements = 3 chunks, 5 tiles).
 INTERPRETER = Config(block=1024, chunk=2048, num_warps=1)
@@ -185,14 +190,18 @@ def elementwise_table(op: str, params: Sequence[Tensor], grads: Sequence[Tensor]
 
 
 def tensor_launches(params: Sequence[Tensor], grads: Sequence[Tensor], states: Sequence[Sequence[Tensor] | None],
-                    steps: Sequence[Tensor] | None, chunk: int, model_params: Sequence[Tensor] = ()):
+                    steps: Sequence[Tensor] | None, chunk: int, model_params: Sequence[Tensor] = (),
+                    counter: bool = False):
     """(grid, args) of the per-tensor launches replacing one elementwise table launch while tracing:
     args = (p, g, model param, *states, [step, arrival counter], numel); p stands in for an absent list or
-    model param, never read (COPY false)."""
+    model param, never read (COPY false). With `counter` (telemetry on) an op without step counters gets the
+    arrival counter too, after its states."""
     for i, (p, g) in enumerate(zip(params, grads)):
         args = [p, g, model_params[i] if model_params else p, *(p if s is None else s[i] for s in states)]
         if steps is not None:
             args += [steps[i], torch.zeros(1, dtype=torch.int32, device=p.device)]
+        elif counter:
+            args.append(torch.zeros(1, dtype=torch.int32, device=p.device))
         yield (n_programs(p.numel(), chunk),), (*args, p.numel())
 
 
@@ -201,24 +210,50 @@ def model_pointers(model_params: Sequence[Tensor], grad_ptrs: Tensor, device: to
     return pointers(model_params, device) if model_params else grad_ptrs
 
 
+#: `telemetry` of a launch_elementwise whose kernels take no telemetry arguments (YellowFin's apply).
+NO_TELEMETRY = object()
+
+
 def launch_elementwise(op: str, kernel, tensor_kernel, params: Sequence[Tensor], grads: Sequence[Tensor],
                        states: Sequence[Sequence[Tensor] | None], steps: Sequence[Tensor] | None,
-                       hyper: Sequence, model_params: Sequence[Tensor] = ()) -> None:
+                       hyper: Sequence, model_params: Sequence[Tensor] = (), telemetry=NO_TELEMETRY) -> None:
     """The launch of an elementwise optimizer op: `kernel` once over the pointer table (arguments rows, gradient
     pointers, model-param pointers, blocks, arrival counters when there are step counters, then `hyper`), or
     while tracing `tensor_kernel` once per tensor (the arguments of tensor_launches, then `hyper`). Kernels are
     specialised on COPY (model_params given: store each updated master into its model param) and, in the table
-    kernel, GDTYPE (the gradients' and model params' dtype): (T, T, no copy) and (fp32, 16-bit, copy)."""
+    kernel, GDTYPE (the gradients' and model params' dtype): (T, T, no copy) and (fp32, 16-bit, copy).
+
+    The telemetry ops (adam, sgd, rmsprop, adagrad) pass `telemetry`, None or the buffer: their kernels also
+    take the arrival counters (SGD has no step counters: they then serve telemetry only), a scratch of 5 fp64
+    slots per program and the buffer (per tensor: the scratch, the buffer and the tensor's row), and TELEMETRY:
+    each program stores its five sums as a scratch row and the tensor's last program adds the rows into its
+    telemetry row (_common.py), in the same launch. Without a buffer, scratch and buffer are stand-ins, never
+    read, and TELEMETRY=False compiles to the kernel without telemetry."""
     cfg = config(params[0].device)
     meta = dict(BLOCK=cfg.block, CHUNK=cfg.chunk, num_warps=cfg.num_warps, COPY=bool(model_params))
+    takes = telemetry is not NO_TELEMETRY
+    on = takes and telemetry is not None
+    if takes:
+        meta["TELEMETRY"] = on
+    if on and cfg.telemetry_maxnreg:
+        meta["maxnreg"] = cfg.telemetry_maxnreg
     if traced(params[0]):
-        for grid, args in tensor_launches(params, grads, states, steps, cfg.chunk, model_params):
-            wrap_triton(tensor_kernel)[grid](*args, *hyper, **meta)
+        for i, (grid, args) in enumerate(tensor_launches(params, grads, states, steps, cfg.chunk, model_params,
+                                                         counter=on)):
+            if not takes:
+                wrap_triton(tensor_kernel)[grid](*args, *hyper, **meta)
+                continue
+            if steps is None and not on:  # the counter's place (p stands in, never read)
+                args = (*args[:-1], args[0], args[-1])
+            scratch = torch.empty(grid[0] * 5, dtype=torch.float64, device=params[0].device) if on else args[0]
+            wrap_triton(tensor_kernel)[grid](*args, scratch, telemetry if on else args[0], i, *hyper, **meta)
         return
-    tab, grad_ptrs, align = elementwise_table(op, params, grads, states, steps, cfg.chunk, model_params=model_params)
-    counters = () if steps is None else (tab.counters,)
+    tab, grad_ptrs, align = elementwise_table(op, params, grads, states, steps, cfg.chunk,
+                                              scratch_per_block=5 if on else 0, model_params=model_params)
+    extra = ((tab.counters,) if steps is not None or takes else ()) + (
+        (tab.scratch if on else grad_ptrs, telemetry if on else grad_ptrs) if takes else ())
     wrap_triton(kernel)[(tab.n_blocks,)](tab.rows, grad_ptrs, model_pointers(model_params, grad_ptrs, params[0].device),
-                                         tab.blocks, *counters, *hyper, DTYPE=TL_DTYPE[params[0].dtype],
+                                         tab.blocks, *extra, *hyper, DTYPE=TL_DTYPE[params[0].dtype],
                                          GDTYPE=TL_DTYPE[grads[0].dtype], ALIGN=align, **meta)
 
 

@@ -7,6 +7,7 @@ devices, bad state shapes) is checked before the first kernel runs.
 """
 from __future__ import annotations
 
+import math
 from typing import Any, Callable, NamedTuple
 
 import torch
@@ -15,7 +16,10 @@ from torch import Tensor
 from .. import _backends, _ext, ops
 from .._grouping import group_by_device_dtype
 from ..distributed import Partials, flat_offset, is_dtensor, local
+from ..reference.telemetry import NUM_SUMS
+from ..telemetry import Telemetry, equilibrium_angular_update, layer_stats
 from ._lr import LrTensors
+from ._telemetry import StepTelemetry, layer_names, per_layer
 
 
 #: The per-parameter state key of a master_weights group's fp32 copy of a 16-bit parameter.
@@ -166,11 +170,15 @@ class FusedOptimizer(torch.optim.Optimizer):
     #: group may sit on its own device.
     _ONE_DEVICE_BECAUSE: str | None = None
 
-    def __init__(self, params, defaults: dict[str, Any], backend: str = "auto"):
+    def __init__(self, params, defaults: dict[str, Any], backend: str = "auto", telemetry: bool = False):
         defaults.setdefault("stochastic_rounding", False)
         check_precision_flags(defaults)
         self._check_hparams(defaults)
         self.backend = _backends.validate(backend)
+        if not isinstance(telemetry, bool):
+            raise ValueError(f"telemetry must be True or False; got {telemetry!r}")
+        #: this step's telemetry buffers when telemetry=True (see telemetry())
+        self._step_telemetry = StepTelemetry() if telemetry else None
         #: this step's fp32 masters and working copies, by id, -> the 16-bit parameters they stand for
         #: (see _use_masters)
         self._model_of: dict[int, Tensor] = {}
@@ -342,6 +350,8 @@ class FusedOptimizer(torch.optim.Optimizer):
             with torch.enable_grad():
                 loss = closure()
         collected = self._collect_grads()
+        if self._step_telemetry is not None:
+            self._step_telemetry.start()
         copies = self._use_masters(collected)
         partial = self._partials(collected)
         if partial is not None:
@@ -599,6 +609,54 @@ class FusedOptimizer(torch.optim.Optimizer):
         if hit is None or hit[0] != key:
             hit = self._layout_cache[name] = (key, tensors, Partials(tensors, spans, self._describer(tensors)))
         return hit[2]
+
+    # ---------------------------------------------------------------- telemetry
+    def _telemetry_buffer(self, params: list[Tensor]) -> Tensor | None:
+        """The `telemetry` argument of an op call on `params`: None unless telemetry=True."""
+        recorder = self._step_telemetry
+        return None if recorder is None else recorder.buffer(params, self._param_of)
+
+    def _equilibrium(self, group: dict[str, Any]) -> tuple[float, bool] | None:
+        """Subclass hook: (momentum, decoupled) of `group` for equilibrium_angular_update when its weight
+        decay drives weights to an equilibrium norm (SGD, AdamW), else None."""
+        return None
+
+    def telemetry(self) -> Telemetry:
+        """The last step's per-layer statistics, on the device, without a host sync (docs/telemetry.md).
+
+        Layers are the parameters in group order, named by `param_names` when named parameters were given,
+        else by index; `result[name]` gives one layer's statistics. Each layer has weight_norm, grad_norm,
+        update_norm, update_ratio, grad_cosine and angular_update (agd_kernels.telemetry.layer_stats; NaN for
+        a parameter the step did not update), and for groups with weight decay under SGD or AdamW the
+        predicted equilibrium_angular_update and angular_update_vs_equilibrium (measured / predicted; NaN
+        elsewhere). The statistics are the weights' before and after the step, the gradient unscaled by AMP.
+        Sharded parameters (FSDP2) are summed across ranks here with one all-reduce: every rank must call it.
+        """
+        recorder = self._step_telemetry
+        if recorder is None:
+            raise RuntimeError(f"{type(self).__name__}.telemetry() needs the optimizer built with telemetry=True")
+        if recorder.steps == 0:
+            raise RuntimeError(f"{type(self).__name__}.telemetry(): no step has run yet")
+        params = [p for group in self.param_groups for p in group["params"]]
+        spans = [(NUM_SUMS * i, NUM_SUMS) for i in range(len(params))]
+        sums = recorder.sums(params, self._partials_layout("telemetry", params, spans).reduce_)
+        layers = layer_stats(sums)
+        if any(self._equilibrium(group) is not None for group in self.param_groups):
+            def predicted(group):
+                found = self._equilibrium(group)
+                if found is None or group["weight_decay"] == 0:
+                    return math.nan
+                momentum, decoupled = found
+                if isinstance(momentum, Tensor):  # tensor betas: read on the host only where that is free
+                    if momentum.device.type != "cpu":
+                        return math.nan
+                    momentum = momentum.item()
+                if not 0 <= momentum < 1:  # no equilibrium: the momentum sum diverges
+                    return math.nan
+                return equilibrium_angular_update(group["lr"], group["weight_decay"], momentum, decoupled)
+            layers["equilibrium_angular_update"] = per_layer(self.param_groups, predicted, sums.device)
+            layers["angular_update_vs_equilibrium"] = layers["angular_update"] / layers["equilibrium_angular_update"]
+        return Telemetry(layer_names(self.param_groups), layers)
 
     def _init_state(self, p: Tensor, state: dict[str, Any], group: dict[str, Any]) -> None:
         raise NotImplementedError

@@ -18,6 +18,8 @@ class Adagrad(FusedOptimizer):
     fp32 (docs/mixed_precision.md); the eager state of such a parameter is fp32 from the start.
     `stochastic_rounding=True` (without master weights) rounds bf16 parameters stochastically instead,
     with fp32 state.
+    `telemetry=True`: the update kernels also sum per-layer statistics in their pass; `telemetry()`
+    returns them (docs/telemetry.md).
     """
 
     _COMPAT_KEYS = {"foreach": None, "differentiable": False, "fused": None}
@@ -26,12 +28,13 @@ class Adagrad(FusedOptimizer):
     def __init__(self, params, lr: float | Tensor = 1e-2, lr_decay: float = 0, weight_decay: float = 0,
                  initial_accumulator_value: float = 0, eps: float = 1e-10, foreach: bool | None = None, *,
                  maximize: bool = False, differentiable: bool = False, fused: bool | None = None,
-                 backend: str = "auto", master_weights: bool = False, stochastic_rounding: bool = False):
+                 backend: str = "auto", master_weights: bool = False, stochastic_rounding: bool = False,
+                 telemetry: bool = False):
         defaults = dict(lr=lr, lr_decay=lr_decay, eps=eps, weight_decay=weight_decay,
                         initial_accumulator_value=initial_accumulator_value, foreach=foreach, maximize=maximize,
                         differentiable=differentiable, fused=fused, master_weights=master_weights,
                         stochastic_rounding=stochastic_rounding)
-        super().__init__(params, defaults, backend)
+        super().__init__(params, defaults, backend, telemetry)
         for group in self.param_groups:
             for p in group["params"]:
                 self._init_state(p, self.state[p], group)
@@ -58,4 +61,5 @@ class Adagrad(FusedOptimizer):
         ops.adagrad_step_(params, grads, [s["sum"] for s in states], [s["step"] for s in states], lr,
                           lr_decay=group["lr_decay"], weight_decay=group["weight_decay"], eps=group["eps"],
                           maximize=group["maximize"], grad_scale=grad_scale, found_inf=found_inf,
-                          model_params=self._models(params), backend=self.backend)
+                          model_params=self._models(params), telemetry=self._telemetry_buffer(params),
+                          backend=self.backend)

@@ -20,6 +20,8 @@ class Adam(FusedOptimizer):
     fp32 copy of bf16/fp16 parameters in the state, and the state in fp32; `stochastic_rounding=True`
     (without master weights) rounds bf16 parameters stochastically instead, with fp32 state
     (docs/mixed_precision.md).
+    `telemetry=True`: the update kernels also sum per-layer statistics in their pass; `telemetry()`
+    returns them (docs/telemetry.md).
     """
 
     _COMPAT_KEYS = {"foreach": None, "capturable": False, "differentiable": False, "fused": None}
@@ -29,13 +31,13 @@ class Adam(FusedOptimizer):
                  eps: float = 1e-8, weight_decay: float = 0, amsgrad: bool = False, *, foreach: bool | None = None,
                  maximize: bool = False, capturable: bool = False, differentiable: bool = False,
                  fused: bool | None = None, decoupled_weight_decay: bool = False, backend: str = "auto",
-                 master_weights: bool = False, stochastic_rounding: bool = False):
+                 master_weights: bool = False, stochastic_rounding: bool = False, telemetry: bool = False):
         check_betas(betas)
         defaults = dict(lr=lr, betas=(float(betas[0]), float(betas[1])), eps=eps, weight_decay=weight_decay,
                         amsgrad=amsgrad, maximize=maximize, foreach=foreach, capturable=capturable,
                         differentiable=differentiable, fused=fused, decoupled_weight_decay=decoupled_weight_decay,
                         master_weights=master_weights, stochastic_rounding=stochastic_rounding)
-        super().__init__(params, defaults, backend)
+        super().__init__(params, defaults, backend, telemetry)
 
     def _check_hparams(self, hparams):
         check_non_negative("learning rate", hparams["lr"])
@@ -50,6 +52,10 @@ class Adam(FusedOptimizer):
             group.setdefault("amsgrad", False)
             group.setdefault("maximize", False)
             group.setdefault("decoupled_weight_decay", False)
+
+    def _equilibrium(self, group):
+        # decoupled weight decay shrinks the weights whatever the gradient: an equilibrium norm, β1 = momentum
+        return (group["betas"][0], True) if group["decoupled_weight_decay"] else None
 
     def _init_state(self, p, state, group):
         state["step"] = self._new_step(p)
@@ -70,7 +76,8 @@ class Adam(FusedOptimizer):
             beta1=beta1, beta2=beta2, eps=group["eps"], weight_decay=group["weight_decay"],
             amsgrad=group["amsgrad"], maximize=group["maximize"],
             decoupled_weight_decay=group["decoupled_weight_decay"], grad_scale=grad_scale, found_inf=found_inf,
-            model_params=self._models(params), backend=self.backend)
+            model_params=self._models(params), telemetry=self._telemetry_buffer(params),
+            backend=self.backend)
 
 
 class AdamW(Adam):
@@ -80,11 +87,11 @@ class AdamW(Adam):
                  eps: float = 1e-8, weight_decay: float = 1e-2, amsgrad: bool = False, *, maximize: bool = False,
                  foreach: bool | None = None, capturable: bool = False, differentiable: bool = False,
                  fused: bool | None = None, backend: str = "auto", master_weights: bool = False,
-                 stochastic_rounding: bool = False):
+                 stochastic_rounding: bool = False, telemetry: bool = False):
         super().__init__(params, lr, betas, eps, weight_decay, amsgrad, foreach=foreach, maximize=maximize,
                          capturable=capturable, differentiable=differentiable, fused=fused,
                          decoupled_weight_decay=True, backend=backend, master_weights=master_weights,
-                         stochastic_rounding=stochastic_rounding)
+                         stochastic_rounding=stochastic_rounding, telemetry=telemetry)
 
     def __setstate__(self, state):
         super().__setstate__(state)

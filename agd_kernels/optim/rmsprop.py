@@ -14,6 +14,8 @@ class RMSprop(FusedOptimizer):
     `master_weights=True` keeps an fp32 copy of bf16/fp16 parameters in the state, and the state in
     fp32; `stochastic_rounding=True` (without master weights) rounds bf16 parameters stochastically
     instead, with fp32 state (docs/mixed_precision.md).
+    `telemetry=True`: the update kernels also sum per-layer statistics in their pass; `telemetry()`
+    returns them (docs/telemetry.md).
     """
 
     _COMPAT_KEYS = {"foreach": None, "capturable": False, "differentiable": False}
@@ -22,12 +24,13 @@ class RMSprop(FusedOptimizer):
     def __init__(self, params, lr: float | Tensor = 1e-2, alpha: float = 0.99, eps: float = 1e-8,
                  weight_decay: float = 0, momentum: float = 0, centered: bool = False, capturable: bool = False,
                  foreach: bool | None = None, maximize: bool = False, differentiable: bool = False,
-                 backend: str = "auto", *, master_weights: bool = False, stochastic_rounding: bool = False):
+                 backend: str = "auto", *, master_weights: bool = False, stochastic_rounding: bool = False,
+                 telemetry: bool = False):
         defaults = dict(lr=lr, momentum=momentum, alpha=alpha, eps=eps, centered=centered,
                         weight_decay=weight_decay, capturable=capturable, foreach=foreach, maximize=maximize,
                         differentiable=differentiable, master_weights=master_weights,
                         stochastic_rounding=stochastic_rounding)
-        super().__init__(params, defaults, backend)
+        super().__init__(params, defaults, backend, telemetry)
 
     def _check_hparams(self, hparams):
         check_non_negative("learning rate", hparams["lr"])
@@ -64,4 +67,5 @@ class RMSprop(FusedOptimizer):
             [s["momentum_buffer"] for s in states] if momentum > 0 else [], [s["step"] for s in states], lr,
             alpha=group["alpha"], eps=group["eps"], weight_decay=group["weight_decay"], momentum=momentum,
             centered=centered, maximize=group["maximize"], grad_scale=grad_scale, found_inf=found_inf,
-            model_params=self._models(params), backend=self.backend)
+            model_params=self._models(params), telemetry=self._telemetry_buffer(params),
+            backend=self.backend)

@@ -17,6 +17,8 @@ class SGD(FusedOptimizer):
     `master_weights=True` keeps an fp32 copy of bf16/fp16 parameters in the state, and the state in
     fp32; `stochastic_rounding=True` (without master weights) rounds bf16 parameters stochastically
     instead, with fp32 state (docs/mixed_precision.md).
+    `telemetry=True`: the update kernels also sum per-layer statistics in their pass; `telemetry()`
+    returns them (docs/telemetry.md).
     """
 
     _COMPAT_KEYS = {"foreach": None, "differentiable": False, "fused": None}
@@ -25,11 +27,12 @@ class SGD(FusedOptimizer):
     def __init__(self, params, lr: float | Tensor = 1e-3, momentum: float = 0, dampening: float = 0,
                  weight_decay: float = 0, nesterov: bool = False, *, maximize: bool = False,
                  foreach: bool | None = None, differentiable: bool = False, fused: bool | None = None,
-                 backend: str = "auto", master_weights: bool = False, stochastic_rounding: bool = False):
+                 backend: str = "auto", master_weights: bool = False, stochastic_rounding: bool = False,
+                 telemetry: bool = False):
         defaults = dict(lr=lr, momentum=momentum, dampening=dampening, weight_decay=weight_decay,
                         nesterov=nesterov, maximize=maximize, foreach=foreach, differentiable=differentiable,
                         fused=fused, master_weights=master_weights, stochastic_rounding=stochastic_rounding)
-        super().__init__(params, defaults, backend)
+        super().__init__(params, defaults, backend, telemetry)
 
     def _check_hparams(self, hparams):
         check_non_negative("learning rate", hparams["lr"])
@@ -50,6 +53,9 @@ class SGD(FusedOptimizer):
         # write an empty entry per parameter into state_dict()
         return super()._states(group, params) if group["momentum"] != 0 else []
 
+    def _equilibrium(self, group):
+        return group["momentum"], False
+
     def _init_state(self, p, state, group):
         pass  # the momentum buffer is created on the first step with momentum, as in torch
 
@@ -66,4 +72,5 @@ class SGD(FusedOptimizer):
         ops.sgd_step_(params, grads, buffers, lr, momentum=momentum, dampening=group["dampening"],
                       weight_decay=group["weight_decay"], nesterov=group["nesterov"], maximize=group["maximize"],
                       is_first_step=first, grad_scale=grad_scale, found_inf=found_inf,
-                      model_params=self._models(params), backend=self.backend)
+                      model_params=self._models(params), telemetry=self._telemetry_buffer(params),
+                      backend=self.backend)

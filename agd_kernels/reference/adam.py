@@ -3,14 +3,18 @@ from __future__ import annotations
 
 from torch import Tensor
 
+from . import telemetry as _telemetry
 from ._common import advance, commit, grad_in, round_into, skip_mask, upcast
 
 
 def adam_step_(params: list[Tensor], grads: list[Tensor], exp_avgs: list[Tensor], exp_avg_sqs: list[Tensor],
                max_exp_avg_sqs: list[Tensor], state_steps: list[Tensor], lr: Tensor, beta1: float, beta2: float,
                eps: float, weight_decay: float, amsgrad: bool, maximize: bool, decoupled_weight_decay: bool,
-               grad_scale: Tensor | None, found_inf: Tensor | None, model_params: list[Tensor]) -> None:
+               grad_scale: Tensor | None, found_inf: Tensor | None, model_params: list[Tensor],
+               telemetry: Tensor | None = None) -> None:
+    _telemetry.check("adam_step_", telemetry, params)
     skip = skip_mask(found_inf)
+    before = _telemetry.snapshot(telemetry, params)
     maxes = max_exp_avg_sqs if amsgrad else [None] * len(params)
     lr64 = lr.double()
     for p, g, m, v, vmax, step in zip(params, grads, exp_avgs, exp_avg_sqs, maxes, state_steps, strict=True):
@@ -36,3 +40,4 @@ def adam_step_(params: list[Tensor], grads: list[Tensor], exp_avgs: list[Tensor]
         commit(v, v32, skip)
         commit(p, p32, skip)
     round_into(model_params, params, skip)
+    _telemetry.accumulate_(telemetry, before, grads, params, grad_scale, skip)

@@ -3,14 +3,18 @@ from __future__ import annotations
 
 from torch import Tensor
 
+from . import telemetry as _telemetry
 from ._common import advance, commit, grad_in, round_into, skip_mask, upcast
 
 
 def rmsprop_step_(params: list[Tensor], grads: list[Tensor], square_avgs: list[Tensor], grad_avgs: list[Tensor],
                   momentum_buffers: list[Tensor], state_steps: list[Tensor], lr: Tensor, alpha: float, eps: float,
                   weight_decay: float, momentum: float, centered: bool, maximize: bool,
-                  grad_scale: Tensor | None, found_inf: Tensor | None, model_params: list[Tensor]) -> None:
+                  grad_scale: Tensor | None, found_inf: Tensor | None, model_params: list[Tensor],
+                  telemetry: Tensor | None = None) -> None:
+    _telemetry.check("rmsprop_step_", telemetry, params)
     skip = skip_mask(found_inf)
+    before = _telemetry.snapshot(telemetry, params)
     n = len(params)
     gavgs = grad_avgs if centered else [None] * n
     bufs = momentum_buffers if momentum > 0 else [None] * n
@@ -37,3 +41,4 @@ def rmsprop_step_(params: list[Tensor], grads: list[Tensor], square_avgs: list[T
             p32 = p32 - lr64 * (g / denom)
         commit(p, p32, skip)
     round_into(model_params, params, skip)
+    _telemetry.accumulate_(telemetry, before, grads, params, grad_scale, skip)

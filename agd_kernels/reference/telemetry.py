@@ -32,3 +32,32 @@ def telemetry_sums(w_old: Tensor, grad: Tensor, w_new: Tensor, grad_scale: Tenso
         g = g / grad_scale.double()
     d = w_new.detach().double().reshape(-1) - w
     return torch.stack([w.dot(w), g.dot(g), w.dot(g), d.dot(d), w.dot(d)])
+
+
+def check(op: str, telemetry: Tensor | None, params: list[Tensor]) -> None:
+    """The argument check every backend makes on an op's `telemetry` buffer (before anything is written)."""
+    if telemetry is None:
+        return
+    shape = (len(params), NUM_SUMS)
+    if telemetry.dtype != torch.float32 or tuple(telemetry.shape) != shape or not telemetry.is_contiguous():
+        raise ValueError(f"{op}: telemetry must be a contiguous float32 tensor of shape {shape} (one row of "
+                         f"{SUMS} per parameter); got {telemetry.dtype} of shape {tuple(telemetry.shape)}")
+    if params and telemetry.device != params[0].device:
+        raise RuntimeError(f"{op}: telemetry is on {telemetry.device}; expected the params' device "
+                           f"{params[0].device}")
+
+
+def snapshot(telemetry: Tensor | None, params: list[Tensor]) -> list[Tensor] | None:
+    """The weights before an op, kept when it accumulates telemetry."""
+    return None if telemetry is None else [p.detach().clone() for p in params]
+
+
+def accumulate_(telemetry: Tensor | None, before: list[Tensor] | None, grads: list[Tensor], params: list[Tensor],
+                grad_scale: Tensor | None, skip: Tensor | None) -> None:
+    """telemetry[i] += the five sums of tensor i (fp64, rounded once to fp32), unless `skip` (found_inf)."""
+    if telemetry is None or not params:
+        return
+    rows = torch.stack([telemetry_sums(w, g, p, grad_scale) for w, g, p in zip(before, grads, params)])
+    if skip is not None:
+        rows = torch.where(skip, torch.zeros_like(rows), rows)
+    telemetry.add_(rows.to(telemetry.device, torch.float32))

@@ -6,6 +6,7 @@
 #include "isa.h"
 #include "multi_tensor.h"
 #include "ops.h"
+#include "telemetry.h"
 
 namespace agd_kernels::cpu {
 namespace {
@@ -24,10 +25,12 @@ struct AdagradChunk {
 void adagrad_step_cpu(at::TensorList params, at::TensorList grads, at::TensorList state_sums,
                       at::TensorList state_steps, const at::Tensor& lr, double lr_decay, double weight_decay,
                       double eps, bool maximize, const std::optional<at::Tensor>& grad_scale,
-                      const std::optional<at::Tensor>& found_inf, at::TensorList model_params) {
+                      const std::optional<at::Tensor>& found_inf, at::TensorList model_params,
+                      const std::optional<at::Tensor>& telemetry) {
   constexpr const char* op = "adagrad_step_";
   check_lists(kCpu, op, params, {{"state_sums", state_sums}});
   const at::ScalarType grad_type = check_grads_and_model_params(kCpu, op, params, grads, model_params);
+  check_telemetry(kCpu, op, params, telemetry);
   check_steps(op, params, state_steps);
   const auto in = step_inputs(op, params, lr, grad_scale, maximize, found_inf);
   if (!in) return;
@@ -47,13 +50,17 @@ void adagrad_step_cpu(at::TensorList params, at::TensorList grads, at::TensorLis
     const auto sum = data_ptrs<scalar_t>(state_sums);
     const auto model = data_ptrs<grad_t>(model_params);
     const auto chunks = make_chunks(params);
+    Telemetry tel(telemetry, chunks, in->grad_mul, isa);
     dispatch_bool(weight_decay != 0.0, [&](auto wd) {
       constexpr bool kWeightDecay = decltype(wd)::value;
       parallel_over_chunks(chunks, [&](const Chunk& c) {
         const int64_t t = c.tensor, i = c.begin;
+        tel.before(c, p[t] + i, g[t] + i);
         run_isa<AdagradChunk<scalar_t, grad_t, kWeightDecay>>(isa, p[t] + i, g[t] + i, sum[t] + i, c.numel(), scalars[t]);
         if (!model.empty()) round_into_model(p[t] + i, model[t] + i, c.numel());
+        tel.after(c, p[t] + i);
       });
+      tel.finish();
     });
   });
 }

@@ -7,6 +7,7 @@
 #include "isa.h"
 #include "multi_tensor.h"
 #include "ops.h"
+#include "telemetry.h"
 
 namespace agd_kernels::cpu {
 namespace {
@@ -35,11 +36,13 @@ void adam_step_cpu(at::TensorList params, at::TensorList grads, at::TensorList e
                    at::TensorList max_exp_avg_sqs, at::TensorList state_steps, const at::Tensor& lr, double beta1,
                    double beta2, double eps, double weight_decay, bool amsgrad, bool maximize,
                    bool decoupled_weight_decay, const std::optional<at::Tensor>& grad_scale,
-                   const std::optional<at::Tensor>& found_inf, at::TensorList model_params) {
+                   const std::optional<at::Tensor>& found_inf, at::TensorList model_params,
+                   const std::optional<at::Tensor>& telemetry) {
   constexpr const char* op = "adam_step_";
   check_lists(kCpu, op, params, {{"exp_avgs", exp_avgs}, {"exp_avg_sqs", exp_avg_sqs},
                                  {amsgrad ? "max_exp_avg_sqs" : nullptr, max_exp_avg_sqs}});
   const at::ScalarType grad_type = check_grads_and_model_params(kCpu, op, params, grads, model_params);
+  check_telemetry(kCpu, op, params, telemetry);
   check_steps(op, params, state_steps);
   const auto in = step_inputs(op, params, lr, grad_scale, maximize, found_inf);
   if (!in) return;
@@ -62,6 +65,7 @@ void adam_step_cpu(at::TensorList params, at::TensorList grads, at::TensorList e
     const auto x = amsgrad ? data_ptrs<scalar_t>(max_exp_avg_sqs) : std::vector<scalar_t*>(params.size());
     const auto model = data_ptrs<grad_t>(model_params);
     const auto chunks = make_chunks(params);
+    Telemetry tel(telemetry, chunks, in->grad_mul, isa);
     dispatch_bool(!decoupled_weight_decay && weight_decay != 0.0, [&](auto l2) {
       dispatch_bool(amsgrad, [&](auto ams) {
         dispatch_bool(lerp_from_end(1.0 - beta1), [&](auto from_end) {
@@ -69,10 +73,13 @@ void adam_step_cpu(at::TensorList params, at::TensorList grads, at::TensorList e
           using Kernel = AdamChunk<scalar_t, grad_t, kL2, kAmsgrad, decltype(from_end)::value>;
           parallel_over_chunks(chunks, [&](const Chunk& c) {
             const int64_t t = c.tensor, i = c.begin;
+            tel.before(c, p[t] + i, g[t] + i);
             run_isa<Kernel>(isa, p[t] + i, g[t] + i, m[t] + i, v[t] + i, kAmsgrad ? x[t] + i : nullptr, c.numel(),
                             scalars[t]);
             if (!model.empty()) round_into_model(p[t] + i, model[t] + i, c.numel());
+            tel.after(c, p[t] + i);
           });
+          tel.finish();
         });
       });
     });

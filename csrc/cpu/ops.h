@@ -17,20 +17,24 @@ void slice_sumsq_cpu(at::TensorList tensors, const at::Tensor& out);
 void adam_step_cpu(at::TensorList params, at::TensorList grads, at::TensorList exp_avgs, at::TensorList exp_avg_sqs,
                    at::TensorList max_exp_avg_sqs, at::TensorList state_steps, const at::Tensor& lr, double beta1,
                    double beta2, double eps, double weight_decay, bool amsgrad, bool maximize,
-                   bool decoupled_weight_decay, const OptionalTensor& grad_scale, const OptionalTensor& found_inf, at::TensorList model_params);
+                   bool decoupled_weight_decay, const OptionalTensor& grad_scale, const OptionalTensor& found_inf, at::TensorList model_params,
+                   const OptionalTensor& telemetry);
 
 void sgd_step_cpu(at::TensorList params, at::TensorList grads, at::TensorList momentum_buffers, const at::Tensor& lr,
                   double momentum, double dampening, double weight_decay, bool nesterov, bool maximize,
-                  bool is_first_step, const OptionalTensor& grad_scale, const OptionalTensor& found_inf, at::TensorList model_params);
+                  bool is_first_step, const OptionalTensor& grad_scale, const OptionalTensor& found_inf, at::TensorList model_params,
+                  const OptionalTensor& telemetry);
 
 void rmsprop_step_cpu(at::TensorList params, at::TensorList grads, at::TensorList square_avgs,
                       at::TensorList grad_avgs, at::TensorList momentum_buffers, at::TensorList state_steps,
                       const at::Tensor& lr, double alpha, double eps, double weight_decay, double momentum,
-                      bool centered, bool maximize, const OptionalTensor& grad_scale, const OptionalTensor& found_inf, at::TensorList model_params);
+                      bool centered, bool maximize, const OptionalTensor& grad_scale, const OptionalTensor& found_inf, at::TensorList model_params,
+                      const OptionalTensor& telemetry);
 
 void adagrad_step_cpu(at::TensorList params, at::TensorList grads, at::TensorList state_sums,
                       at::TensorList state_steps, const at::Tensor& lr, double lr_decay, double weight_decay,
-                      double eps, bool maximize, const OptionalTensor& grad_scale, const OptionalTensor& found_inf, at::TensorList model_params);
+                      double eps, bool maximize, const OptionalTensor& grad_scale, const OptionalTensor& found_inf, at::TensorList model_params,
+                      const OptionalTensor& telemetry);
 
 std::tuple<at::Tensor, at::Tensor> agd_step_cpu(at::TensorList params, at::TensorList grads, const at::Tensor& sumsq,
                                                 const at::Tensor& slice_sv, at::IntArrayRef slice_start,

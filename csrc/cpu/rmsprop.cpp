@@ -6,6 +6,7 @@
 #include "isa.h"
 #include "multi_tensor.h"
 #include "ops.h"
+#include "telemetry.h"
 
 namespace agd_kernels::cpu {
 namespace {
@@ -54,13 +55,15 @@ void rmsprop_step_cpu(at::TensorList params, at::TensorList grads, at::TensorLis
                       at::TensorList grad_avgs, at::TensorList momentum_buffers, at::TensorList state_steps,
                       const at::Tensor& lr, double alpha, double eps, double weight_decay, double momentum,
                       bool centered, bool maximize, const std::optional<at::Tensor>& grad_scale,
-                      const std::optional<at::Tensor>& found_inf, at::TensorList model_params) {
+                      const std::optional<at::Tensor>& found_inf, at::TensorList model_params,
+                      const std::optional<at::Tensor>& telemetry) {
   constexpr const char* op = "rmsprop_step_";
   const bool has_momentum = momentum > 0.0;
   check_lists(kCpu, op, params, {{"square_avgs", square_avgs},
                                  {centered ? "grad_avgs" : nullptr, grad_avgs},
                                  {has_momentum ? "momentum_buffers" : nullptr, momentum_buffers}});
   const at::ScalarType grad_type = check_grads_and_model_params(kCpu, op, params, grads, model_params);
+  check_telemetry(kCpu, op, params, telemetry);
   check_steps(op, params, state_steps);
   const auto in = step_inputs(op, params, lr, grad_scale, maximize, found_inf);
   if (!in) return;
@@ -79,16 +82,20 @@ void rmsprop_step_cpu(at::TensorList params, at::TensorList grads, at::TensorLis
     const auto b = has_momentum ? data_ptrs<scalar_t>(momentum_buffers) : none;
     const auto model = data_ptrs<grad_t>(model_params);
     const auto chunks = make_chunks(params);
+    Telemetry tel(telemetry, chunks, in->grad_mul, isa);
     dispatch_bool(weight_decay != 0.0, [&](auto wd) {
       dispatch_centering(rmsprop_centering(centered, alpha), [&](auto cen) {
         dispatch_bool(has_momentum, [&](auto mom) {
           using Kernel = RmspropChunk<scalar_t, grad_t, decltype(wd)::value, decltype(cen)::value, decltype(mom)::value>;
           parallel_over_chunks(chunks, [&](const Chunk& c) {
             const int64_t t = c.tensor, i = c.begin;
+            tel.before(c, p[t] + i, g[t] + i);
             run_isa<Kernel>(isa, p[t] + i, g[t] + i, v[t] + i, a[t] ? a[t] + i : nullptr, b[t] ? b[t] + i : nullptr,
                             c.numel(), s);
             if (!model.empty()) round_into_model(p[t] + i, model[t] + i, c.numel());
+            tel.after(c, p[t] + i);
           });
+          tel.finish();
         });
       });
     });

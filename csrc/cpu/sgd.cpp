@@ -5,6 +5,7 @@
 #include "isa.h"
 #include "multi_tensor.h"
 #include "ops.h"
+#include "telemetry.h"
 
 namespace agd_kernels::cpu {
 namespace {
@@ -31,11 +32,13 @@ struct SgdChunk {
 void sgd_step_cpu(at::TensorList params, at::TensorList grads, at::TensorList momentum_buffers, const at::Tensor& lr,
                   double momentum, double dampening, double weight_decay, bool nesterov, bool maximize,
                   bool is_first_step, const std::optional<at::Tensor>& grad_scale,
-                  const std::optional<at::Tensor>& found_inf, at::TensorList model_params) {
+                  const std::optional<at::Tensor>& found_inf, at::TensorList model_params,
+                  const std::optional<at::Tensor>& telemetry) {
   constexpr const char* op = "sgd_step_";
   const bool has_momentum = momentum != 0.0;
   check_lists(kCpu, op, params, {{has_momentum ? "momentum_buffers" : nullptr, momentum_buffers}});
   const at::ScalarType grad_type = check_grads_and_model_params(kCpu, op, params, grads, model_params);
+  check_telemetry(kCpu, op, params, telemetry);
   const auto in = step_inputs(op, params, lr, grad_scale, maximize, found_inf);
   if (!in) return;
   const Isa isa = active_isa();
@@ -49,15 +52,19 @@ void sgd_step_cpu(at::TensorList params, at::TensorList grads, at::TensorList mo
     const auto b = has_momentum ? data_ptrs<scalar_t>(momentum_buffers) : std::vector<scalar_t*>(params.size());
     const auto model = data_ptrs<grad_t>(model_params);
     const auto chunks = make_chunks(params);
+    Telemetry tel(telemetry, chunks, in->grad_mul, isa);
     dispatch_bool(weight_decay != 0.0, [&](auto wd) {
       dispatch_bool(has_momentum, [&](auto mom) {
         constexpr bool kWeightDecay = decltype(wd)::value, kMomentum = decltype(mom)::value;
         parallel_over_chunks(chunks, [&](const Chunk& c) {
           const int64_t t = c.tensor, i = c.begin;
+          tel.before(c, p[t] + i, g[t] + i);
           run_isa<SgdChunk<scalar_t, grad_t, kWeightDecay, kMomentum>>(isa, p[t] + i, g[t] + i,
                                                                kMomentum ? b[t] + i : nullptr, c.numel(), s);
           if (!model.empty()) round_into_model(p[t] + i, model[t] + i, c.numel());
+          tel.after(c, p[t] + i);
         });
+        tel.finish();
       });
     });
   });

@@ -10,16 +10,24 @@
 
 namespace agd_kernels::grid {
 
+// The kernels' telemetry arguments: per-block scratch slots and the op's buffer, or nulls without one.
+template <class Device>
+TelemetryOut telemetry_out(Device& dev, const OptionalTensor& telemetry, int64_t blocks) {
+  if (!telemetry.has_value()) return TelemetryOut{nullptr, nullptr};
+  return TelemetryOut{dev.scratch_doubles(blocks * kTelemetryColumns), telemetry->mutable_data_ptr<float>()};
+}
+
 template <class Device>
 void adam_step(Device& dev, at::TensorList params, at::TensorList grads, at::TensorList exp_avgs,
                at::TensorList exp_avg_sqs, at::TensorList max_exp_avg_sqs, at::TensorList state_steps,
                const at::Tensor& lr, double beta1, double beta2, double eps, double weight_decay, bool amsgrad,
                bool maximize, bool decoupled_weight_decay, const OptionalTensor& grad_scale,
-               const OptionalTensor& found_inf, at::TensorList model_params) {
+               const OptionalTensor& found_inf, at::TensorList model_params, const OptionalTensor& telemetry) {
   constexpr const char* op = "adam_step_";
   check_lists(dev, op, params, {{"exp_avgs", exp_avgs}, {"exp_avg_sqs", exp_avg_sqs},
                                 {amsgrad ? "max_exp_avg_sqs" : nullptr, max_exp_avg_sqs}});
   const at::ScalarType grad_dtype = check_grads_and_model_params(dev, op, params, grads, model_params);
+  check_telemetry(dev, op, params, telemetry);
   const bool steps_fp64 = check_steps(dev, op, params, state_steps);
   const Scalar lr_s = device_scalar(dev, op, "lr", lr);
   const Scalar scale_s = device_scalar(dev, op, "grad_scale", grad_scale);
@@ -28,16 +36,21 @@ void adam_step(Device& dev, at::TensorList params, at::TensorList grads, at::Ten
   int64_t blocks = 0;
   const Table table = make_table(dev, params, {params, grads, exp_avgs, exp_avg_sqs,
                                                amsgrad ? max_exp_avg_sqs : at::TensorList(), model_params}, state_steps, &blocks);
+  const TelemetryOut tel_out = telemetry_out(dev, telemetry, blocks);
   dispatch_dtypes(params[0].scalar_type(), grad_dtype, [&](auto tag, auto grad_tag) {
     using T = typename decltype(tag)::type;
     using G = typename decltype(grad_tag)::type;
     dispatch_bool(!decoupled_weight_decay && weight_decay != 0.0, [&](auto l2) {
       dispatch_bool(amsgrad, [&](auto ams) {
         dispatch_bool(lerp_from_end(1.0 - beta1), [&](auto from_end) {
-          using K = AdamKernel<T, G, decltype(l2)::value, decltype(ams)::value, decltype(from_end)::value>;
-          dev.template launch<K>(blocks, typename K::Args{table, lr_s, scale_s, inf_s, beta1, beta2, eps,
-                                                          weight_decay, decoupled_weight_decay, maximize,
-                                                          steps_fp64});
+          dispatch_bool(telemetry.has_value(), [&](auto tel) {
+            using K = AdamKernel<T, G, decltype(l2)::value, decltype(ams)::value, decltype(from_end)::value,
+                                 decltype(tel)::value>;
+            const auto tel_args = telemetry_args<decltype(tel)::value>(tel_out);
+            dev.template launch<K>(blocks, typename K::Args{tel_args, table, lr_s, scale_s, inf_s, beta1, beta2, eps,
+                                                            weight_decay, decoupled_weight_decay, maximize,
+                                                            steps_fp64});
+          });
         });
       });
     });
@@ -47,11 +60,13 @@ void adam_step(Device& dev, at::TensorList params, at::TensorList grads, at::Ten
 template <class Device>
 void sgd_step(Device& dev, at::TensorList params, at::TensorList grads, at::TensorList momentum_buffers,
               const at::Tensor& lr, double momentum, double dampening, double weight_decay, bool nesterov,
-              bool maximize, bool is_first_step, const OptionalTensor& grad_scale, const OptionalTensor& found_inf, at::TensorList model_params) {
+              bool maximize, bool is_first_step, const OptionalTensor& grad_scale, const OptionalTensor& found_inf,
+              at::TensorList model_params, const OptionalTensor& telemetry) {
   constexpr const char* op = "sgd_step_";
   const bool has_momentum = momentum != 0.0;
   check_lists(dev, op, params, {{has_momentum ? "momentum_buffers" : nullptr, momentum_buffers}});
   const at::ScalarType grad_dtype = check_grads_and_model_params(dev, op, params, grads, model_params);
+  check_telemetry(dev, op, params, telemetry);
   const Scalar lr_s = device_scalar(dev, op, "lr", lr);
   const Scalar scale_s = device_scalar(dev, op, "grad_scale", grad_scale);
   const Scalar inf_s = device_scalar(dev, op, "found_inf", found_inf);
@@ -59,14 +74,18 @@ void sgd_step(Device& dev, at::TensorList params, at::TensorList grads, at::Tens
   int64_t blocks = 0;
   const Table table = make_table(dev, params, {params, grads, has_momentum ? momentum_buffers : at::TensorList(),
                                                model_params}, at::TensorList(), &blocks);
+  const TelemetryOut tel_out = telemetry_out(dev, telemetry, blocks);
   dispatch_dtypes(params[0].scalar_type(), grad_dtype, [&](auto tag, auto grad_tag) {
     using T = typename decltype(tag)::type;
     using G = typename decltype(grad_tag)::type;
     dispatch_bool(weight_decay != 0.0, [&](auto wd) {
       dispatch_bool(has_momentum, [&](auto mom) {
-        using K = SgdKernel<T, G, decltype(wd)::value, decltype(mom)::value>;
-        dev.template launch<K>(blocks, typename K::Args{table, lr_s, scale_s, inf_s, momentum, dampening,
-                                                        weight_decay, nesterov, maximize, is_first_step});
+        dispatch_bool(telemetry.has_value(), [&](auto tel) {
+          using K = SgdKernel<T, G, decltype(wd)::value, decltype(mom)::value, decltype(tel)::value>;
+          const auto tel_args = telemetry_args<decltype(tel)::value>(tel_out);
+          dev.template launch<K>(blocks, typename K::Args{tel_args, table, lr_s, scale_s, inf_s, momentum, dampening,
+                                                          weight_decay, nesterov, maximize, is_first_step});
+        });
       });
     });
   });
@@ -85,13 +104,15 @@ template <class Device>
 void rmsprop_step(Device& dev, at::TensorList params, at::TensorList grads, at::TensorList square_avgs,
                   at::TensorList grad_avgs, at::TensorList momentum_buffers, at::TensorList state_steps,
                   const at::Tensor& lr, double alpha, double eps, double weight_decay, double momentum, bool centered,
-                  bool maximize, const OptionalTensor& grad_scale, const OptionalTensor& found_inf, at::TensorList model_params) {
+                  bool maximize, const OptionalTensor& grad_scale, const OptionalTensor& found_inf,
+                  at::TensorList model_params, const OptionalTensor& telemetry) {
   constexpr const char* op = "rmsprop_step_";
   const bool has_momentum = momentum > 0.0;
   check_lists(dev, op, params, {{"square_avgs", square_avgs},
                                 {centered ? "grad_avgs" : nullptr, grad_avgs},
                                 {has_momentum ? "momentum_buffers" : nullptr, momentum_buffers}});
   const at::ScalarType grad_dtype = check_grads_and_model_params(dev, op, params, grads, model_params);
+  check_telemetry(dev, op, params, telemetry);
   const bool steps_fp64 = check_steps(dev, op, params, state_steps);
   const Scalar lr_s = device_scalar(dev, op, "lr", lr);
   const Scalar scale_s = device_scalar(dev, op, "grad_scale", grad_scale);
@@ -101,15 +122,20 @@ void rmsprop_step(Device& dev, at::TensorList params, at::TensorList grads, at::
   const Table table = make_table(dev, params, {params, grads, square_avgs, centered ? grad_avgs : at::TensorList(),
                                                has_momentum ? momentum_buffers : at::TensorList(), model_params},
                                  state_steps, &blocks);
+  const TelemetryOut tel_out = telemetry_out(dev, telemetry, blocks);
   dispatch_dtypes(params[0].scalar_type(), grad_dtype, [&](auto tag, auto grad_tag) {
     using T = typename decltype(tag)::type;
     using G = typename decltype(grad_tag)::type;
     dispatch_bool(weight_decay != 0.0, [&](auto wd) {
       dispatch_centering(rmsprop_centering(centered, alpha), [&](auto cen) {
         dispatch_bool(has_momentum, [&](auto mom) {
-          using K = RmspropKernel<T, G, decltype(wd)::value, decltype(cen)::value, decltype(mom)::value>;
-          dev.template launch<K>(blocks, typename K::Args{table, lr_s, scale_s, inf_s, alpha, eps, weight_decay,
-                                                          momentum, maximize, steps_fp64});
+          dispatch_bool(telemetry.has_value(), [&](auto tel) {
+            using K = RmspropKernel<T, G, decltype(wd)::value, decltype(cen)::value, decltype(mom)::value,
+                                    decltype(tel)::value>;
+            const auto tel_args = telemetry_args<decltype(tel)::value>(tel_out);
+            dev.template launch<K>(blocks, typename K::Args{tel_args, table, lr_s, scale_s, inf_s, alpha, eps, weight_decay,
+                                                            momentum, maximize, steps_fp64});
+          });
         });
       });
     });
@@ -119,10 +145,12 @@ void rmsprop_step(Device& dev, at::TensorList params, at::TensorList grads, at::
 template <class Device>
 void adagrad_step(Device& dev, at::TensorList params, at::TensorList grads, at::TensorList state_sums,
                   at::TensorList state_steps, const at::Tensor& lr, double lr_decay, double weight_decay, double eps,
-                  bool maximize, const OptionalTensor& grad_scale, const OptionalTensor& found_inf, at::TensorList model_params) {
+                  bool maximize, const OptionalTensor& grad_scale, const OptionalTensor& found_inf,
+                  at::TensorList model_params, const OptionalTensor& telemetry) {
   constexpr const char* op = "adagrad_step_";
   check_lists(dev, op, params, {{"state_sums", state_sums}});
   const at::ScalarType grad_dtype = check_grads_and_model_params(dev, op, params, grads, model_params);
+  check_telemetry(dev, op, params, telemetry);
   const bool steps_fp64 = check_steps(dev, op, params, state_steps);
   const Scalar lr_s = device_scalar(dev, op, "lr", lr);
   const Scalar scale_s = device_scalar(dev, op, "grad_scale", grad_scale);
@@ -130,13 +158,17 @@ void adagrad_step(Device& dev, at::TensorList params, at::TensorList grads, at::
   if (params.empty()) return;
   int64_t blocks = 0;
   const Table table = make_table(dev, params, {params, grads, state_sums, model_params}, state_steps, &blocks);
+  const TelemetryOut tel_out = telemetry_out(dev, telemetry, blocks);
   dispatch_dtypes(params[0].scalar_type(), grad_dtype, [&](auto tag, auto grad_tag) {
     using T = typename decltype(tag)::type;
     using G = typename decltype(grad_tag)::type;
     dispatch_bool(weight_decay != 0.0, [&](auto wd) {
-      using K = AdagradKernel<T, G, decltype(wd)::value>;
-      dev.template launch<K>(blocks, typename K::Args{table, lr_s, scale_s, inf_s, lr_decay, weight_decay, eps,
-                                                      maximize, steps_fp64});
+      dispatch_bool(telemetry.has_value(), [&](auto tel) {
+        using K = AdagradKernel<T, G, decltype(wd)::value, decltype(tel)::value>;
+        const auto tel_args = telemetry_args<decltype(tel)::value>(tel_out);
+        dev.template launch<K>(blocks, typename K::Args{tel_args, table, lr_s, scale_s, inf_s, lr_decay, weight_decay, eps,
+                                                        maximize, steps_fp64});
+      });
     });
   });
 }

@@ -60,38 +60,42 @@ void adam_step_emu(at::TensorList params, at::TensorList grads, at::TensorList e
                    at::TensorList max_exp_avg_sqs, at::TensorList state_steps, const at::Tensor& lr, double beta1,
                    double beta2, double eps, double weight_decay, bool amsgrad, bool maximize,
                    bool decoupled_weight_decay, const std::optional<at::Tensor>& grad_scale,
-                   const std::optional<at::Tensor>& found_inf, at::TensorList model_params) {
+                   const std::optional<at::Tensor>& found_inf, at::TensorList model_params,
+                   const std::optional<at::Tensor>& telemetry) {
   EmuDevice dev;
   grid::adam_step(dev, params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, state_steps, lr, beta1, beta2, eps,
-                  weight_decay, amsgrad, maximize, decoupled_weight_decay, grad_scale, found_inf, model_params);
+                  weight_decay, amsgrad, maximize, decoupled_weight_decay, grad_scale, found_inf, model_params, telemetry);
 }
 
 void sgd_step_emu(at::TensorList params, at::TensorList grads, at::TensorList momentum_buffers, const at::Tensor& lr,
                   double momentum, double dampening, double weight_decay, bool nesterov, bool maximize,
                   bool is_first_step, const std::optional<at::Tensor>& grad_scale,
-                  const std::optional<at::Tensor>& found_inf, at::TensorList model_params) {
+                  const std::optional<at::Tensor>& found_inf, at::TensorList model_params,
+                  const std::optional<at::Tensor>& telemetry) {
   EmuDevice dev;
   grid::sgd_step(dev, params, grads, momentum_buffers, lr, momentum, dampening, weight_decay, nesterov, maximize,
-                 is_first_step, grad_scale, found_inf, model_params);
+                 is_first_step, grad_scale, found_inf, model_params, telemetry);
 }
 
 void rmsprop_step_emu(at::TensorList params, at::TensorList grads, at::TensorList square_avgs,
                       at::TensorList grad_avgs, at::TensorList momentum_buffers, at::TensorList state_steps,
                       const at::Tensor& lr, double alpha, double eps, double weight_decay, double momentum,
                       bool centered, bool maximize, const std::optional<at::Tensor>& grad_scale,
-                      const std::optional<at::Tensor>& found_inf, at::TensorList model_params) {
+                      const std::optional<at::Tensor>& found_inf, at::TensorList model_params,
+                      const std::optional<at::Tensor>& telemetry) {
   EmuDevice dev;
   grid::rmsprop_step(dev, params, grads, square_avgs, grad_avgs, momentum_buffers, state_steps, lr, alpha, eps,
-                     weight_decay, momentum, centered, maximize, grad_scale, found_inf, model_params);
+                     weight_decay, momentum, centered, maximize, grad_scale, found_inf, model_params, telemetry);
 }
 
 void adagrad_step_emu(at::TensorList params, at::TensorList grads, at::TensorList state_sums,
                       at::TensorList state_steps, const at::Tensor& lr, double lr_decay, double weight_decay,
                       double eps, bool maximize, const std::optional<at::Tensor>& grad_scale,
-                      const std::optional<at::Tensor>& found_inf, at::TensorList model_params) {
+                      const std::optional<at::Tensor>& found_inf, at::TensorList model_params,
+                      const std::optional<at::Tensor>& telemetry) {
   EmuDevice dev;
   grid::adagrad_step(dev, params, grads, state_sums, state_steps, lr, lr_decay, weight_decay, eps, maximize,
-                     grad_scale, found_inf, model_params);
+                     grad_scale, found_inf, model_params, telemetry);
 }
 
 void slice_sumsq_emu(at::TensorList tensors, const at::Tensor& out) {

@@ -208,6 +208,15 @@ BAD_INPUT = [
      r"yellowfin_tune_: tuner must be a contiguous 1-D tensor of 23 slots \+ curv_win_width = 28 values"),
     ("yellowfin_apply_", "momentum", _replace(5, lambda t: t.reshape(-1)[:3].clone()), ValueError,
      r"yellowfin_apply_: stats must hold rows of 4 values"),
+    # telemetry (the last argument; agd_kernels/ops.py, "Telemetry")
+    ("adam_step_", "telemetry", _replace(-1, lambda t: torch.zeros(3, 4)), ValueError,
+     r"adam_step_: telemetry must be a contiguous float32 tensor of shape \(3, 5\) \(one row of "),
+    ("sgd_step_", "telemetry", _replace(-1, lambda t: t.double()), ValueError,
+     r"sgd_step_: telemetry must be a contiguous float32 tensor of shape \(3, 5\).*got Double"),
+    ("rmsprop_step_", "telemetry", _replace(-1, lambda t: torch.zeros(5, 3).t()), ValueError,
+     r"rmsprop_step_: telemetry must be a contiguous float32 tensor"),
+    ("adagrad_step_", "telemetry", _replace(-1, lambda t: t[:2]), ValueError,
+     r"adagrad_step_: telemetry must be a contiguous float32 tensor of shape \(3, 5\).*got Float of shape \[2, 5\]"),
 ]
 
 

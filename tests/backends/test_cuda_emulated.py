@@ -106,6 +106,15 @@ def test_found_inf_changes_no_bit(op):
         assert torch.equal(t.reshape(-1).view(torch.uint8), b.reshape(-1).view(torch.uint8))
 
 
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS.get)
+@pytest.mark.parametrize("op", ["adam_step_", "sgd_step_", "rmsprop_step_", "adagrad_step_"])
+def test_telemetry_of_multi_block_tensors(op, dtype):
+    """The 1M-element tensor spans 31 blocks: each block's five sums go to its scratch slots and whichever
+    block arrives last adds them in block order (grid/telemetry.h); also 300 tensors in one launch."""
+    for sizes in (SIZES, MANY_SMALL):
+        _check(op, shapes_for(op, sizes), dtype, "telemetry")
+
+
 def test_step_counters_advance_once_per_call():
     """31 blocks of one tensor each read the old step; only the last to arrive writes step + 1."""
     args = make_args("adam_step_", shapes_for("adam_step_", [1_000_003, 0, 5]), torch.float32, "adam")
@@ -129,6 +138,10 @@ BAD_INPUT = [
      r"adagrad_step_: grad_scale must be float32 or float64; got Int"),
     ("adam_step_", "adam", lambda a: a[1].__setitem__(0, torch.zeros(10)[::2]), ValueError,
      r"adam_step_: grads\[0\] has strides \[2\], params\[0\] has \[1\]"),
+    ("sgd_step_", "telemetry", lambda a: a.__setitem__(-1, torch.zeros(3, 4)), ValueError,
+     r"sgd_step_: telemetry must be a contiguous float32 tensor of shape \(3, 5\)"),
+    ("adam_step_", "telemetry", lambda a: a.__setitem__(-1, a[-1].half()), ValueError,
+     r"adam_step_: telemetry must be a contiguous float32 tensor of shape \(3, 5\).*got Half"),
 ]
 
 

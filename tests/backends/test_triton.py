@@ -266,16 +266,17 @@ class _LaunchCounter:
         return wrap
 
 
-#: name -> (make(params, backend), launches per step for one (device, dtype) group)
+#: name -> (make(params, backend, **options), launches per step for one (device, dtype) group)
 OPTIMIZERS = {
-    "AGD": (lambda ps, backend: ak.AGD(ps, bias_mode="follow", backend=backend), 2),
-    "Adam": (lambda ps, backend: ak.Adam(ps, lr=1e-2, amsgrad=True, backend=backend), 1),
-    "AdamW": (lambda ps, backend: ak.AdamW(ps, lr=1e-2, backend=backend), 1),
-    "SGD": (lambda ps, backend: ak.SGD(ps, lr=0.1, momentum=0.9, nesterov=True, backend=backend), 1),
-    "RMSprop": (lambda ps, backend: ak.RMSprop(ps, lr=1e-2, momentum=0.5, centered=True, backend=backend), 1),
-    "Adagrad": (lambda ps, backend: ak.Adagrad(ps, lr=0.1, backend=backend), 1),
-    "LAMB": (lambda ps, backend: ak.LAMB(ps, lr=1e-2, backend=backend), 3),
-    "YellowFin": (lambda ps, backend: ak.YellowFin(ps, lr=1e-2, mu=0.5, backend=backend), 3),
+    "AGD": (lambda ps, backend, **kw: ak.AGD(ps, bias_mode="follow", backend=backend, **kw), 2),
+    "Adam": (lambda ps, backend, **kw: ak.Adam(ps, lr=1e-2, amsgrad=True, backend=backend, **kw), 1),
+    "AdamW": (lambda ps, backend, **kw: ak.AdamW(ps, lr=1e-2, backend=backend, **kw), 1),
+    "SGD": (lambda ps, backend, **kw: ak.SGD(ps, lr=0.1, momentum=0.9, nesterov=True, backend=backend, **kw), 1),
+    "RMSprop": (lambda ps, backend, **kw: ak.RMSprop(ps, lr=1e-2, momentum=0.5, centered=True, backend=backend,
+                                                     **kw), 1),
+    "Adagrad": (lambda ps, backend, **kw: ak.Adagrad(ps, lr=0.1, backend=backend, **kw), 1),
+    "LAMB": (lambda ps, backend, **kw: ak.LAMB(ps, lr=1e-2, backend=backend, **kw), 3),
+    "YellowFin": (lambda ps, backend, **kw: ak.YellowFin(ps, lr=1e-2, mu=0.5, backend=backend, **kw), 3),
 }
 
 
@@ -289,6 +290,19 @@ def test_launches_per_step(name, monkeypatch):
     counter = _LaunchCounter(monkeypatch)
     opt.step()
     assert counter.count == OPTIMIZERS[name][1]
+
+
+@pytest.mark.parametrize("name", ["Adam", "AdamW", "SGD", "RMSprop", "Adagrad"])
+def test_telemetry_adds_no_launch(name, monkeypatch):
+    """telemetry=True: the tensors' last programs add the sums in the update's own launch (_common.py), so a step
+    is still one launch."""
+    model = make_model(edge_cases=True)
+    opt = OPTIMIZERS[name][0](list(model.parameters()), "triton", telemetry=True)
+    compute_grads(model, 0)
+    counter = _LaunchCounter(monkeypatch)
+    opt.step()
+    assert counter.count == 1
+    assert opt.telemetry().layers["grad_norm"].isfinite().all()
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["f32", "bf16"])
@@ -376,7 +390,12 @@ def test_traced_ops_decompose_into_triton_launches():
 
 # ------------------------------------------------------------------------------ bad input
 def _adam_args():
-    return make_args("adam_step_", shapes_for("adam_step_", [3, 5]), torch.float32, "adam", seed=3)
+    """adam_step_'s arguments as a list (position 17: telemetry) over tensors of 3 and 5 elements."""
+    return list(make_args("adam_step_", shapes_for("adam_step_", [3, 5]), torch.float32, "adam", seed=3))
+
+
+_TELEMETRY_REFUSED = (r"adam_step_: telemetry must be a contiguous float32 tensor of shape \(2, 5\) \(one row of "
+                      r"\('w_sq', 'g_sq', 'w_g', 'd_sq', 'w_d'\) per parameter\); got torch.")
 
 
 @pytest.mark.parametrize("corrupt, match", [
@@ -386,7 +405,12 @@ def _adam_args():
     (lambda a: a[5].__setitem__(0, torch.zeros(1, dtype=torch.float64)), r"state_steps\[0\] is torch.float64"),
     (lambda a: a[2].__setitem__(1, torch.zeros(10)[::2]), r"exp_avgs\[1\] has strides \(2,\); expected params"),
     (lambda a: [a[pos].__setitem__(1, torch.zeros(10)[::2]) for pos in range(4)], r"params\[1\] must be dense"),
-], ids=["short-list", "state-dtype", "grad-shape", "step-dtype", "strided-state", "strided-everywhere"])
+    # telemetry: the reference's check (agd_kernels/reference/telemetry.py), before anything is written
+    (lambda a: a.__setitem__(17, torch.zeros(3, 5)), _TELEMETRY_REFUSED + r"float32 of shape \(3, 5\)"),
+    (lambda a: a.__setitem__(17, torch.zeros(2, 5, dtype=torch.float64)), _TELEMETRY_REFUSED + r"float64"),
+    (lambda a: a.__setitem__(17, torch.zeros(5, 2).t()), _TELEMETRY_REFUSED + r"float32 of shape \(2, 5\)"),
+], ids=["short-list", "state-dtype", "grad-shape", "step-dtype", "strided-state", "strided-everywhere",
+        "telemetry-shape", "telemetry-dtype", "telemetry-strided"])
 def test_bad_input_raises_and_changes_nothing(corrupt, match):
     _assert_refused(_adam_args(), corrupt, match)
 
@@ -398,8 +422,8 @@ def _assert_refused(args, corrupt, match):
     before = _clone_args(args)
     with pytest.raises(ValueError, match=match):
         run("adam_step_", "triton", args)
-    for pos in mutated_positions("adam_step_"):
-        for a, b in zip(args[pos], before[pos]):
+    for pos in mutated_positions("adam_step_"):  # _flat: telemetry is one tensor, or None
+        for a, b in zip(_flat(args[pos]), _flat(before[pos])):
             assert torch.equal(a.isnan(), b.isnan()) and torch.equal(a.nan_to_num(), b.nan_to_num())
 
 

@@ -80,7 +80,7 @@ class _Recorder:
         class _Grid:
             def __getitem__(self, grid):
                 def launch(*args, **kwargs):
-                    options = {k: kwargs.pop(k) for k in ("num_warps",) if k in kwargs}
+                    options = {k: kwargs.pop(k) for k in ("num_warps", "maxnreg") if k in kwargs}
                     bound = dict(zip(kernel.arg_names, args), **kwargs)
                     annotations = kernel.fn.__annotations__
                     recorder.launches.append({

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import math
+import re
 
 import pytest
 import torch
@@ -89,15 +90,20 @@ def test_run_prints_table_and_writes_csv_and_chart(tmp_path, capsys):
                  "rmsprop    torch-foreach"):
         assert line in out
     assert "torch-fused: " in out and "rmsprop (torch.optim has no fused=True for it)" in out
+    # each backend also runs with telemetry=True where its ops sum it, and the cost is printed
+    assert "agd_kernels[torch]+tel: agd (its ops do not sum telemetry yet)" in out
+    assert re.search(r"shapes, float32, adam, agd_kernels\[torch\]: [\d.]+ -> [\d.]+ ms/step \([+-][\d.]+%\)", out), out
 
     rows = read_csv(tmp_path / "throughput.csv")
     assert list(rows[0]) == CSV_FIELDS
     got = {(r["algorithm"], r["provider"]): r for r in rows}
-    # agd: kernels + authors + floor; adam, sgd: kernels + foreach + fused; rmsprop: kernels + foreach
+    # agd: kernels + authors + floor; adam, sgd: kernels (+ telemetry) + foreach + fused; rmsprop: kernels
+    # (+ telemetry) + foreach
     assert set(got) == {("agd", "agd_kernels[torch]"), ("agd", "authors"), ("agd", "floor"),
-                        ("adam", "agd_kernels[torch]"), ("adam", "torch-foreach"), ("adam", "torch-fused"),
-                        ("sgd", "agd_kernels[torch]"), ("sgd", "torch-foreach"), ("sgd", "torch-fused"),
-                        ("rmsprop", "agd_kernels[torch]"), ("rmsprop", "torch-foreach")}
+                        ("adam", "agd_kernels[torch]"), ("adam", "agd_kernels[torch]+tel"), ("adam", "torch-foreach"),
+                        ("adam", "torch-fused"), ("sgd", "agd_kernels[torch]"), ("sgd", "agd_kernels[torch]+tel"),
+                        ("sgd", "torch-foreach"), ("sgd", "torch-fused"), ("rmsprop", "agd_kernels[torch]"),
+                        ("rmsprop", "agd_kernels[torch]+tel"), ("rmsprop", "torch-foreach")}
     for r in rows:
         assert r["status"] == "ok", r
         assert r["torch"] == torch.__version__ and r["git_commit"] and r["cpu"] and r["run_id"]
@@ -134,7 +140,7 @@ def test_read_heavy_steps_are_reported_against_their_floor(tmp_path, capsys):
     assert "floor: adam (no same-bytes floor: not a read-heavy step)" in out
     rows = {(r["algorithm"], r["provider"]): r for r in read_csv(tmp_path / "throughput.csv")}
     assert set(rows) == {(a, p) for a in ("agd", "lamb", "yellowfin") for p in ("agd_kernels[torch]", "floor")} \
-        | {("adam", "agd_kernels[torch]")}
+        | {("adam", "agd_kernels[torch]"), ("adam", "agd_kernels[torch]+tel")}
     for algo, bytes_per_param in (("agd", 16), ("lamb", 44), ("yellowfin", 36)):
         floor, kernels = rows[(algo, "floor")], rows[(algo, "agd_kernels[torch]")]
         assert floor["status"] == "ok" and int(floor["bytes_per_param"]) == bytes_per_param
@@ -169,8 +175,8 @@ def test_quick_keeps_torch_foreach_only_where_torch_has_no_fused(tmp_path, capsy
                             "--out", str(tmp_path)]) == 0
     assert "adam (--quick compares with torch-fused, the faster torch baseline)" in capsys.readouterr().out
     rows = {(r["algorithm"], r["provider"]) for r in read_csv(tmp_path / "throughput.csv")}
-    assert rows == {("adam", "agd_kernels[torch]"), ("adam", "torch-fused"),
-                    ("rmsprop", "agd_kernels[torch]"), ("rmsprop", "torch-foreach")}
+    assert rows == {("adam", "agd_kernels[torch]"), ("adam", "agd_kernels[torch]+tel"), ("adam", "torch-fused"),
+                    ("rmsprop", "agd_kernels[torch]"), ("rmsprop", "agd_kernels[torch]+tel"), ("rmsprop", "torch-foreach")}
 
 
 def test_missing_optimizer_is_listed_as_unavailable(tmp_path, capsys, monkeypatch):
@@ -181,8 +187,8 @@ def test_missing_optimizer_is_listed_as_unavailable(tmp_path, capsys, monkeypatc
     out = capsys.readouterr().out
     assert "lamb       agd_kernels[torch]  unavailable: agd_kernels.LAMB does not exist in this build" in out
     assert "no chart (nothing ran)" in out
-    (row,) = read_csv(tmp_path / "throughput.csv")
-    assert (row["status"], row["median_ms"]) == ("unavailable", "")
+    rows = {(r["provider"], r["status"], r["median_ms"]) for r in read_csv(tmp_path / "throughput.csv")}
+    assert rows == {("agd_kernels[torch]", "unavailable", ""), ("agd_kernels[torch]+tel", "unavailable", "")}
 
 
 def test_provider_that_raises_is_reported_as_failed(tmp_path, capsys, monkeypatch):
@@ -194,7 +200,7 @@ def test_provider_that_raises_is_reported_as_failed(tmp_path, capsys, monkeypatc
                             "--out", str(tmp_path)]) == 0
     assert "adagrad    torch-foreach       failed: RuntimeError: kernel exploded" in capsys.readouterr().out
     rows = {r["provider"]: r["status"] for r in read_csv(tmp_path / "throughput.csv")}
-    assert rows == {"agd_kernels[torch]": "ok", "torch-foreach": "failed"}
+    assert rows == {"agd_kernels[torch]": "ok", "agd_kernels[torch]+tel": "ok", "torch-foreach": "failed"}
 
 
 def test_csv_from_another_version_is_not_appended_to(tmp_path, capsys):

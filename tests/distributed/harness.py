@@ -590,6 +590,25 @@ def case_rounding(topology: str, case: str, rank: int) -> dict:
     return {"params": rounding_run(inner, opt)}
 
 
+#: telemetry=True on sharded parameters (docs/telemetry.md): each rank's kernels sum over its shards and
+#: opt.telemetry() completes the sums with one all-reduce (replicas counted once).
+TELEMETRY_CASES = ("AdamW", "SGD")
+TELEMETRY_TOPOLOGIES = ("fsdp", "fsdp-mixed", "hsdp-2x1")
+
+
+def telemetry_layers(opt: torch.optim.Optimizer) -> dict[str, dict[str, float]]:
+    """opt.telemetry() of the last step as {layer name: {statistic: value}} (a host copy)."""
+    telemetry = opt.telemetry()
+    return {str(name): {stat: float(values[i]) for stat, values in telemetry.layers.items()}
+            for i, name in enumerate(telemetry.names)}
+
+
+def case_telemetry(topology: str, case: str, rank: int) -> dict:
+    model, inner, opt = build(topology, case, "cpu", named=True, telemetry=True)
+    train_dist(model, opt, range(STEPS), rank)
+    return {"layers": telemetry_layers(opt)}
+
+
 def job_cases(job: str, rank: int, directory: Path) -> Iterator[tuple[str, Callable[[], dict]]]:
     """(case key, thunk) in the order every rank runs them."""
     kind, _, backend = job.partition("-")
@@ -614,6 +633,9 @@ def job_cases(job: str, rank: int, directory: Path) -> Iterator[tuple[str, Calla
             yield f"no-collective/{case}", lambda case=case: case_no_collective(case, backend, rank)
         if backend == "cpu":
             yield "init_weights", lambda: case_init_weights("fsdp", rank)
+            for topology in TELEMETRY_TOPOLOGIES:
+                for case in TELEMETRY_CASES:
+                    yield f"telemetry/{topology}/{case}", lambda t=topology, case=case: case_telemetry(t, case, rank)
             for topology in (*HSDP_MESHES, "fsdp-mixed"):
                 for case in NORM_CASES:
                     yield f"{topology}/{case}", lambda t=topology, case=case: case_train(t, case, backend, rank)

@@ -77,7 +77,11 @@ def test_fsdp2_triton_agd(jobs):
     assert ranks[0]["counts"] == [1] * h.STEPS, ranks[0]["counts"]
 
 
-HSDP = [pytest.param(topology, case, id=f"{topology}-{case}") for topology in h.HSDP_MESHES for case in h.NORM_CASES]
+def _topology_cases(topologies, cases) -> list:
+    return [pytest.param(topology, case, id=f"{topology}-{case}") for topology in topologies for case in cases]
+
+
+HSDP = _topology_cases(h.HSDP_MESHES, h.NORM_CASES)
 
 
 @pytest.mark.parametrize("topology, case", HSDP)
@@ -127,8 +131,7 @@ def test_fsdp2_bf16_master_weights(jobs, case):
         f"single-process bf16 + master weights runs are up to {single:.4f}")
 
 
-ROUNDING = [pytest.param(topology, case, id=f"{topology}-{case}")
-            for topology in h.ROUNDING_TOPOLOGIES for case in h.ROUNDING_CASES]
+ROUNDING = _topology_cases(h.ROUNDING_TOPOLOGIES, h.ROUNDING_CASES)
 
 
 @pytest.mark.parametrize("topology, case", ROUNDING)
@@ -157,3 +160,32 @@ def test_stochastic_rounding_on_shards_draws_the_single_process_bits(jobs, topol
             assert ulps.max() <= 1 and (ulps > 0).float().mean() <= 0.01, (
                 f"AGD on {topology}, rank {rank}: {name} differs from the single-process run in "
                 f"{(ulps > 0).sum().item()} of {ulps.numel()} elements, by up to {ulps.max().item()} bf16 steps")
+
+
+TELEMETRY = _topology_cases(h.TELEMETRY_TOPOLOGIES, h.TELEMETRY_CASES)
+
+
+@pytest.mark.parametrize("topology, case", TELEMETRY)
+def test_sharded_telemetry_equals_one_process(jobs, topology, case):
+    """opt.telemetry() after harness.STEPS steps on FSDP2 (sharded; "fsdp-mixed": `out` a plain replica
+    beside sharded layers; "hsdp-2x1": every parameter a replica) equals the single-process run's, on both
+    ranks: shard sums added by the one all-reduce, replicas counted once. The runs' gradients add up in
+    another order, so values agree to 1e-4 relative (a replica counted twice would be off by 2x, a missing
+    all-reduce by the other shard's share)."""
+    ranks = jobs.get("fsdp-cpu").case(f"telemetry/{topology}/{case}")
+    with h.one_thread():
+        model = h.make_model()
+        opt = h.make_optimizer(case, model, "cpu", named=True, telemetry=True)
+        for k in range(h.STEPS):
+            opt.zero_grad(set_to_none=True)
+            for r in range(h.WORLD):
+                (h.local_loss(model, k, r) / h.WORLD).backward()
+            opt.step()
+        expected = h.telemetry_layers(opt)
+    for rank, result in enumerate(ranks):
+        got = result["layers"]
+        assert got.keys() == expected.keys()
+        for layer, stats in expected.items():
+            for stat, want in stats.items():
+                assert got[layer][stat] == pytest.approx(want, rel=1e-4, abs=1e-9, nan_ok=True), (
+                    f"{case} on {topology}, rank {rank}: {layer} {stat} = {got[layer][stat]}, one process: {want}")

@@ -66,3 +66,19 @@ def test_step_without_host_sync(entry, backend, monkeypatch):
     with host_copies_trapped(monkeypatch):
         loss = opt.step(lambda: compute_grads(model, 2))
     assert isinstance(loss, torch.Tensor)
+
+
+@pytest.mark.parametrize("name", ["Adam", "SGD", "RMSprop", "Adagrad"])
+def test_telemetry_steps_and_reads_without_host_sync(name, monkeypatch):
+    """telemetry=True adds a buffer per op call to step(), and telemetry() builds the statistics on the
+    device: neither copies to the host (the user's TelemetryWriter does, every N steps)."""
+    from tests.optim.registry import REGISTRY
+    entry = REGISTRY[name]
+    model = make_model(edge_cases=True)
+    opt = entry.make(two_groups(model, entry.second_group), telemetry=True)
+    for k in range(2):
+        compute_grads(model, k)
+        with host_copies_trapped(monkeypatch):
+            opt.step()
+            stats = opt.telemetry()
+    assert stats.layers["grad_norm"].isfinite().all()

@@ -3,23 +3,24 @@
 #pragma once
 #include "agd_kernels/adagrad.h"
 #include "agd_kernels/grid/block.h"
+#include "agd_kernels/grid/telemetry.h"
 
 namespace agd_kernels::grid {
 
-template <typename T, typename G, bool kWeightDecay>
+template <typename T, typename G, bool kWeightDecay, bool kTelemetry>
 struct AdagradKernel {
   static constexpr bool kCopy = kCopies<T, G>;
   using M = math_t<T>;
   static constexpr int kThreads = grid::kThreads;
   enum List { kParam, kGrad, kStateSum, kModelParam, kStep, kLists };
 
-  struct Args {
+  struct Args : TelemetryArgs<kTelemetry> {
     Table table;
     Scalar lr, grad_scale, found_inf;
     double lr_decay, weight_decay, eps;
     bool maximize, steps_fp64;
   };
-  struct Shared {
+  struct Shared : TelemetryShared<kTelemetry> {
     int32_t last;
   };
 
@@ -37,19 +38,24 @@ struct AdagradKernel {
     const G* g = tab.ptr<const G>(kGrad, c.tensor);
     G* model = tab.ptr<G>(kModelParam, c.tensor);
     T* sum = tab.ptr<T>(kStateSum, c.tensor);
+    TelemetrySums<kTelemetry, T> sums;
+    const M inv_scale = telemetry_inv_scale<kTelemetry, M>(a.grad_scale);
     for_each_vector<T>(ctx, tab, c, [&](auto width, int64_t i) {
       constexpr int W = decltype(width)::value;
-      M pv[W], gv[W], sv[W];
+      M pv[W], gv[W], sv[W], w[W];
       load_pack<W>(p, i, pv);
       load_pack<W>(g, i, gv);
       load_pack<W>(sum, i, sv);
 #pragma unroll
+      for (int k = 0; k < W; ++k) w[k] = pv[k];  // the weights before: dead code with telemetry off
+#pragma unroll
       for (int k = 0; k < W; ++k) adagrad_element<kWeightDecay>(pv[k], gv[k], sv[k], s);
+      sums.template add<W>(w, gv, pv, inv_scale);
       store_pack<W>(p, i, pv);
       store_pack<W>(sum, i, sv);
       if (kCopy) store_pack<W>(model, i, pv);
     });
-    if (last_block(ctx, tab.counters + c.tensor, blocks_of(tab.numel(c.tensor)), shared.last) && ctx.thread() == 0)
+    if (finish_block(ctx, shared, sums, a, tab, c, shared.last) && ctx.thread() == 0)
       store_step(step, a.steps_fp64, t);
   }
 };

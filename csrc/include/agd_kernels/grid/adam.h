@@ -4,23 +4,24 @@
 #pragma once
 #include "agd_kernels/adam.h"
 #include "agd_kernels/grid/block.h"
+#include "agd_kernels/grid/telemetry.h"
 
 namespace agd_kernels::grid {
 
-template <typename T, typename G, bool kL2, bool kAmsgrad, bool kLerpFromEnd>
+template <typename T, typename G, bool kL2, bool kAmsgrad, bool kLerpFromEnd, bool kTelemetry>
 struct AdamKernel {
   using M = math_t<T>;
   static constexpr bool kCopy = kCopies<T, G>;
   static constexpr int kThreads = grid::kThreads;
   enum List { kParam, kGrad, kExpAvg, kExpAvgSq, kMaxExpAvgSq, kModelParam, kStep, kLists };
 
-  struct Args {
+  struct Args : TelemetryArgs<kTelemetry> {
     Table table;
     Scalar lr, grad_scale, found_inf;
     double beta1, beta2, eps, weight_decay;
     bool decoupled, maximize, steps_fp64;
   };
-  struct Shared {
+  struct Shared : TelemetryShared<kTelemetry> {
     AdamScalars<M> scalars;  // computed once per block: two fp64 pows per block, not per thread
     double step;
     int32_t last;
@@ -46,16 +47,21 @@ struct AdamKernel {
     T* m = tab.ptr<T>(kExpAvg, c.tensor);
     T* v = tab.ptr<T>(kExpAvgSq, c.tensor);
     T* vmax = tab.ptr<T>(kMaxExpAvgSq, c.tensor);
+    TelemetrySums<kTelemetry, T> sums;
+    const M inv_scale = telemetry_inv_scale<kTelemetry, M>(a.grad_scale);
     for_each_vector<T>(ctx, tab, c, [&](auto width, int64_t i) {
       constexpr int W = decltype(width)::value;
-      M pv[W], gv[W], mv[W], vv[W], xv[W];
+      M pv[W], gv[W], mv[W], vv[W], xv[W], w[W];
       load_pack<W>(p, i, pv);
       load_pack<W>(g, i, gv);
       load_pack<W>(m, i, mv);
       load_pack<W>(v, i, vv);
       if (kAmsgrad) load_pack<W>(vmax, i, xv);
 #pragma unroll
+      for (int k = 0; k < W; ++k) w[k] = pv[k];  // the weights before: dead code with telemetry off
+#pragma unroll
       for (int k = 0; k < W; ++k) adam_element<kL2, kAmsgrad, kLerpFromEnd>(pv[k], gv[k], mv[k], vv[k], xv[k], s);
+      sums.template add<W>(w, gv, pv, inv_scale);
       store_pack<W>(p, i, pv);
       store_pack<W>(m, i, mv);
       store_pack<W>(v, i, vv);
@@ -63,7 +69,7 @@ struct AdamKernel {
       if (kCopy) store_pack<W>(model, i, pv);
     });
     // Every block read the old step above; the tensor's last block advances it once all have.
-    if (last_block(ctx, tab.counters + c.tensor, blocks_of(tab.numel(c.tensor)), shared.last) && ctx.thread() == 0)
+    if (finish_block(ctx, shared, sums, a, tab, c, shared.last) && ctx.thread() == 0)
       store_step(step, a.steps_fp64, shared.step);
   }
 };

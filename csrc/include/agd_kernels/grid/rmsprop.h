@@ -2,11 +2,12 @@
 // from ../rmsprop.h. The step counter only advances (checkpoints count it), in each tensor's last block.
 #pragma once
 #include "agd_kernels/grid/block.h"
+#include "agd_kernels/grid/telemetry.h"
 #include "agd_kernels/rmsprop.h"
 
 namespace agd_kernels::grid {
 
-template <typename T, typename G, bool kWeightDecay, int kCentering, bool kMomentum>
+template <typename T, typename G, bool kWeightDecay, int kCentering, bool kMomentum, bool kTelemetry>
 struct RmspropKernel {
   static constexpr bool kCopy = kCopies<T, G>;
   using M = math_t<T>;
@@ -14,13 +15,13 @@ struct RmspropKernel {
   static constexpr bool kCentered = kCentering != kNotCentered;
   enum List { kParam, kGrad, kSquareAvg, kGradAvg, kMomentumBuffer, kModelParam, kStep, kLists };
 
-  struct Args {
+  struct Args : TelemetryArgs<kTelemetry> {
     Table table;
     Scalar lr, grad_scale, found_inf;
     double alpha, eps, weight_decay, momentum;
     bool maximize, steps_fp64;
   };
-  struct Shared {
+  struct Shared : TelemetryShared<kTelemetry> {
     int32_t last;
   };
 
@@ -38,17 +39,22 @@ struct RmspropKernel {
     T* v = tab.ptr<T>(kSquareAvg, c.tensor);
     T* gavg = tab.ptr<T>(kGradAvg, c.tensor);
     T* buf = tab.ptr<T>(kMomentumBuffer, c.tensor);
+    TelemetrySums<kTelemetry, T> sums;
+    const M inv_scale = telemetry_inv_scale<kTelemetry, M>(a.grad_scale);
     for_each_vector<T>(ctx, tab, c, [&](auto width, int64_t i) {
       constexpr int W = decltype(width)::value;
-      M pv[W], gv[W], vv[W], av[W], bv[W];
+      M pv[W], gv[W], vv[W], av[W], bv[W], w[W];
       load_pack<W>(p, i, pv);
       load_pack<W>(g, i, gv);
       load_pack<W>(v, i, vv);
       if (kCentered) load_pack<W>(gavg, i, av);
       if (kMomentum) load_pack<W>(buf, i, bv);
 #pragma unroll
+      for (int k = 0; k < W; ++k) w[k] = pv[k];  // the weights before: dead code with telemetry off
+#pragma unroll
       for (int k = 0; k < W; ++k)
         rmsprop_element<kWeightDecay, kCentering, kMomentum>(pv[k], gv[k], vv[k], av[k], bv[k], s);
+      sums.template add<W>(w, gv, pv, inv_scale);
       store_pack<W>(p, i, pv);
       store_pack<W>(v, i, vv);
       if (kCentered) store_pack<W>(gavg, i, av);
@@ -57,7 +63,7 @@ struct RmspropKernel {
     });
     void* step = tab.ptr<void>(kStep, c.tensor);
     const double t = next_step(step, a.steps_fp64);  // read before arriving: the last block writes it
-    if (last_block(ctx, tab.counters + c.tensor, blocks_of(tab.numel(c.tensor)), shared.last) && ctx.thread() == 0)
+    if (finish_block(ctx, shared, sums, a, tab, c, shared.last) && ctx.thread() == 0)
       store_step(step, a.steps_fp64, t);
   }
 };

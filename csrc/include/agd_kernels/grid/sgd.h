@@ -2,27 +2,28 @@
 // math from ../sgd.h. No step counter, so no arrival counter either.
 #pragma once
 #include "agd_kernels/grid/block.h"
+#include "agd_kernels/grid/telemetry.h"
 #include "agd_kernels/sgd.h"
 
 namespace agd_kernels::grid {
 
-template <typename T, typename G, bool kWeightDecay, bool kMomentum>
+template <typename T, typename G, bool kWeightDecay, bool kMomentum, bool kTelemetry>
 struct SgdKernel {
   using M = math_t<T>;
   static constexpr bool kCopy = kCopies<T, G>;
   static constexpr int kThreads = grid::kThreads;
   enum List { kParam, kGrad, kMomentumBuffer, kModelParam, kLists };
 
-  struct Args {
+  struct Args : TelemetryArgs<kTelemetry> {
     Table table;
     Scalar lr, grad_scale, found_inf;
     double momentum, dampening, weight_decay;
     bool nesterov, maximize, first_step;
   };
-  struct Shared {};
+  struct Shared : TelemetryShared<kTelemetry> {};
 
   template <class Ctx>
-  AGDK_DEVICE static void run(Ctx& ctx, Shared&, const Args& a) {
+  AGDK_DEVICE static void run(Ctx& ctx, Shared& shared, const Args& a) {
     if (skip_step(a.found_inf)) return;
     const Table& tab = a.table;
     const Chunk c = chunk_of(tab, ctx.block());
@@ -34,19 +35,25 @@ struct SgdKernel {
     const G* g = tab.ptr<const G>(kGrad, c.tensor);
     G* model = tab.ptr<G>(kModelParam, c.tensor);
     T* buf = tab.ptr<T>(kMomentumBuffer, c.tensor);
+    TelemetrySums<kTelemetry, T> sums;
+    const M inv_scale = telemetry_inv_scale<kTelemetry, M>(a.grad_scale);
     for_each_vector<T>(ctx, tab, c, [&](auto width, int64_t i) {
       constexpr int W = decltype(width)::value;
-      M pv[W], gv[W], bv[W] = {};
+      M pv[W], gv[W], bv[W] = {}, w[W];
       load_pack<W>(p, i, pv);
       load_pack<W>(g, i, gv);
       // On the first step torch creates the buffer from d: its old contents are never read.
       if (kMomentum && !a.first_step) load_pack<W>(buf, i, bv);
 #pragma unroll
+      for (int k = 0; k < W; ++k) w[k] = pv[k];  // the weights before: dead code with telemetry off
+#pragma unroll
       for (int k = 0; k < W; ++k) sgd_element<kWeightDecay, kMomentum>(pv[k], gv[k], bv[k], s);
+      sums.template add<W>(w, gv, pv, inv_scale);
       store_pack<W>(p, i, pv);
       if (kMomentum) store_pack<W>(buf, i, bv);
       if (kCopy) store_pack<W>(model, i, pv);
     });
+    if constexpr (kTelemetry) finish_block(ctx, shared, sums, a, tab, c, shared.arrived_last);
   }
 };
 
