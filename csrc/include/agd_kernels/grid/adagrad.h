@@ -46,11 +46,13 @@ struct AdagradKernel {
       load_pack<W>(p, i, pv);
       load_pack<W>(g, i, gv);
       load_pack<W>(sum, i, sv);
+      if constexpr (kTelemetry) {  // the weights before the update
 #pragma unroll
-      for (int k = 0; k < W; ++k) w[k] = pv[k];  // the weights before: dead code with telemetry off
+        for (int k = 0; k < W; ++k) w[k] = pv[k];
+      }
 #pragma unroll
       for (int k = 0; k < W; ++k) adagrad_element<kWeightDecay>(pv[k], gv[k], sv[k], s);
-      sums.template add<W>(w, gv, pv, inv_scale);
+      if constexpr (kTelemetry) sums.template add<W>(w, gv, pv, inv_scale);
       store_pack<W>(p, i, pv);
       store_pack<W>(sum, i, sv);
       if (kCopy) store_pack<W>(model, i, pv);

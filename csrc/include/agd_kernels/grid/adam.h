@@ -57,11 +57,13 @@ struct AdamKernel {
       load_pack<W>(m, i, mv);
       load_pack<W>(v, i, vv);
       if (kAmsgrad) load_pack<W>(vmax, i, xv);
+      if constexpr (kTelemetry) {  // the weights before the update
 #pragma unroll
-      for (int k = 0; k < W; ++k) w[k] = pv[k];  // the weights before: dead code with telemetry off
+        for (int k = 0; k < W; ++k) w[k] = pv[k];
+      }
 #pragma unroll
       for (int k = 0; k < W; ++k) adam_element<kL2, kAmsgrad, kLerpFromEnd>(pv[k], gv[k], mv[k], vv[k], xv[k], s);
-      sums.template add<W>(w, gv, pv, inv_scale);
+      if constexpr (kTelemetry) sums.template add<W>(w, gv, pv, inv_scale);
       store_pack<W>(p, i, pv);
       store_pack<W>(m, i, mv);
       store_pack<W>(v, i, vv);

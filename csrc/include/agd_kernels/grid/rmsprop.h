@@ -49,12 +49,14 @@ struct RmspropKernel {
       load_pack<W>(v, i, vv);
       if (kCentered) load_pack<W>(gavg, i, av);
       if (kMomentum) load_pack<W>(buf, i, bv);
+      if constexpr (kTelemetry) {  // the weights before the update
 #pragma unroll
-      for (int k = 0; k < W; ++k) w[k] = pv[k];  // the weights before: dead code with telemetry off
+        for (int k = 0; k < W; ++k) w[k] = pv[k];
+      }
 #pragma unroll
       for (int k = 0; k < W; ++k)
         rmsprop_element<kWeightDecay, kCentering, kMomentum>(pv[k], gv[k], vv[k], av[k], bv[k], s);
-      sums.template add<W>(w, gv, pv, inv_scale);
+      if constexpr (kTelemetry) sums.template add<W>(w, gv, pv, inv_scale);
       store_pack<W>(p, i, pv);
       store_pack<W>(v, i, vv);
       if (kCentered) store_pack<W>(gavg, i, av);

@@ -44,11 +44,13 @@ struct SgdKernel {
       load_pack<W>(g, i, gv);
       // On the first step torch creates the buffer from d: its old contents are never read.
       if (kMomentum && !a.first_step) load_pack<W>(buf, i, bv);
+      if constexpr (kTelemetry) {  // the weights before the update
 #pragma unroll
-      for (int k = 0; k < W; ++k) w[k] = pv[k];  // the weights before: dead code with telemetry off
+        for (int k = 0; k < W; ++k) w[k] = pv[k];
+      }
 #pragma unroll
       for (int k = 0; k < W; ++k) sgd_element<kWeightDecay, kMomentum>(pv[k], gv[k], bv[k], s);
-      sums.template add<W>(w, gv, pv, inv_scale);
+      if constexpr (kTelemetry) sums.template add<W>(w, gv, pv, inv_scale);
       store_pack<W>(p, i, pv);
       if (kMomentum) store_pack<W>(buf, i, bv);
       if (kCopy) store_pack<W>(model, i, pv);
