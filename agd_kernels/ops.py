@@ -29,11 +29,14 @@ gradient is read in 16 bits and no transient fp32 copy or copy-back pass exists.
 yellowfin_stats_ (which read gradients but write no parameter) take 16-bit grads beside fp32
 params/grad_avgs the same way. With found_inf set nothing is written, model_params included.
 
-Telemetry (docs/telemetry.md): adam_step_, sgd_step_, rmsprop_step_ and adagrad_step_ end with
-`telemetry`, None or a contiguous fp32 tensor of shape (len(params), 5) on the params' device. Given, the op
-ADDS to row i, in the pass it makes anyway, the five sums of agd_kernels.reference.telemetry over tensor i
-(its local shard): w_sq, g_sq, w_g, d_sq, w_d, with w = params[i] before the op (the fp32 master with
-master weights), g = grads[i] / grad_scale (not negated by maximize, before weight decay), and
+Telemetry (docs/telemetry.md): adam_step_, sgd_step_, rmsprop_step_, adagrad_step_, agd_step_, lamb_moments_,
+lamb_apply_ and yellowfin_apply_ end with `telemetry`, None or a contiguous fp32 tensor of shape
+(len(params), 5) on the params' device. Given, the op ADDS to row i, in the pass it makes anyway, the five
+sums of agd_kernels.reference.telemetry over tensor i (its local shard): w_sq, g_sq, w_g, d_sq, w_d (LAMB
+splits them: lamb_moments_, which writes no weight, adds w_sq, g_sq and w_g; lamb_apply_, whose fp32 path
+reads no gradient, adds d_sq and w_d), with w = params[i] before the op (the fp32 master with
+master weights), g = grads[i] / grad_scale (not negated by maximize, before weight decay, before LAMB's and
+YellowFin's clips; yellowfin_apply_ reads 1/grad_scale from the tuner's grad_unscale slot), and
 Δw = params[i] after - w as stored (in the math type: fp32, fp64 for fp64 tensors). Terms are formed
 in the math type, partial sums at least in it (the backends add blocks of them in fp64) and the total is
 added to the buffer in fp32; a backend may add partial sums in any fixed order, so values agree with the
@@ -93,19 +96,19 @@ SCHEMAS: dict[str, tuple[str, object]] = {
         _ref_adagrad.adagrad_step_),
     "agd_step_": (
         "(Tensor(a!)[] params, Tensor[] grads, Tensor sumsq, Tensor slice_sv, int[] slice_start, "
-        f"int[] slice_count, int depth, float gain, {_AMP}, {_MODEL}) -> (Tensor, Tensor)",
+        f"int[] slice_count, int depth, float gain, {_AMP}, {_MODEL}, {_TELEMETRY}) -> (Tensor, Tensor)",
         _ref_agd.agd_step_),
     "lamb_moments_": (
         "(Tensor[] params, Tensor[] grads, Tensor(a!)[] exp_avgs, Tensor(b!)[] exp_avg_sqs, "
         "Tensor(c!)[] state_steps, Tensor grad_sumsq, Tensor(d!) norms, float max_grad_norm, float beta1, "
         "float beta2, float eps, float weight_decay, bool bias_correction, bool grad_averaging, "
-        f"bool adam_w_mode, {_AMP}) -> ()",
+        f"bool adam_w_mode, {_AMP}, {_TELEMETRY}) -> ()",
         _ref_lamb.lamb_moments_),
     "lamb_apply_": (
         "(Tensor(a!)[] params, Tensor[] grads, Tensor(b!)[] exp_avgs, Tensor(c!)[] exp_avg_sqs, "
         "Tensor[] state_steps, Tensor lr, Tensor grad_sumsq, Tensor norms, float max_grad_norm, float beta1, "
         "float beta2, float eps, float weight_decay, bool bias_correction, bool grad_averaging, "
-        f"bool adam_w_mode, bool use_trust_ratio, float phi_min, float phi_max, {_AMP}, {_MODEL}) -> ()",
+        f"bool adam_w_mode, bool use_trust_ratio, float phi_min, float phi_max, {_AMP}, {_MODEL}, {_TELEMETRY}) -> ()",
         _ref_lamb.lamb_apply_),
     "yellowfin_stats_": (
         "(Tensor[] grads, Tensor[] grad_avgs, Tensor(a!) out) -> ()",
@@ -118,7 +121,7 @@ SCHEMAS: dict[str, tuple[str, object]] = {
         _ref_yellowfin.yellowfin_tune_),
     "yellowfin_apply_": (
         "(Tensor(a!)[] params, Tensor[] grads, Tensor(b!)[] grad_avgs, Tensor(c!)[] momentum_buffers, "
-        f"Tensor tuner, Tensor stats, float beta, float weight_decay, Tensor? found_inf, {_MODEL}) -> ()",
+        f"Tensor tuner, Tensor stats, float beta, float weight_decay, Tensor? found_inf, {_MODEL}, {_TELEMETRY}) -> ()",
         _ref_yellowfin.yellowfin_apply_),
     "stochastic_round_": (
         "(Tensor(a!)[] dst, Tensor[] src, Tensor seed, Tensor[] steps, int[] offsets) -> ()",
@@ -299,7 +302,7 @@ def adagrad_step_(params, grads, state_sums, state_steps, lr: Tensor, *, lr_deca
 def agd_step_(params, grads, sumsq: Tensor, slice_sv: Tensor, slice_start: Sequence[int],
               slice_count: Sequence[int], *, depth: int, gain: float, grad_scale: Tensor | None = None,
               found_inf: Tensor | None = None, model_params: Sequence[Tensor] = (),
-              backend: str | None = "auto") -> tuple[Tensor, Tensor]:
+              telemetry: Tensor | None = None, backend: str | None = "auto") -> tuple[Tensor, Tensor]:
     """AGD update of one (device, dtype) group; returns (eta, G) as 0-d fp32 tensors (docs/agd.md §5).
 
     `sumsq` holds the per-slice sums of squares of the matrix gradients of *all* groups (from
@@ -314,13 +317,14 @@ def agd_step_(params, grads, sumsq: Tensor, slice_sv: Tensor, slice_start: Seque
     """
     return _kernel("agd_step_", params, backend)(
         params, grads, sumsq, slice_sv, list(slice_start), list(slice_count), depth, gain, grad_scale, found_inf,
-        list(model_params))
+        list(model_params), telemetry)
 
 
 def lamb_moments_(params, grads, exp_avgs, exp_avg_sqs, state_steps, grad_sumsq: Tensor, norms: Tensor, *,
                   max_grad_norm: float, beta1: float, beta2: float, eps: float, weight_decay: float,
                   bias_correction: bool, grad_averaging: bool, adam_w_mode: bool, grad_scale: Tensor | None = None,
-                  found_inf: Tensor | None = None, backend: str | None = "auto") -> None:
+                  found_inf: Tensor | None = None, telemetry: Tensor | None = None,
+                  backend: str | None = "auto") -> None:
     """LAMB phase 1 of one group (docs/lamb.md §3): the moments and the per-tensor sums of squares
     the trust ratio needs. `lamb_apply_` is phase 2; between them the caller may sum `norms` across ranks.
 
@@ -341,7 +345,7 @@ def lamb_moments_(params, grads, exp_avgs, exp_avg_sqs, state_steps, grad_sumsq:
     if params:
         _kernel("lamb_moments_", params, backend)(
             params, grads, exp_avgs, exp_avg_sqs, state_steps, grad_sumsq, norms, max_grad_norm, beta1, beta2, eps,
-            weight_decay, bias_correction, grad_averaging, adam_w_mode, grad_scale, found_inf)
+            weight_decay, bias_correction, grad_averaging, adam_w_mode, grad_scale, found_inf, telemetry)
 
 
 def lamb_apply_(params, grads, exp_avgs, exp_avg_sqs, state_steps, lr: Tensor, grad_sumsq: Tensor, norms: Tensor,
@@ -349,7 +353,7 @@ def lamb_apply_(params, grads, exp_avgs, exp_avg_sqs, state_steps, lr: Tensor, g
                 bias_correction: bool, grad_averaging: bool, adam_w_mode: bool, use_trust_ratio: bool,
                 phi_min: float = 0.0, phi_max: float = float("inf"), grad_scale: Tensor | None = None,
                 found_inf: Tensor | None = None, model_params: Sequence[Tensor] = (),
-                backend: str | None = "auto") -> None:
+                telemetry: Tensor | None = None, backend: str | None = "auto") -> None:
     """LAMB phase 2 of one group, after `lamb_moments_` (same tensors and hyper-parameters) and any
     reduction of its `norms` across ranks: p ← p − lr·r·u with
       r = clamp(√norms[2i], phi_min, phi_max)/√norms[2i + 1], 1 when either is 0 (a NaN gives NaN)
@@ -363,7 +367,7 @@ def lamb_apply_(params, grads, exp_avgs, exp_avg_sqs, state_steps, lr: Tensor, g
         _kernel("lamb_apply_", params, backend)(
             params, grads, exp_avgs, exp_avg_sqs, state_steps, lr, grad_sumsq, norms, max_grad_norm, beta1, beta2,
             eps, weight_decay, bias_correction, grad_averaging, adam_w_mode, use_trust_ratio, phi_min, phi_max,
-            grad_scale, found_inf, list(model_params))
+            grad_scale, found_inf, list(model_params), telemetry)
 
 
 def yellowfin_stats_(grads, grad_avgs, out: Tensor, *, backend: str | None = "auto") -> None:
@@ -396,7 +400,7 @@ def yellowfin_tune_(tuner: Tensor, stats: Tensor, *, numel: float, beta: float, 
 
 def yellowfin_apply_(params, grads, grad_avgs, momentum_buffers, tuner: Tensor, stats: Tensor, *, beta: float,
                      weight_decay: float, found_inf: Tensor | None = None, model_params: Sequence[Tensor] = (),
-                     backend: str | None = "auto") -> None:
+                     telemetry: Tensor | None = None, backend: str | None = "auto") -> None:
     """YellowFin pass B of one bucket, reading lr, μ and the clip factors from `tuner`:
     ḡ ← β·ḡ + (1 − β)·c1·g; d = c2·g + weight_decay·p; buf ← μ·buf + d and p ← p − lr·buf when μ ≠ 0,
     else p ← p − lr·d with buf untouched (c1, c2 fold the clips and 1/grad_scale in). Skips, like
@@ -404,7 +408,7 @@ def yellowfin_apply_(params, grads, grad_avgs, momentum_buffers, tuner: Tensor, 
     if params:
         _kernel("yellowfin_apply_", params, backend)(
             params, grads, grad_avgs, momentum_buffers, tuner, stats, beta, weight_decay, found_inf,
-            list(model_params))
+            list(model_params), telemetry)
 
 
 def stochastic_round_(dst, src, seed: Tensor, steps, offsets: Sequence[int], *,

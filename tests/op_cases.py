@@ -19,7 +19,7 @@ from agd_kernels.reference import lamb as ref_lamb
 from agd_kernels.reference import yellowfin as ref_yellowfin
 from agd_kernels.reference.agd import target_scale
 from agd_kernels.reference.sumsq import num_slices
-from agd_kernels.reference.telemetry import NUM_SUMS, SUMS, telemetry_sums
+from agd_kernels.reference.telemetry import ALL_SUMS, NUM_SUMS, READ_SUMS, SUMS, UPDATE_SUMS, telemetry_sums
 from tests.tolerance import assert_within_2x_reference
 
 EPS32 = 2.0 ** -23
@@ -83,6 +83,9 @@ VARIANTS: dict[str, dict[str, dict]] = {
         "amp": dict(grad_scale=2048.0),
         "found-inf": dict(found_inf=1.0),
         "master-weights": dict(masters=True),
+        "telemetry": dict(gain=2.0, grad_scale=64.0, telemetry=True),
+        "telemetry-found-inf": dict(found_inf=1.0, telemetry=True),
+        "telemetry-master-weights": dict(masters=True, telemetry=True),
     },
     "lamb_moments_": {
         "apex-clipped": {},
@@ -97,6 +100,9 @@ VARIANTS: dict[str, dict[str, dict]] = {
         "underflowing-moments": dict(grad_std=1e-4, zero_moments=True),
         "norms-fp32": dict(norms_dtype=torch.float32),
         "master-weights": dict(masters=True),
+        "telemetry": dict(adam_w_mode=False, grad_scale=64.0, telemetry=True),
+        "telemetry-found-inf": dict(found_inf=1.0, telemetry=True),
+        "telemetry-master-weights": dict(masters=True, telemetry=True),
     },
     # Samples are the state lamb_moments_ leaves (_lamb_after_moments), so the two ops are checked one by one.
     "lamb_apply_": {
@@ -110,6 +116,9 @@ VARIANTS: dict[str, dict[str, dict]] = {
         "underflowing-moments": dict(grad_std=1e-4, zero_moments=True),
         "norms-fp32": dict(norms_dtype=torch.float32),
         "master-weights": dict(masters=True),
+        "telemetry": dict(adam_w_mode=False, grad_scale=64.0, telemetry=True),
+        "telemetry-found-inf": dict(found_inf=1.0, telemetry=True),
+        "telemetry-master-weights": dict(masters=True, telemetry=True),
     },
     "yellowfin_stats_": {
         "plain": {},
@@ -138,6 +147,9 @@ VARIANTS: dict[str, dict[str, dict]] = {
         "non-finite": dict(spike=math.inf),
         "found-inf": dict(found_inf=1.0),
         "master-weights": dict(weight_decay=0.01, masters=True),
+        "telemetry": dict(weight_decay=0.01, grad_scale=64.0, telemetry=True),
+        "telemetry-found-inf": dict(found_inf=1.0, telemetry=True),
+        "telemetry-master-weights": dict(weight_decay=0.01, masters=True, telemetry=True),
     },
     # Values over fp32's whole range with NaNs, infinities, the largest floats, subnormals and exact bf16
     # values among them; global indices across 2^32 (the counter's high word); a negative seed (its high
@@ -171,6 +183,8 @@ def is_mixed(op: str, variant: str) -> bool:
 TELEMETRY_FILL = 0.25
 
 
+#: The columns of the sums an op adds, where not all five (LAMB splits them over its two phases).
+TELEMETRY_COLUMNS = {"lamb_moments_": READ_SUMS, "lamb_apply_": UPDATE_SUMS}
 #: The ops whose schema ends with `telemetry`.
 TELEMETRY_OPS = {op for op, (schema, _) in ops.SCHEMAS.items() if "telemetry" in schema}
 
@@ -239,11 +253,18 @@ def math_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
+def _schema_args(op: str) -> list[str]:
+    return re.match(r"\((.*)\) ->", ops.SCHEMAS[op][0]).group(1).split(", ")
+
+
 def mutated_positions(op: str) -> list[int]:
     """Indices of the schema arguments annotated (x!)."""
-    schema = ops.SCHEMAS[op][0]
-    args = re.match(r"\((.*)\) ->", schema).group(1).split(", ")
-    return [i for i, a in enumerate(args) if "!" in a]
+    return [i for i, a in enumerate(_schema_args(op)) if "!" in a]
+
+
+def schema_arg_names(op: str) -> list[str]:
+    """The schema's argument names, in order."""
+    return [a.split()[-1].split("=")[0] for a in _schema_args(op)]
 
 
 def _scalar(value: float, device) -> torch.Tensor:
@@ -257,19 +278,21 @@ def make_args(op: str, shapes, dtype: torch.dtype, variant: str, seed: int = 0, 
     prepared by the reference lamb_moments_ after that cast, so the oracle's moments are float64 ones (its
     16-bit runs leave them to lamb_apply_, its float64 run stores them: the rule follows the dtype)."""
     args = _make_args(op, shapes, dtype, variant, seed, device)
+    if oracle and has_telemetry(op, variant):  # the buffer is fp32 by contract: check_telemetry checks it
+        args = (args[0], (*args[1][:-1], None)) if op == "lamb_apply_" else (*args[:-1], None)
     if op == "lamb_apply_":
         return _lamb_after_moments(*(_clone_args(a, torch.float64) if oracle else a for a in args))
-    if oracle and has_telemetry(op, variant):  # the buffer is fp32 by contract: check_telemetry checks it
-        args = (*args[:-1], None)
     return _clone_args(args, torch.float64) if oracle else args
 
 
 def _lamb_after_moments(moments: tuple, apply_only: tuple) -> tuple:
     """lamb_apply_'s arguments: the reference lamb_moments_ has run on `moments` (without found_inf: a
-    skipped apply must skip real norms), then lr, the trust-ratio flags, found_inf and model_params join them."""
+    skipped apply must skip real norms), then lr, the trust-ratio flags, found_inf, model_params and the
+    telemetry buffer join them."""
     ref_lamb.lamb_moments_(*moments[:-1], None)
-    lr, use_trust_ratio, phi_min, phi_max, model_params = apply_only
-    return (*moments[:5], lr, *moments[5:15], use_trust_ratio, phi_min, phi_max, *moments[15:], model_params)
+    lr, use_trust_ratio, phi_min, phi_max, model_params, telemetry = apply_only
+    return (*moments[:5], lr, *moments[5:15], use_trust_ratio, phi_min, phi_max, *moments[15:], model_params,
+            telemetry)
 
 
 def _make_args(op: str, shapes, dtype: torch.dtype, variant: str, seed: int, device) -> tuple:
@@ -278,7 +301,10 @@ def _make_args(op: str, shapes, dtype: torch.dtype, variant: str, seed: int, dev
     if op in TELEMETRY_OPS:  # the buffer, or None: every call passes the whole schema
         buffer = None
         if has_telemetry(op, variant):
-            buffer = torch.full((len(args[0]), NUM_SUMS), TELEMETRY_FILL, dtype=torch.float32, device=device)
+            rows = len(args[0][0] if op == "lamb_apply_" else args[0])
+            buffer = torch.full((rows, NUM_SUMS), TELEMETRY_FILL, dtype=torch.float32, device=device)
+        if op == "lamb_apply_":
+            return args[0], (*args[1], buffer)
         args = (*args, buffer)
     return args
 
@@ -394,7 +420,7 @@ def _make_fp_args(op: str, shapes, dtype: torch.dtype, variant: str, seed: int, 
         # The tuner has run this step's tune (on synthetic sums: apply reads only its lr, μ and clip
         # factors, and the sums' finiteness).
         tuner, stats, _ = _yellowfin_tuner(dict(_DEFAULTS["yellowfin_tune_"], **hp), len(shapes), numel(shapes),
-                                           gen, device, 1.0, current_step=True)
+                                           gen, device, scale or 1.0, current_step=True)
         avgs = [rand(s, 0.1) for s in shapes]
         bufs = [rand(s, 0.1) for s in shapes]
         return (params, grads, avgs, bufs, tuner, stats, hp["beta"], hp["weight_decay"], found_inf, [])
@@ -447,8 +473,9 @@ def _yellowfin_tuner(hp: dict, rows: int, elements: int, gen: torch.Generator, d
     stats = sums(hp["spike"])
     stats[:, 0] *= scale * scale
     stats[:, 1] *= scale
-    if current_step:
-        ref_yellowfin.yellowfin_tune_(tuner, stats, *tune_hp, None, None)
+    if current_step:  # the tune of this step, with its loss scale (the tuner's 1/grad_scale is telemetry's)
+        loss_scale = None if scale == 1.0 else torch.tensor(scale, dtype=torch.float32)
+        ref_yellowfin.yellowfin_tune_(tuner, stats, *tune_hp, loss_scale, None)
     return tuner.to(device), stats.to(device), tune_hp
 
 
@@ -527,9 +554,10 @@ def check_telemetry(op: str, name: str, before: tuple, after: tuple) -> None:
     grad_scale, found_inf = _amp_of(op, before)
     got = after[-1].double().cpu()
     expected = torch.full_like(got, TELEMETRY_FILL)
+    cols = list(TELEMETRY_COLUMNS.get(op, ALL_SUMS))  # the columns this op adds; the others keep the fill
     if not (found_inf is not None and found_inf.item() != 0):
         for i, (w, g, w_new) in enumerate(zip(before[0], before[1], after[0])):
-            expected[i] += telemetry_sums(w, g, w_new, grad_scale).cpu()
+            expected[i, cols] += telemetry_sums(w, g, w_new, grad_scale).cpu()[cols]
     sums = (expected - TELEMETRY_FILL).clamp_min(0)
     w_sq, g_sq, _, d_sq, _ = sums.unbind(1)
     scale = torch.stack([w_sq, g_sq, (w_sq * g_sq).sqrt(), d_sq, (w_sq * d_sq).sqrt()], dim=1)
@@ -540,8 +568,13 @@ def check_telemetry(op: str, name: str, before: tuple, after: tuple) -> None:
 
 
 def _amp_of(op: str, args: tuple) -> tuple:
-    """(grad_scale, found_inf) of an elementwise update op's arguments: the two just before model_params."""
-    return args[-4], args[-3]
+    """(grad_scale, found_inf) of an update op's arguments, at their schema positions. yellowfin_apply_ has no
+    grad_scale: its tuner's grad_unscale slot holds 1/grad_scale."""
+    names = schema_arg_names(op)
+    found_inf = args[names.index("found_inf")]
+    if op == "yellowfin_apply_":
+        return 1.0 / args[names.index("tuner")][ref_yellowfin.SLOT["grad_unscale"]], found_inf
+    return args[names.index("grad_scale")], found_inf
 
 
 def _check_exact(op: str, backend: str, args, variant: str, kernel) -> None:

@@ -9,6 +9,7 @@ import math
 import torch
 from torch import Tensor
 
+from . import telemetry as _telemetry
 from ._common import commit, round_into, skip_mask, upcast
 from .sumsq import num_slices
 
@@ -68,9 +69,12 @@ def check_step_args(params: list[Tensor], grads: list[Tensor], sumsq: Tensor, sl
 
 def agd_step_(params: list[Tensor], grads: list[Tensor], sumsq: Tensor, slice_sv: Tensor, slice_start: list[int],
               slice_count: list[int], depth: int, gain: float, grad_scale: Tensor | None,
-              found_inf: Tensor | None, model_params: list[Tensor]) -> tuple[Tensor, Tensor]:
+              found_inf: Tensor | None, model_params: list[Tensor],
+              telemetry: Tensor | None = None) -> tuple[Tensor, Tensor]:
     check_step_args(params, grads, sumsq, slice_sv, slice_start, slice_count, depth)
+    _telemetry.check("agd_step_", telemetry, params)
     skip = skip_mask(found_inf)
+    before = _telemetry.snapshot(telemetry, params)
     sumsq, slice_sv = upcast(sumsq), upcast(slice_sv)
     norms = sumsq.sqrt()  # per-slice norms of the (possibly scaled) gradients
     G = (slice_sv * norms).sum() / depth
@@ -93,6 +97,7 @@ def agd_step_(params: list[Tensor], grads: list[Tensor], sumsq: Tensor, slice_sv
             coef = torch.where(n == 0, 0.0, step * slice_sv[start] / n)
         commit(p, upcast(p) - coef * upcast(g), skip)
     round_into(model_params, params, skip)
+    _telemetry.accumulate_(telemetry, before, grads, params, grad_scale, skip)
     if skip is not None:
         zero = torch.zeros((), dtype=G.dtype, device=G.device)
         eta, G = torch.where(skip, zero, eta), torch.where(skip, zero, G)

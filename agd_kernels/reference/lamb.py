@@ -17,6 +17,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from . import telemetry as _telemetry
 from ._common import advance, commit, grad_in, round_into, skip_mask, upcast
 
 _DEFERRED = (torch.float16, torch.bfloat16)
@@ -89,8 +90,10 @@ def _direction(p32: Tensor, m32: Tensor, v32: Tensor, t: Tensor, beta1: float, b
 def lamb_moments_(params: list[Tensor], grads: list[Tensor], exp_avgs: list[Tensor], exp_avg_sqs: list[Tensor],
                   state_steps: list[Tensor], grad_sumsq: Tensor, norms: Tensor, max_grad_norm: float, beta1: float,
                   beta2: float, eps: float, weight_decay: float, bias_correction: bool, grad_averaging: bool,
-                  adam_w_mode: bool, grad_scale: Tensor | None, found_inf: Tensor | None) -> None:
+                  adam_w_mode: bool, grad_scale: Tensor | None, found_inf: Tensor | None,
+                  telemetry: Tensor | None = None) -> None:
     _check_norms("lamb_moments_", norms, len(params))
+    _telemetry.check("lamb_moments_", telemetry, params)
     skip = skip_mask(found_inf)
     clip = clip_divisor(grad_sumsq, max_grad_norm, grad_scale)
     sums = []
@@ -104,15 +107,20 @@ def lamb_moments_(params: list[Tensor], grads: list[Tensor], exp_avgs: list[Tens
         sums += [p32.square().sum(), u.square().sum()]  # p before the update
     if sums:
         commit(norms, torch.stack(sums).to(norms.dtype), skip)
+    # The weight is not written here: w_sq, g_sq and w_g only (lamb_apply_ adds d_sq and w_d).
+    _telemetry.accumulate_(telemetry, params, grads, params, grad_scale, skip, _telemetry.READ_SUMS)
 
 
 def lamb_apply_(params: list[Tensor], grads: list[Tensor], exp_avgs: list[Tensor], exp_avg_sqs: list[Tensor],
                 state_steps: list[Tensor], lr: Tensor, grad_sumsq: Tensor, norms: Tensor, max_grad_norm: float,
                 beta1: float, beta2: float, eps: float, weight_decay: float, bias_correction: bool,
                 grad_averaging: bool, adam_w_mode: bool, use_trust_ratio: bool, phi_min: float, phi_max: float,
-                grad_scale: Tensor | None, found_inf: Tensor | None, model_params: list[Tensor]) -> None:
+                grad_scale: Tensor | None, found_inf: Tensor | None, model_params: list[Tensor],
+                telemetry: Tensor | None = None) -> None:
     _check_norms("lamb_apply_", norms, len(params))
+    _telemetry.check("lamb_apply_", telemetry, params)
     skip = skip_mask(found_inf)
+    before = _telemetry.snapshot(telemetry, params)
     clip = clip_divisor(grad_sumsq, max_grad_norm, grad_scale)
     lr64 = lr.double()
     for i, (p, g, m, v, step) in enumerate(zip(params, grads, exp_avgs, exp_avg_sqs, state_steps, strict=True)):
@@ -129,3 +137,4 @@ def lamb_apply_(params: list[Tensor], grads: list[Tensor], exp_avgs: list[Tensor
         step_size = lr64 * trust_ratio(norms[2 * i], norms[2 * i + 1], phi_min, phi_max) if use_trust_ratio else lr64
         commit(p, p32 - step_size * u, skip)
     round_into(model_params, params, skip)
+    _telemetry.accumulate_(telemetry, before, grads, params, grad_scale, skip, _telemetry.UPDATE_SUMS)

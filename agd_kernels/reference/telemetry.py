@@ -19,6 +19,12 @@ from torch import Tensor
 #: Column order of a sums buffer of shape (tensors, NUM_SUMS).
 SUMS = ("w_sq", "g_sq", "w_g", "d_sq", "w_d")
 NUM_SUMS = len(SUMS)
+#: The columns an op adds. Ops that read the gradient and write the weight in one pass add all five;
+#: LAMB splits them over its two phases: lamb_moments_ (reads p and g, writes no weight) adds READ_SUMS,
+#: lamb_apply_ (its fp32 path reads no gradient) adds UPDATE_SUMS.
+ALL_SUMS = (0, 1, 2, 3, 4)
+READ_SUMS = (0, 1, 2)
+UPDATE_SUMS = (3, 4)
 
 
 def telemetry_sums(w_old: Tensor, grad: Tensor, w_new: Tensor, grad_scale: Tensor | None = None) -> Tensor:
@@ -53,11 +59,12 @@ def snapshot(telemetry: Tensor | None, params: list[Tensor]) -> list[Tensor] | N
 
 
 def accumulate_(telemetry: Tensor | None, before: list[Tensor] | None, grads: list[Tensor], params: list[Tensor],
-                grad_scale: Tensor | None, skip: Tensor | None) -> None:
-    """telemetry[i] += the five sums of tensor i (fp64, rounded once to fp32), unless `skip` (found_inf)."""
+                grad_scale: Tensor | None, skip: Tensor | None, columns: tuple[int, ...] = ALL_SUMS) -> None:
+    """telemetry[i, columns] += those sums of tensor i (fp64, rounded once to fp32), unless `skip` (found_inf)."""
     if telemetry is None or not params:
         return
     rows = torch.stack([telemetry_sums(w, g, p, grad_scale) for w, g, p in zip(before, grads, params)])
     if skip is not None:
         rows = torch.where(skip, torch.zeros_like(rows), rows)
-    telemetry.add_(rows.to(telemetry.device, torch.float32))
+    cols = list(columns)
+    telemetry[:, cols] += rows[:, cols].to(telemetry.device, torch.float32)

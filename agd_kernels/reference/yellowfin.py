@@ -16,6 +16,7 @@ import math
 import torch
 from torch import Tensor
 
+from . import telemetry as _telemetry
 from ._common import commit, round_into, upcast
 
 #: The reference's eps (a module constant there), used wherever spec §2/§3 adds one.
@@ -39,16 +40,18 @@ SLOTS = (
     "lr_grad_norm_avg", "lr_grad_norm_avg_min", "grad_norm_squared_avg_log",  # force_non_inc_step
     "stats_coef",                  # s0·s1/grad_scale: raw gradient -> what ḡ averages
     "step_coef",                   # s0·s1·s2/grad_scale: raw gradient -> what the SGD step uses
+    "grad_unscale",                # 1/grad_scale: raw gradient -> the loss's gradient (telemetry's g)
 )
 SLOT = {name: i for i, name in enumerate(SLOTS)}
 #: Rewritten by every step before it is read: not part of a checkpoint.
-SCRATCH = ("stats_coef", "step_coef")
+SCRATCH = ("stats_coef", "step_coef", "grad_unscale")
 
 
 def new_tuner(lr: float, mu: float, curv_win_width: int, device) -> Tensor:
     """A fresh tuner: step 0 applies the constructor's lr and μ (spec §2.8), lr_factor = 1."""
     values = [0.0] * (len(SLOTS) + curv_win_width)
-    for name, value in (("lr_factor", 1.0), ("lr_t", lr), ("mu_t", mu), ("lr", lr), ("mu", mu), ("applied_lr", lr)):
+    for name, value in (("lr_factor", 1.0), ("lr_t", lr), ("mu_t", mu), ("lr", lr), ("mu", mu), ("applied_lr", lr),
+                        ("grad_unscale", 1.0)):
         values[SLOT[name]] = value
     return torch.tensor(values, dtype=torch.float64).to(device)
 
@@ -192,6 +195,7 @@ def yellowfin_tune_(tuner: Tensor, stats: Tensor, numel: float, beta: float, cur
     s2 = torch.where(exploding, clip_coef(h_max_prev.sqrt() + EPS, G.sqrt()), one) if adapt_clip else one
     new["stats_coef"] = s * inv
     new["step_coef"] = s * s2 * inv
+    new["grad_unscale"] = inv
     new["iter"] = t + 1
 
     updated = torch.cat([torch.stack([new[name] for name in SLOTS]), win])
@@ -201,8 +205,11 @@ def yellowfin_tune_(tuner: Tensor, stats: Tensor, numel: float, beta: float, cur
 
 def yellowfin_apply_(params: list[Tensor], grads: list[Tensor], grad_avgs: list[Tensor],
                      momentum_buffers: list[Tensor], tuner: Tensor, stats: Tensor, beta: float,
-                     weight_decay: float, found_inf: Tensor | None, model_params: list[Tensor]) -> None:
+                     weight_decay: float, found_inf: Tensor | None, model_params: list[Tensor],
+                     telemetry: Tensor | None = None) -> None:
+    _telemetry.check("yellowfin_apply_", telemetry, params)
     skip = step_skipped(stats, found_inf)
+    before = _telemetry.snapshot(telemetry, params)
     lr, mu = tuner[SLOT["applied_lr"]], tuner[SLOT["mu_t"]]
     avg_coef = (1 - beta) * tuner[SLOT["stats_coef"]]
     step_coef = tuner[SLOT["step_coef"]]
@@ -219,3 +226,6 @@ def yellowfin_apply_(params: list[Tensor], grads: list[Tensor], grad_avgs: list[
         commit(buf, b32, skip)
         commit(p, p32 - lr * torch.where(heavy, b32, d), skip)
     round_into(model_params, params, skip)
+    # g of the sums is the loss's gradient: the raw one times the step's 1/grad_scale.
+    unscale = 1.0 / tuner[SLOT["grad_unscale"]]
+    _telemetry.accumulate_(telemetry, before, grads, params, unscale, skip)
