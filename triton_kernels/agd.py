@@ -122,8 +122,10 @@ def _check(params, grads, sumsq, slice_sv, slice_start, slice_count, depth, mode
 def agd_step_triton(params: list[Tensor], grads: list[Tensor], sumsq: Tensor, slice_sv: Tensor,
                     slice_start: list[int], slice_count: list[int], depth: int, gain: float,
                     grad_scale: Tensor | None, found_inf: Tensor | None,
-                    model_params: list[Tensor]) -> tuple[Tensor, Tensor]:
+                    model_params: list[Tensor], telemetry: Tensor | None = None) -> tuple[Tensor, Tensor]:
     """Triton `agd_step_` (see agd_kernels.ops.agd_step_); returns (eta, G) as 0-d fp32 tensors."""
+    if telemetry is not None:  # TEL-TODO
+        raise NotImplementedError("agd_step_: telemetry is not implemented in the triton backend yet")
     _check(params, grads, sumsq, slice_sv, slice_start, slice_count, depth, model_params)
     device = sumsq.device
     scale, inf = mt.amp_scalars(grad_scale, found_inf, device, "agd_step_")

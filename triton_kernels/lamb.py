@@ -283,8 +283,10 @@ def lamb_moments_triton(params: list[Tensor], grads: list[Tensor], exp_avgs: lis
                         exp_avg_sqs: list[Tensor], state_steps: list[Tensor], grad_sumsq: Tensor, norms: Tensor,
                         max_grad_norm: float, beta1: float, beta2: float, eps: float, weight_decay: float,
                         bias_correction: bool, grad_averaging: bool, adam_w_mode: bool, grad_scale: Tensor | None,
-                        found_inf: Tensor | None) -> None:
+                        found_inf: Tensor | None, telemetry: Tensor | None = None) -> None:
     """Triton `lamb_moments_` (see agd_kernels.ops.lamb_moments_)."""
+    if telemetry is not None:  # TEL-TODO
+        raise NotImplementedError("lamb_moments_: telemetry is not implemented in the triton backend yet")
     if not params:
         return
     scale, inf, meta = _prepare("lamb_moments_", params, grads, exp_avgs, exp_avg_sqs, state_steps, grad_sumsq,
@@ -311,8 +313,10 @@ def lamb_apply_triton(params: list[Tensor], grads: list[Tensor], exp_avgs: list[
                       beta1: float, beta2: float, eps: float, weight_decay: float, bias_correction: bool,
                       grad_averaging: bool, adam_w_mode: bool, use_trust_ratio: bool, phi_min: float, phi_max: float,
                       grad_scale: Tensor | None, found_inf: Tensor | None,
-                      model_params: list[Tensor]) -> None:
+                      model_params: list[Tensor], telemetry: Tensor | None = None) -> None:
     """Triton `lamb_apply_` (see agd_kernels.ops.lamb_apply_)."""
+    if telemetry is not None:  # TEL-TODO
+        raise NotImplementedError("lamb_apply_: telemetry is not implemented in the triton backend yet")
     if not params:
         return
     scale, inf, meta = _prepare("lamb_apply_", params, grads, exp_avgs, exp_avg_sqs, state_steps, grad_sumsq, norms,

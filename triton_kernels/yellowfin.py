@@ -52,6 +52,7 @@ _LR_GRAD_NORM_AVG_MIN = tl.constexpr(SLOT["lr_grad_norm_avg_min"])
 _GRAD_NORM_SQUARED_AVG_LOG = tl.constexpr(SLOT["grad_norm_squared_avg_log"])
 _STATS_COEF = tl.constexpr(SLOT["stats_coef"])
 _STEP_COEF = tl.constexpr(SLOT["step_coef"])
+_GRAD_UNSCALE = tl.constexpr(SLOT["grad_unscale"])
 _WINDOW = tl.constexpr(len(SLOTS))
 # Float constexprs become fp32 constants in tl.maximum / tl.minimum (1e-6 -> 9.99999997e-07, X_MAX -> 1.0):
 # kernels turn them into fp64 scalars with `scalar` before use.
@@ -339,6 +340,7 @@ def _yellowfin_tune_kernel(tuner, stats, n_rows, numel: "fp64", beta: "fp64", wi
         tl.store(tuner + _GRAD_NORM_SQUARED_AVG_LOG, log_g)
         tl.store(tuner + _STATS_COEF, s * inv)
         tl.store(tuner + _STEP_COEF, s * s2 * inv)
+        tl.store(tuner + _GRAD_UNSCALE, inv)
         tl.store(lr_out, applied)
         tl.store(mu_out, mu_t)
 
@@ -430,8 +432,10 @@ def _yellowfin_apply_tensor_kernel(p, g, model, a, buf, numel, tuner, stats, n_r
 def yellowfin_apply_triton(params: list[Tensor], grads: list[Tensor], grad_avgs: list[Tensor],
                            momentum_buffers: list[Tensor], tuner: Tensor, stats: Tensor, beta: float,
                            weight_decay: float, found_inf: Tensor | None,
-                           model_params: list[Tensor]) -> None:
+                           model_params: list[Tensor], telemetry: Tensor | None = None) -> None:
     """Triton `yellowfin_apply_` (see agd_kernels.ops.yellowfin_apply_)."""
+    if telemetry is not None:  # TEL-TODO
+        raise NotImplementedError("yellowfin_apply_: telemetry is not implemented in the triton backend yet")
     if not params:
         return
     op = "yellowfin_apply_"

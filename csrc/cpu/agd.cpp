@@ -124,8 +124,10 @@ std::tuple<at::Tensor, at::Tensor> agd_step_cpu(at::TensorList params, at::Tenso
                                                 const at::Tensor& slice_sv, at::IntArrayRef slice_start,
                                                 at::IntArrayRef slice_count, int64_t depth, double gain,
                                                 const std::optional<at::Tensor>& grad_scale,
-                                                const std::optional<at::Tensor>& found_inf, at::TensorList model_params) {
+                                                const std::optional<at::Tensor>& found_inf, at::TensorList model_params, const std::optional<at::Tensor>& telemetry) {
   constexpr const char* op = "agd_step_";
+  check_telemetry(kCpu, op, params, telemetry);
+  TORCH_CHECK(!telemetry.has_value(), op, ": telemetry is not implemented in this backend yet");  // TEL-TODO
   check_params(kCpu, op, params);
   const at::ScalarType grad_type = check_grads_and_model_params(kCpu, op, params, grads, model_params);
   TORCH_CHECK_VALUE(sumsq.device().is_cpu() && sumsq.dim() == 1 &&

@@ -146,8 +146,10 @@ void lamb_moments_cpu(at::TensorList params, at::TensorList grads, at::TensorLis
                       at::TensorList exp_avg_sqs, at::TensorList state_steps, const at::Tensor& grad_sumsq,
                       const at::Tensor& norms, double max_grad_norm, double beta1, double beta2, double eps,
                       double weight_decay, bool bias_correction, bool grad_averaging, bool adam_w_mode,
-                      const std::optional<at::Tensor>& grad_scale, const std::optional<at::Tensor>& found_inf) {
+                      const std::optional<at::Tensor>& grad_scale, const std::optional<at::Tensor>& found_inf, const std::optional<at::Tensor>& telemetry) {
   constexpr const char* op = "lamb_moments_";
+  check_telemetry(kCpu, op, params, telemetry);
+  TORCH_CHECK(!telemetry.has_value(), op, ": telemetry is not implemented in this backend yet");  // TEL-TODO
   at::ScalarType grad_type;
   const double scale = check_lamb(op, params, grads, exp_avgs, exp_avg_sqs, state_steps, grad_sumsq, norms,
                                   grad_scale, nullptr, &grad_type);
@@ -193,8 +195,10 @@ void lamb_apply_cpu(at::TensorList params, at::TensorList grads, at::TensorList 
                     const at::Tensor& norms, double max_grad_norm, double beta1, double beta2, double eps,
                     double weight_decay, bool bias_correction, bool grad_averaging, bool adam_w_mode,
                     bool use_trust_ratio, double phi_min, double phi_max, const std::optional<at::Tensor>& grad_scale,
-                    const std::optional<at::Tensor>& found_inf, at::TensorList model_params) {
+                    const std::optional<at::Tensor>& found_inf, at::TensorList model_params, const std::optional<at::Tensor>& telemetry) {
   constexpr const char* op = "lamb_apply_";
+  check_telemetry(kCpu, op, params, telemetry);
+  TORCH_CHECK(!telemetry.has_value(), op, ": telemetry is not implemented in this backend yet");  // TEL-TODO
   at::ScalarType grad_type;
   const double scale = check_lamb(op, params, grads, exp_avgs, exp_avg_sqs, state_steps, grad_sumsq, norms,
                                   grad_scale, &model_params, &grad_type);

@@ -39,20 +39,20 @@ void adagrad_step_cpu(at::TensorList params, at::TensorList grads, at::TensorLis
 std::tuple<at::Tensor, at::Tensor> agd_step_cpu(at::TensorList params, at::TensorList grads, const at::Tensor& sumsq,
                                                 const at::Tensor& slice_sv, at::IntArrayRef slice_start,
                                                 at::IntArrayRef slice_count, int64_t depth, double gain,
-                                                const OptionalTensor& grad_scale, const OptionalTensor& found_inf, at::TensorList model_params);
+                                                const OptionalTensor& grad_scale, const OptionalTensor& found_inf, at::TensorList model_params, const OptionalTensor& telemetry);
 
 void lamb_moments_cpu(at::TensorList params, at::TensorList grads, at::TensorList exp_avgs,
                       at::TensorList exp_avg_sqs, at::TensorList state_steps, const at::Tensor& grad_sumsq,
                       const at::Tensor& norms, double max_grad_norm, double beta1, double beta2, double eps,
                       double weight_decay, bool bias_correction, bool grad_averaging, bool adam_w_mode,
-                      const OptionalTensor& grad_scale, const OptionalTensor& found_inf);
+                      const OptionalTensor& grad_scale, const OptionalTensor& found_inf, const OptionalTensor& telemetry);
 
 void lamb_apply_cpu(at::TensorList params, at::TensorList grads, at::TensorList exp_avgs, at::TensorList exp_avg_sqs,
                     at::TensorList state_steps, const at::Tensor& lr, const at::Tensor& grad_sumsq,
                     const at::Tensor& norms, double max_grad_norm, double beta1, double beta2, double eps,
                     double weight_decay, bool bias_correction, bool grad_averaging, bool adam_w_mode,
                     bool use_trust_ratio, double phi_min, double phi_max, const OptionalTensor& grad_scale,
-                    const OptionalTensor& found_inf, at::TensorList model_params);
+                    const OptionalTensor& found_inf, at::TensorList model_params, const OptionalTensor& telemetry);
 
 void yellowfin_stats_cpu(at::TensorList grads, at::TensorList grad_avgs, const at::Tensor& out);
 
@@ -64,7 +64,7 @@ std::tuple<at::Tensor, at::Tensor> yellowfin_tune_cpu(
 
 void yellowfin_apply_cpu(at::TensorList params, at::TensorList grads, at::TensorList grad_avgs,
                          at::TensorList momentum_buffers, const at::Tensor& tuner, const at::Tensor& stats,
-                         double beta, double weight_decay, const OptionalTensor& found_inf, at::TensorList model_params);
+                         double beta, double weight_decay, const OptionalTensor& found_inf, at::TensorList model_params, const OptionalTensor& telemetry);
 
 void stochastic_round_cpu(at::TensorList dst, at::TensorList src, const at::Tensor& seed, at::TensorList steps,
                           at::IntArrayRef offsets);

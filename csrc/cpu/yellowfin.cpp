@@ -137,8 +137,10 @@ std::tuple<at::Tensor, at::Tensor> yellowfin_tune_cpu(
 
 void yellowfin_apply_cpu(at::TensorList params, at::TensorList grads, at::TensorList grad_avgs,
                          at::TensorList momentum_buffers, const at::Tensor& tuner, const at::Tensor& stats,
-                         double beta, double weight_decay, const std::optional<at::Tensor>& found_inf, at::TensorList model_params) {
+                         double beta, double weight_decay, const std::optional<at::Tensor>& found_inf, at::TensorList model_params, const std::optional<at::Tensor>& telemetry) {
   constexpr const char* op = "yellowfin_apply_";
+  check_telemetry(kCpu, op, params, telemetry);
+  TORCH_CHECK(!telemetry.has_value(), op, ": telemetry is not implemented in this backend yet");  // TEL-TODO
   check_lists(kCpu, op, params, {{"grad_avgs", grad_avgs}, {"momentum_buffers", momentum_buffers}});
   const at::ScalarType grad_type = check_grads_and_model_params(kCpu, op, params, grads, model_params);
   check_fp64_cpu(op, "tuner", tuner);

@@ -12,10 +12,10 @@ std::tuple<at::Tensor, at::Tensor> agd_step_cuda(at::TensorList params, at::Tens
                                                  at::IntArrayRef slice_start, at::IntArrayRef slice_count,
                                                  int64_t depth, double gain,
                                                  const std::optional<at::Tensor>& grad_scale,
-                                                 const std::optional<at::Tensor>& found_inf, at::TensorList model_params) {
+                                                 const std::optional<at::Tensor>& found_inf, at::TensorList model_params, const std::optional<at::Tensor>& telemetry) {
   CudaDevice dev = device_of(params, sumsq);
   return grid::agd_step(dev, params, grads, sumsq, slice_sv, slice_start, slice_count, depth, gain, grad_scale,
-                        found_inf, model_params);
+                        found_inf, model_params, telemetry);
 }
 
 TORCH_LIBRARY_IMPL(agd_kernels, CUDA, m) { m.impl("agd_step_", &agd_step_cuda); }

@@ -11,10 +11,10 @@ void lamb_moments_cuda(at::TensorList params, at::TensorList grads, at::TensorLi
                        at::TensorList exp_avg_sqs, at::TensorList state_steps, const at::Tensor& grad_sumsq,
                        const at::Tensor& norms, double max_grad_norm, double beta1, double beta2, double eps,
                        double weight_decay, bool bias_correction, bool grad_averaging, bool adam_w_mode,
-                       const std::optional<at::Tensor>& grad_scale, const std::optional<at::Tensor>& found_inf) {
+                       const std::optional<at::Tensor>& grad_scale, const std::optional<at::Tensor>& found_inf, const std::optional<at::Tensor>& telemetry) {
   CudaDevice dev = device_of(params, norms);
   grid::lamb_moments(dev, params, grads, exp_avgs, exp_avg_sqs, state_steps, grad_sumsq, norms, max_grad_norm, beta1,
-                     beta2, eps, weight_decay, bias_correction, grad_averaging, adam_w_mode, grad_scale, found_inf);
+                     beta2, eps, weight_decay, bias_correction, grad_averaging, adam_w_mode, grad_scale, found_inf, telemetry);
 }
 
 void lamb_apply_cuda(at::TensorList params, at::TensorList grads, at::TensorList exp_avgs,
@@ -22,11 +22,11 @@ void lamb_apply_cuda(at::TensorList params, at::TensorList grads, at::TensorList
                      const at::Tensor& grad_sumsq, const at::Tensor& norms, double max_grad_norm, double beta1,
                      double beta2, double eps, double weight_decay, bool bias_correction, bool grad_averaging,
                      bool adam_w_mode, bool use_trust_ratio, double phi_min, double phi_max,
-                     const std::optional<at::Tensor>& grad_scale, const std::optional<at::Tensor>& found_inf, at::TensorList model_params) {
+                     const std::optional<at::Tensor>& grad_scale, const std::optional<at::Tensor>& found_inf, at::TensorList model_params, const std::optional<at::Tensor>& telemetry) {
   CudaDevice dev = device_of(params, norms);
   grid::lamb_apply(dev, params, grads, exp_avgs, exp_avg_sqs, state_steps, lr, grad_sumsq, norms, max_grad_norm,
                    beta1, beta2, eps, weight_decay, bias_correction, grad_averaging, adam_w_mode, use_trust_ratio,
-                   phi_min, phi_max, grad_scale, found_inf, model_params);
+                   phi_min, phi_max, grad_scale, found_inf, model_params, telemetry);
 }
 
 TORCH_LIBRARY_IMPL(agd_kernels, CUDA, m) {

@@ -25,9 +25,9 @@ std::tuple<at::Tensor, at::Tensor> yellowfin_tune_cuda(
 
 void yellowfin_apply_cuda(at::TensorList params, at::TensorList grads, at::TensorList grad_avgs,
                           at::TensorList momentum_buffers, const at::Tensor& tuner, const at::Tensor& stats,
-                          double beta, double weight_decay, const std::optional<at::Tensor>& found_inf, at::TensorList model_params) {
+                          double beta, double weight_decay, const std::optional<at::Tensor>& found_inf, at::TensorList model_params, const std::optional<at::Tensor>& telemetry) {
   CudaDevice dev = device_of(params, tuner);
-  grid::yellowfin_apply(dev, params, grads, grad_avgs, momentum_buffers, tuner, stats, beta, weight_decay, found_inf, model_params);
+  grid::yellowfin_apply(dev, params, grads, grad_avgs, momentum_buffers, tuner, stats, beta, weight_decay, found_inf, model_params, telemetry);
 }
 
 TORCH_LIBRARY_IMPL(agd_kernels, CUDA, m) {

@@ -18,11 +18,13 @@ std::tuple<at::Tensor, at::Tensor> agd_step(Device& dev, at::TensorList params, 
                                             double gain, const OptionalTensor& grad_scale,
                                             const OptionalTensor& found_inf, at::TensorList model_params) {
   constexpr const char* op = "agd_step_";
+  check_telemetry(dev, op, params, telemetry);
+  TORCH_CHECK(!telemetry.has_value(), op, ": telemetry is not implemented in this backend yet");  // TEL-TODO
   check_params(dev, op, params);
   const at::ScalarType grad_dtype = check_grads_and_model_params(dev, op, params, grads, model_params);
   check_device(dev, op, "sumsq", sumsq);
   check_device(dev, op, "slice_sv", slice_sv);
-  TORCH_CHECK_VALUE(sumsq.dim() == 1 && sumsq.scalar_type() == at::kFloat, op,
+  TORCH_CHECK_VALUE(sumsq.dim(, const OptionalTensor& telemetry) == 1 && sumsq.scalar_type() == at::kFloat, op,
                     ": sumsq must be a 1-D float32 tensor on the ", dev.backend(), " backend; got ",
                     sumsq.scalar_type(), " of shape ", sumsq.sizes());
   check_agd_slots(op, params, sumsq, slice_sv, slice_start, slice_count, depth);

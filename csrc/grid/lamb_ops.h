@@ -48,11 +48,13 @@ void lamb_moments(Device& dev, at::TensorList params, at::TensorList grads, at::
                   double weight_decay, bool bias_correction, bool grad_averaging, bool adam_w_mode,
                   const OptionalTensor& grad_scale, const OptionalTensor& found_inf) {
   constexpr const char* op = "lamb_moments_";
+  check_telemetry(dev, op, params, telemetry);
+  TORCH_CHECK(!telemetry.has_value(), op, ": telemetry is not implemented in this backend yet");  // TEL-TODO
   const bool steps_fp64 = check_lamb(dev, op, params, exp_avgs, exp_avg_sqs, state_steps, grad_sumsq, norms);
   const at::ScalarType grad_dtype = check_grads(dev, op, params, grads);
   const Scalar scale_s = device_scalar(dev, op, "grad_scale", grad_scale);
   const Scalar inf_s = device_scalar(dev, op, "found_inf", found_inf);
-  if (params.empty()) return;
+  if (params.empty(, const OptionalTensor& telemetry)) return;
   int64_t blocks = 0;
   const Table table = make_table(dev, params, {params, grads, exp_avgs, exp_avg_sqs, at::TensorList()}, state_steps,
                                  &blocks);
@@ -77,12 +79,14 @@ void lamb_apply(Device& dev, at::TensorList params, at::TensorList grads, at::Te
                 bool adam_w_mode, bool use_trust_ratio, double phi_min, double phi_max,
                 const OptionalTensor& grad_scale, const OptionalTensor& found_inf, at::TensorList model_params) {
   constexpr const char* op = "lamb_apply_";
+  check_telemetry(dev, op, params, telemetry);
+  TORCH_CHECK(!telemetry.has_value(), op, ": telemetry is not implemented in this backend yet");  // TEL-TODO
   const bool steps_fp64 = check_lamb(dev, op, params, exp_avgs, exp_avg_sqs, state_steps, grad_sumsq, norms);
   const at::ScalarType grad_dtype = check_grads_and_model_params(dev, op, params, grads, model_params);
   const Scalar lr_s = device_scalar(dev, op, "lr", lr);
   const Scalar scale_s = device_scalar(dev, op, "grad_scale", grad_scale);
   const Scalar inf_s = device_scalar(dev, op, "found_inf", found_inf);
-  if (params.empty()) return;
+  if (params.empty(, const OptionalTensor& telemetry)) return;
   int64_t blocks = 0;
   const Table table = make_table(dev, params, {params, grads, exp_avgs, exp_avg_sqs, model_params}, state_steps,
                                  &blocks);

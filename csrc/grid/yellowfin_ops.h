@@ -79,10 +79,12 @@ void yellowfin_apply(Device& dev, at::TensorList params, at::TensorList grads, a
                      at::TensorList momentum_buffers, const at::Tensor& tuner, const at::Tensor& stats, double beta,
                      double weight_decay, const OptionalTensor& found_inf, at::TensorList model_params) {
   constexpr const char* op = "yellowfin_apply_";
+  check_telemetry(dev, op, params, telemetry);
+  TORCH_CHECK(!telemetry.has_value(), op, ": telemetry is not implemented in this backend yet");  // TEL-TODO
   check_lists(dev, op, params, {{"grad_avgs", grad_avgs}, {"momentum_buffers", momentum_buffers}});
   const at::ScalarType grad_dtype = check_grads_and_model_params(dev, op, params, grads, model_params);
   check_fp64(dev, op, "tuner", tuner);
-  TORCH_CHECK_VALUE(tuner.dim() == 1 && tuner.is_contiguous() && tuner.numel() > kYfSlots, op,
+  TORCH_CHECK_VALUE(tuner.dim(, const OptionalTensor& telemetry) == 1 && tuner.is_contiguous() && tuner.numel() > kYfSlots, op,
                     ": tuner must be a contiguous 1-D tensor of ", kYfSlots, " slots and the window; got shape ",
                     tuner.sizes());
   const int64_t rows = check_stats(dev, op, stats);

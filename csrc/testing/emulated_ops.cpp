@@ -107,20 +107,20 @@ std::tuple<at::Tensor, at::Tensor> agd_step_emu(at::TensorList params, at::Tenso
                                                 const at::Tensor& slice_sv, at::IntArrayRef slice_start,
                                                 at::IntArrayRef slice_count, int64_t depth, double gain,
                                                 const std::optional<at::Tensor>& grad_scale,
-                                                const std::optional<at::Tensor>& found_inf, at::TensorList model_params) {
+                                                const std::optional<at::Tensor>& found_inf, at::TensorList model_params, const std::optional<at::Tensor>& telemetry) {
   EmuDevice dev;
   return grid::agd_step(dev, params, grads, sumsq, slice_sv, slice_start, slice_count, depth, gain, grad_scale,
-                        found_inf, model_params);
+                        found_inf, model_params, telemetry);
 }
 
 void lamb_moments_emu(at::TensorList params, at::TensorList grads, at::TensorList exp_avgs,
                       at::TensorList exp_avg_sqs, at::TensorList state_steps, const at::Tensor& grad_sumsq,
                       const at::Tensor& norms, double max_grad_norm, double beta1, double beta2, double eps,
                       double weight_decay, bool bias_correction, bool grad_averaging, bool adam_w_mode,
-                      const std::optional<at::Tensor>& grad_scale, const std::optional<at::Tensor>& found_inf) {
+                      const std::optional<at::Tensor>& grad_scale, const std::optional<at::Tensor>& found_inf, const std::optional<at::Tensor>& telemetry) {
   EmuDevice dev;
   grid::lamb_moments(dev, params, grads, exp_avgs, exp_avg_sqs, state_steps, grad_sumsq, norms, max_grad_norm, beta1,
-                     beta2, eps, weight_decay, bias_correction, grad_averaging, adam_w_mode, grad_scale, found_inf);
+                     beta2, eps, weight_decay, bias_correction, grad_averaging, adam_w_mode, grad_scale, found_inf, telemetry);
 }
 
 void lamb_apply_emu(at::TensorList params, at::TensorList grads, at::TensorList exp_avgs,
@@ -128,11 +128,11 @@ void lamb_apply_emu(at::TensorList params, at::TensorList grads, at::TensorList 
                     const at::Tensor& grad_sumsq, const at::Tensor& norms, double max_grad_norm, double beta1,
                     double beta2, double eps, double weight_decay, bool bias_correction, bool grad_averaging,
                     bool adam_w_mode, bool use_trust_ratio, double phi_min, double phi_max,
-                    const std::optional<at::Tensor>& grad_scale, const std::optional<at::Tensor>& found_inf, at::TensorList model_params) {
+                    const std::optional<at::Tensor>& grad_scale, const std::optional<at::Tensor>& found_inf, at::TensorList model_params, const std::optional<at::Tensor>& telemetry) {
   EmuDevice dev;
   grid::lamb_apply(dev, params, grads, exp_avgs, exp_avg_sqs, state_steps, lr, grad_sumsq, norms, max_grad_norm,
                    beta1, beta2, eps, weight_decay, bias_correction, grad_averaging, adam_w_mode, use_trust_ratio,
-                   phi_min, phi_max, grad_scale, found_inf, model_params);
+                   phi_min, phi_max, grad_scale, found_inf, model_params, telemetry);
 }
 
 void yellowfin_stats_emu(at::TensorList grads, at::TensorList grad_avgs, const at::Tensor& out) {
@@ -153,9 +153,9 @@ std::tuple<at::Tensor, at::Tensor> yellowfin_tune_emu(
 
 void yellowfin_apply_emu(at::TensorList params, at::TensorList grads, at::TensorList grad_avgs,
                          at::TensorList momentum_buffers, const at::Tensor& tuner, const at::Tensor& stats,
-                         double beta, double weight_decay, const std::optional<at::Tensor>& found_inf, at::TensorList model_params) {
+                         double beta, double weight_decay, const std::optional<at::Tensor>& found_inf, at::TensorList model_params, const std::optional<at::Tensor>& telemetry) {
   EmuDevice dev;
-  grid::yellowfin_apply(dev, params, grads, grad_avgs, momentum_buffers, tuner, stats, beta, weight_decay, found_inf, model_params);
+  grid::yellowfin_apply(dev, params, grads, grad_avgs, momentum_buffers, tuner, stats, beta, weight_decay, found_inf, model_params, telemetry);
 }
 
 void stochastic_round_emu(at::TensorList dst, at::TensorList src, const at::Tensor& seed, at::TensorList steps,

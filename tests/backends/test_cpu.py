@@ -205,7 +205,7 @@ BAD_INPUT = [
     ("lamb_apply_", "apex-clipped", _replace(5, lambda t: torch.ones(2)), ValueError,
      r"lamb_apply_: lr must hold exactly one element"),
     ("yellowfin_tune_", "default", _replace(0, lambda t: t[:-1].clone()), ValueError,
-     r"yellowfin_tune_: tuner must be a contiguous 1-D tensor of 23 slots \+ curv_win_width = 28 values"),
+     r"yellowfin_tune_: tuner must be a contiguous 1-D tensor of 24 slots \+ curv_win_width = 29 values"),
     ("yellowfin_apply_", "momentum", _replace(5, lambda t: t.reshape(-1)[:3].clone()), ValueError,
      r"yellowfin_apply_: stats must hold rows of 4 values"),
     # telemetry (the last argument; agd_kernels/ops.py, "Telemetry")

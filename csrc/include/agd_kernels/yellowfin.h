@@ -12,7 +12,7 @@ enum YellowfinSlot : int {
   kYfIter, kYfLrFactor, kYfLrT, kYfMuT, kYfLr, kYfMu, kYfAppliedLr, kYfHMinAvg, kYfHMaxAvg, kYfHMin, kYfHMax,
   kYfGradNormSquared, kYfGradNormSquaredAvg, kYfGradNormAvg, kYfDistToOptAvg, kYfGradVar, kYfDistToOpt,
   kYfSparsityAvg, kYfLrGradNormAvg, kYfLrGradNormAvgMin, kYfGradNormSquaredAvgLog, kYfStatsCoef, kYfStepCoef,
-  kYfSlots
+  kYfGradUnscale, kYfSlots
 };
 
 struct YellowfinConfig {
@@ -141,6 +141,7 @@ AGDK_HOST_DEVICE bool yellowfin_tune(double* tuner, const double* sums, double i
   const double s2 = c.adapt_clip && exploding ? yf_clip_coef(sqrt(h_max_prev) + kYfEps, sqrt(G)) : 1.0;
   tuner[kYfStatsCoef] = s * inv_scale;
   tuner[kYfStepCoef] = s * s2 * inv_scale;
+  tuner[kYfGradUnscale] = inv_scale;  // telemetry's g: the loss's gradient (docs/telemetry.md)
   tuner[kYfIter] = t + 1;
   return true;
 }
