@@ -616,6 +616,13 @@ class FusedOptimizer(torch.optim.Optimizer):
         recorder = self._step_telemetry
         return None if recorder is None else recorder.buffer(params, self._param_of)
 
+    def _telemetry_extras(self, params: list[Tensor], device: torch.device) -> tuple[dict[str, Tensor],
+                                                                                     dict[str, Tensor]]:
+        """Subclass hook: the algorithm's own quantities of the last step, from buffers the step already has
+        (no pass, no sync): per-layer values (one per entry of `params`, NaN where it has none) and
+        optimizer-wide 0-d scalars."""
+        return {}, {}
+
     def _equilibrium(self, group: dict[str, Any]) -> tuple[float, bool] | None:
         """Subclass hook: (momentum, decoupled) of `group` for equilibrium_angular_update when its weight
         decay drives weights to an equilibrium norm (SGD, AdamW), else None."""
@@ -656,7 +663,9 @@ class FusedOptimizer(torch.optim.Optimizer):
                 return equilibrium_angular_update(group["lr"], group["weight_decay"], momentum, decoupled)
             layers["equilibrium_angular_update"] = per_layer(self.param_groups, predicted, sums.device)
             layers["angular_update_vs_equilibrium"] = layers["angular_update"] / layers["equilibrium_angular_update"]
-        return Telemetry(layer_names(self.param_groups), layers)
+        own_layers, scalars = self._telemetry_extras(params, sums.device)
+        layers.update(own_layers)
+        return Telemetry(layer_names(self.param_groups), layers, scalars)
 
     def _init_state(self, p: Tensor, state: dict[str, Any], group: dict[str, Any]) -> None:
         raise NotImplementedError

@@ -70,6 +70,8 @@ class AGD(FusedOptimizer):
             state (their only state), rounded once to the weight (docs/mixed_precision.md).
         stochastic_rounding: per group, without master_weights; bf16 weights are updated through a
             transient fp32 copy rounded stochastically to the weight (docs/mixed_precision.md).
+        telemetry: the update kernel also sums per-layer statistics in its pass; `telemetry()` returns
+            them with the step's eta and G as scalars (docs/telemetry.md).
 
     After a step, `last_eta` and `last_G` hold that step's eta and G as 0-d device tensors.
     """
@@ -77,7 +79,8 @@ class AGD(FusedOptimizer):
     _ONE_DEVICE_BECAUSE = "G spans every layer"
 
     def __init__(self, params, gain: float = 1.0, *, lr: float = 1.0, bias_mode: str = "reject",
-                 backend: str = "auto", master_weights: bool = False, stochastic_rounding: bool = False):
+                 backend: str = "auto", master_weights: bool = False, stochastic_rounding: bool = False,
+                 telemetry: bool = False):
         if bias_mode not in BIAS_MODES:
             raise ValueError(f"bias_mode must be one of {BIAS_MODES}; got {bias_mode!r}")
         if not _valid_gain(gain):
@@ -89,7 +92,7 @@ class AGD(FusedOptimizer):
         self.last_eta: Tensor | None = None
         self.last_G: Tensor | None = None
         super().__init__(params, dict(gain=float(gain), lr=lr, master_weights=master_weights,
-                                      stochastic_rounding=stochastic_rounding), backend)
+                                      stochastic_rounding=stochastic_rounding), backend, telemetry)
 
     def _check_hparams(self, hparams):
         lr = hparams.get("lr", 1.0)
@@ -202,15 +205,20 @@ class AGD(FusedOptimizer):
         eta = G = None
         for gi, positions, starts, counts in plan.update_buckets:
             params, grads = collected[gi].params, collected[gi].grads
-            out = ops.agd_step_([params[i] for i in positions], [grads[i] for i in positions], self._step_sumsq,
+            bucket = [params[i] for i in positions]
+            out = ops.agd_step_(bucket, [grads[i] for i in positions], self._step_sumsq,
                                 plan.slice_sv, starts, counts, depth=plan.depth,
                                 gain=self.param_groups[gi]["gain"] * self.param_groups[gi]["lr"],
-                                grad_scale=grad_scale, found_inf=found_inf,
-                                model_params=self._models([params[i] for i in positions]), backend=self.backend)
+                                grad_scale=grad_scale, found_inf=found_inf, model_params=self._models(bucket),
+                                telemetry=self._telemetry_buffer(bucket), backend=self.backend)
             if eta is None:
                 eta, G = out
         self.last_eta, self.last_G = eta, G
         return eta
+
+    def _telemetry_extras(self, params, device):
+        """eta and G of the last step (0 for a step skipped by found_inf, as step() returns)."""
+        return {}, {"eta": self.last_eta.to(device), "G": self.last_G.to(device)}
 
     def load_state_dict(self, state_dict) -> None:
         super().load_state_dict(state_dict)

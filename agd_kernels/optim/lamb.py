@@ -15,6 +15,7 @@ import torch
 from torch import Tensor
 
 from .. import ops
+from ..reference.lamb import trust_ratio
 from ..reference.sumsq import num_slices
 from ._base import FusedOptimizer, check_betas, check_non_negative, is_number
 
@@ -55,6 +56,8 @@ class LAMB(FusedOptimizer):
             too (docs/mixed_precision.md).
         stochastic_rounding: per group, without master_weights; bf16 parameters are rounded
             stochastically from a transient fp32 copy, and their state is fp32 (docs/mixed_precision.md).
+        telemetry: the kernels also sum per-layer statistics in their passes; `telemetry()` returns them
+            with each layer's trust ratio (docs/telemetry.md).
 
     State per parameter: `step` (0-d fp32, advanced only when the parameter has a gradient; apex
     keeps one per group), `exp_avg`, `exp_avg_sq`. Gradients are not overwritten (apex writes u
@@ -69,7 +72,7 @@ class LAMB(FusedOptimizer):
                  amsgrad: bool = False, adam_w_mode: bool = True, grad_averaging: bool = True, *,
                  max_grad_norm: float | None | str = "auto", use_nvlamb: bool = False, variant: str = "apex",
                  phi_min: float = 0.0, phi_max: float = math.inf, backend: str = "auto",
-                 master_weights: bool = False, stochastic_rounding: bool = False):
+                 master_weights: bool = False, stochastic_rounding: bool = False, telemetry: bool = False):
         if variant not in VARIANTS:
             raise ValueError(f"variant must be one of {VARIANTS}; got {variant!r}")
         if amsgrad:
@@ -97,7 +100,7 @@ class LAMB(FusedOptimizer):
         self._clip_at = math.inf
         self._step_launches: list[tuple] = []  # this step's buckets and buffer, from phase 1 to phase 2
         self._step_norms: Tensor | None = None
-        super().__init__(params, defaults, backend)
+        super().__init__(params, defaults, backend, telemetry)
 
     def _check_hparams(self, hparams):
         check_non_negative("learning rate", hparams["lr"])
@@ -169,7 +172,10 @@ class LAMB(FusedOptimizer):
         launches, tensors, spans, start = [], [], [], 0
         for gi, (group, found) in enumerate(zip(self.param_groups, collected)):
             for device, params, grads in self._bucket_grads(gi, *found):
-                launches.append((gi, device, params, grads, self._states(group, params), start))
+                # One telemetry buffer per bucket: lamb_moments_ adds the weight and gradient sums,
+                # lamb_apply_ the update's.
+                launches.append((gi, device, params, grads, self._states(group, params), start,
+                                 self._telemetry_buffer(params)))
                 tensors += params
                 spans += [(start + 2 * i, 2) for i in range(len(params))]
                 start += 2 * len(params)
@@ -178,33 +184,58 @@ class LAMB(FusedOptimizer):
             return None
         # Σp² and Σu² per tensor (docs/lamb.md §3 item 8), fp64 as the kernels accumulate them.
         norms = self._step_norms = torch.empty(start, dtype=torch.float64, device=tensors[0].device)
-        for gi, device, params, grads, states, first in launches:
+        for gi, device, params, grads, states, first, tel in launches:
             group = self.param_groups[gi]
             grad_scale, found_inf = self._amp_scalars(device)
             ops.lamb_moments_(params, grads, [s["exp_avg"] for s in states], [s["exp_avg_sq"] for s in states],
                               [s["step"] for s in states], self._grad_sumsq, norms.narrow(0, first, 2 * len(params)),
                               **self._moment_args(group), grad_scale=grad_scale, found_inf=found_inf,
-                              backend=self.backend)
+                              telemetry=tel, backend=self.backend)
         return norms, self._partials_layout("norms", tensors, spans)
 
     def _apply(self, collected):
-        for gi, device, params, grads, states, first in self._step_launches:
+        for gi, device, params, grads, states, first, tel in self._step_launches:
             group = self.param_groups[gi]
             grad_scale, found_inf = self._amp_scalars(device)
-            if self.variant == "paper":
-                use_trust_ratio = not group["exclude_from_layer_adaptation"]
-                phi_min, phi_max = group["phi_min"], group["phi_max"]
-            else:  # apex: layer adaptation only where weight decay is on, unless NVLAMB
-                use_trust_ratio = group["use_nvlamb"] or group["weight_decay"] != 0
-                phi_min, phi_max = 0.0, math.inf
+            use_trust_ratio, phi_min, phi_max = self._layer_adaptation(group)
             ops.lamb_apply_(params, grads, [s["exp_avg"] for s in states], [s["exp_avg_sq"] for s in states],
                             [s["step"] for s in states], self._lr_tensor(gi, group, device, params[0].dtype),
                             self._grad_sumsq,
                             self._step_norms.narrow(0, first, 2 * len(params)), **self._moment_args(group),
                             use_trust_ratio=use_trust_ratio, phi_min=phi_min, phi_max=phi_max,
                             grad_scale=grad_scale, found_inf=found_inf, model_params=self._models(params),
-                            backend=self.backend)
+                            telemetry=tel, backend=self.backend)
         return None
+
+    def _layer_adaptation(self, group) -> tuple[bool, float, float]:
+        """(use_trust_ratio, phi_min, phi_max) of one group."""
+        if self.variant == "paper":
+            return not group["exclude_from_layer_adaptation"], group["phi_min"], group["phi_max"]
+        # apex: layer adaptation only where weight decay is on, unless NVLAMB
+        return group["use_nvlamb"] or group["weight_decay"] != 0, 0.0, math.inf
+
+    def _telemetry_extras(self, params, device):
+        """Per layer, the trust ratio the last step applied (1 where the group does not adapt; NaN for a
+        parameter without a gradient or a step skipped by found_inf), from the completed norms buffer."""
+        ratio = torch.full((len(params),), math.nan, dtype=torch.float64, device=device)
+        if self._step_launches:
+            row_of = {id(p): i for i, p in enumerate(params)}
+            rows, values = [], []
+            # The step's telemetry calls are its launches, in order, with the parameters they stand for
+            # (masters and stochastic rounding's working copies mapped back when the step ran).
+            for (gi, _, bucket, _, _, first, _), (models, _) in zip(self._step_launches, self._step_telemetry.calls,
+                                                                    strict=True):
+                use_trust_ratio, phi_min, phi_max = self._layer_adaptation(self.param_groups[gi])
+                pairs = self._step_norms.narrow(0, first, 2 * len(bucket)).view(-1, 2).double()
+                r = trust_ratio(pairs[:, 0], pairs[:, 1], phi_min, phi_max) if use_trust_ratio else \
+                    torch.ones(len(bucket), dtype=torch.float64, device=pairs.device)
+                rows += [row_of[id(p)] for p in models]
+                values.append(r.to(device))
+            ratio.index_copy_(0, torch.tensor(rows, dtype=torch.long).to(device, non_blocking=True), torch.cat(values))
+            _, found_inf = self._amp_scalars(device)
+            if found_inf is not None:  # a skipped step wrote no norms
+                ratio = torch.where(found_inf != 0, math.nan, ratio)
+        return {"trust_ratio": ratio}, {}
 
     def _moment_args(self, group) -> dict[str, Any]:
         """The hyper-parameters lamb_moments_ and lamb_apply_ share, for one group."""

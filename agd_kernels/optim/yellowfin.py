@@ -79,6 +79,8 @@ class YellowFin(FusedOptimizer):
             too (docs/mixed_precision.md).
         stochastic_rounding: per group, without master_weights; bf16 parameters are rounded
             stochastically from a transient fp32 copy, and their state is fp32 (docs/mixed_precision.md).
+        telemetry: the apply kernels also sum per-layer statistics in their pass; `telemetry()` returns
+            them with the tuner's lr, momentum, h_min, h_max, C and D (docs/telemetry.md).
 
     Tuner options are global (the statistics span every group); only weight_decay is per group. The
     tuned lr and μ apply to every group; `set_lr_factor` multiplies the lr. Not reproduced: the
@@ -97,7 +99,8 @@ class YellowFin(FusedOptimizer):
                  sparsity_debias: bool = False, delta_mu: float = 0.0, auto_clip_fac: float | None = None,
                  force_non_inc_step: bool = False, h_max_log_smooth: bool = True, h_min_log_smooth: bool = True,
                  adapt_clip: bool = True, stat_protect_fac: float = 100.0, catastrophic_move_thresh: float = 100.0,
-                 *, backend: str = "auto", master_weights: bool = False, stochastic_rounding: bool = False):
+                 *, backend: str = "auto", master_weights: bool = False, stochastic_rounding: bool = False,
+                 telemetry: bool = False):
         if not (is_number(lr) and math.isfinite(lr) and lr >= 0):
             raise ValueError(f"Invalid learning rate: {lr!r}; expected a finite number >= 0 (the lr of step 0)")
         if not (is_number(mu) and 0.0 <= mu < 1.0):
@@ -109,7 +112,7 @@ class YellowFin(FusedOptimizer):
                             stat_protect_fac=stat_protect_fac, catastrophic_move_thresh=catastrophic_move_thresh)
         check_options(self.options)
         super().__init__(params, dict(weight_decay=weight_decay, master_weights=master_weights,
-                                      stochastic_rounding=stochastic_rounding), backend)
+                                      stochastic_rounding=stochastic_rounding), backend, telemetry)
         self.tuner = new_tuner(float(lr), float(mu), curv_win_width, self.param_groups[0]["params"][0].device)
         self.last_lr: Tensor | None = None
         self.last_mu: Tensor | None = None
@@ -197,8 +200,18 @@ class YellowFin(FusedOptimizer):
                 ops.yellowfin_apply_(bucket, bucket_grads, [s["grad_avg"] for s in states],
                                      [s["momentum_buffer"] for s in states], self.tuner, self._stats,
                                      beta=self.options["beta"], weight_decay=group["weight_decay"],
-                                     found_inf=found_inf, model_params=self._models(bucket), backend=self.backend)
+                                     found_inf=found_inf, model_params=self._models(bucket),
+                                     telemetry=self._telemetry_buffer(bucket), backend=self.backend)
         return self.last_lr, self.last_mu
+
+    #: Telemetry's scalars: the tuner slots they read (docs/yellowfin.md §2: C the gradient variance, D the
+    #: distance to the optimum; lr and momentum are what the step applied).
+    TELEMETRY_SLOTS = {"lr": "applied_lr", "momentum": "mu_t", "h_min": "h_min", "h_max": "h_max",
+                       "C": "grad_var", "D": "dist_to_opt"}
+
+    def _telemetry_extras(self, params, device):
+        values = self.tuner[[SLOT[slot] for slot in self.TELEMETRY_SLOTS.values()]].to(device)
+        return {}, dict(zip(self.TELEMETRY_SLOTS, values.unbind()))
 
     # ---------------------------------------------------------------- checkpoints
     def state_dict(self) -> dict[str, Any]:

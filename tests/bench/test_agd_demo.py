@@ -8,6 +8,7 @@ import math
 import pytest
 import torch
 
+from agd_kernels.telemetry import read_csv
 from bench import agd_demo
 
 
@@ -64,8 +65,14 @@ def test_demo_cli_writes_plots_and_table(tmp_path, capsys):
         rows = list(csv.reader(f))
     assert rows[0][:2] == ["depth", "optimizer"]
     assert [(r[0], r[1]) for r in rows[1:]] == [(d, o) for d in ("2", "3") for o in agd_demo.OPTIMIZERS]
-    for name in ("agd_demo_training.png", "agd_demo_eta.png"):
+    for name in ("agd_demo_training.png", "agd_demo_eta.png", "agd_demo_telemetry.png"):
         assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # 1 epoch = 12 steps of 128 (1437 images): telemetry at steps 0, 5, 10, one row per layer and statistic
+    for depth in (2, 3):
+        series = read_csv(tmp_path / f"agd_demo_telemetry_depth{depth}.csv")
+        assert series["eta"][""][0] == [0, 5, 10]
+        assert sorted(series["update_ratio"]) == [f"layers.{i}.weight" for i in range(depth)]
+        assert all(0 < r < 1 for _, values in series["update_ratio"].values() for r in values)
 
 
 @pytest.mark.parametrize("argv", [["--depths", "0"], ["--epochs", "-1"], ["--width", "x"]])

@@ -592,15 +592,19 @@ def case_rounding(topology: str, case: str, rank: int) -> dict:
 
 #: telemetry=True on sharded parameters (docs/telemetry.md): each rank's kernels sum over its shards and
 #: opt.telemetry() completes the sums with one all-reduce (replicas counted once).
-TELEMETRY_CASES = ("AdamW", "SGD")
+TELEMETRY_CASES = ("AdamW", "SGD", "AGD", "LAMB", "YellowFin")
 TELEMETRY_TOPOLOGIES = ("fsdp", "fsdp-mixed", "hsdp-2x1")
 
 
 def telemetry_layers(opt: torch.optim.Optimizer) -> dict[str, dict[str, float]]:
-    """opt.telemetry() of the last step as {layer name: {statistic: value}} (a host copy)."""
+    """opt.telemetry() of the last step as {layer name: {statistic: value}} (a host copy); the optimizer-wide
+    scalars (AGD's eta and G, YellowFin's tuner) under layer ""."""
     telemetry = opt.telemetry()
-    return {str(name): {stat: float(values[i]) for stat, values in telemetry.layers.items()}
-            for i, name in enumerate(telemetry.names)}
+    out = {str(name): {stat: float(values[i]) for stat, values in telemetry.layers.items()}
+           for i, name in enumerate(telemetry.names)}
+    if telemetry.scalars:
+        out[""] = {name: float(value) for name, value in telemetry.scalars.items()}
+    return out
 
 
 def case_telemetry(topology: str, case: str, rank: int) -> dict:

@@ -68,7 +68,7 @@ def test_step_without_host_sync(entry, backend, monkeypatch):
     assert isinstance(loss, torch.Tensor)
 
 
-@pytest.mark.parametrize("name", ["Adam", "SGD", "RMSprop", "Adagrad"])
+@pytest.mark.parametrize("name", ["Adam", "SGD", "RMSprop", "Adagrad", "AGD", "LAMB", "YellowFin"])
 def test_telemetry_steps_and_reads_without_host_sync(name, monkeypatch):
     """telemetry=True adds a buffer per op call to step(), and telemetry() builds the statistics on the
     device: neither copies to the host (the user's TelemetryWriter does, every N steps)."""

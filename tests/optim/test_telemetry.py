@@ -12,12 +12,14 @@ import torch
 
 from agd_kernels import _backends
 from agd_kernels.optim._base import MASTER
+from agd_kernels.reference.agd import target_scale
+from agd_kernels.reference.yellowfin import SLOT
 from agd_kernels.telemetry import equilibrium_angular_update
 from tests.models import compute_grads, make_model, train, two_groups
 from tests.optim.registry import REGISTRY
 
-#: The optimizers whose update ops take a telemetry buffer (agd_kernels/ops.py, "Telemetry").
-NAMES = ("Adam", "AdamW", "SGD", "RMSprop", "Adagrad")
+#: The optimizers whose update ops take a telemetry buffer (agd_kernels/ops.py, "Telemetry"): all of them.
+NAMES = ("Adam", "AdamW", "SGD", "RMSprop", "Adagrad", "AGD", "LAMB", "YellowFin")
 BACKENDS = [b for b in ("torch", "cpu", "triton") if _backends.available("cpu")[b] is None]
 STATS = ("weight_norm", "grad_norm", "update_norm", "update_ratio", "grad_cosine", "angular_update")
 
@@ -161,3 +163,74 @@ def test_errors():
         opt.telemetry()
     with pytest.raises(RuntimeError, match="needs the optimizer built with telemetry=True"):
         _make("Adam", model, "cpu").telemetry()
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_agd_eta_and_g_match_a_direct_computation(backend):
+    """G = (1/depth)·Σ over weights and kernel taps of sv·‖g_tap‖ (docs/agd.md §5), eta = log((1 + √(1 + 4G))/2)."""
+    model = make_model()
+    opt = _make("AGD", model, backend, telemetry=True)
+    compute_grads(model, 0)
+    weights = [p for p in model.parameters() if p.dim() >= 2]
+    G = sum(target_scale(w.shape) * w.grad.double().reshape(*w.shape[:2], -1).norm(dim=(0, 1)).sum().item()
+            for w in weights) / len(weights)
+    eta = opt.step()
+    scalars = opt.telemetry().scalars
+    assert set(scalars) == {"eta", "G"}
+    assert scalars["G"].item() == pytest.approx(G, rel=1e-5)
+    assert scalars["eta"].item() == pytest.approx(math.log((1 + math.sqrt(1 + 4 * G)) / 2), rel=1e-5)
+    assert torch.equal(scalars["eta"], eta)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_lamb_trust_ratio_per_layer_matches_a_direct_computation(backend):
+    """First step from zero moments: m̂ = g_c and v̂ = g_c² (bias-corrected), so u = g_c/(|g_c| + eps) +
+    wd·w with g_c the clipped gradient, and the trust ratio is ‖w‖/‖u‖ where the group adapts (apex: weight
+    decay on, the first group) and 1 where it does not (the second group has weight_decay 0)."""
+    model = make_model()
+    opt = _make("LAMB", model, backend, telemetry=True)
+    compute_grads(model, 0)
+    params = list(model.parameters())
+    grads = [p.grad.double() for p in params]
+    clip = max(1.0, torch.cat([g.reshape(-1) for g in grads]).norm().item() / 1.0)  # max_grad_norm = 1
+    want = []
+    for gi, group in enumerate(opt.param_groups):
+        for p in group["params"]:
+            if group["weight_decay"] == 0:
+                want.append(1.0)
+                continue
+            g, w = p.grad.double() / clip, p.detach().double()
+            u = g / (g.abs() + group["eps"]) + group["weight_decay"] * w
+            want.append((w.norm() / u.norm()).item())
+    opt.step()
+    got = opt.telemetry().layers["trust_ratio"].double().cpu()
+    assert torch.allclose(got, torch.tensor(want, dtype=torch.float64), rtol=1e-5), (got.tolist(), want)
+    assert (got[:2] != 1).all() and (got[2:] == 1).all()  # both branches ran
+
+
+def test_lamb_trust_ratio_is_nan_without_a_gradient_or_on_a_skipped_step():
+    model = make_model()
+    opt = _make("LAMB", model, "torch", named=True, telemetry=True)
+    compute_grads(model, 0)
+    model.conv.bias.grad = None
+    opt.step()
+    telemetry = opt.telemetry()
+    assert telemetry["conv.bias"]["trust_ratio"].isnan()
+    assert telemetry["conv.weight"]["trust_ratio"].isfinite()
+    opt.found_inf = torch.tensor(1.0)  # what GradScaler hands a fused optimizer on an overflow
+    opt.step()
+    assert opt.telemetry().layers["trust_ratio"].isnan().all()
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_yellowfin_scalars_are_the_tuner_values_the_step_applied(backend):
+    model = make_model()
+    opt = _make("YellowFin", model, backend, telemetry=True)
+    train(model, opt, range(3))  # tuning runs from step 1
+    compute_grads(model, 3)
+    lr, mu = opt.step()
+    scalars = opt.telemetry().scalars
+    assert torch.equal(scalars["lr"], lr) and torch.equal(scalars["momentum"], mu)
+    for stat, slot in (("h_min", "h_min"), ("h_max", "h_max"), ("C", "grad_var"), ("D", "dist_to_opt")):
+        assert torch.equal(scalars[stat], opt.tuner[SLOT[slot]]), stat
+    assert 0 < scalars["h_min"] <= scalars["h_max"] and scalars["C"] > 0 and scalars["D"] > 0
