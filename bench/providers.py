@@ -82,10 +82,7 @@ TELEMETRY = "+tel"
 
 def _agd_kernels_provider(backend: str, default: bool, telemetry: bool = False) -> Provider:
     def not_applicable(algo: Algorithm) -> str | None:
-        cls = getattr(agd_kernels, algo.agd_kernels_class, None)  # a missing class is `unavailable`'s to report
-        if telemetry and cls is not None and "telemetry" not in inspect.signature(cls).parameters:
-            return "its ops do not sum telemetry yet"
-        return None
+        return None  # every agd_kernels optimizer takes telemetry=True
 
     def unavailable(algo: Algorithm, device: torch.device, dtype: torch.dtype) -> str | None:
         if getattr(agd_kernels, algo.agd_kernels_class, None) is None:

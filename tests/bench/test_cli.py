@@ -90,16 +90,18 @@ def test_run_prints_table_and_writes_csv_and_chart(tmp_path, capsys):
                  "rmsprop    torch-foreach"):
         assert line in out
     assert "torch-fused: " in out and "rmsprop (torch.optim has no fused=True for it)" in out
-    # each backend also runs with telemetry=True where its ops sum it, and the cost is printed
-    assert "agd_kernels[torch]+tel: agd (its ops do not sum telemetry yet)" in out
-    assert re.search(r"shapes, float32, adam, agd_kernels\[torch\]: [\d.]+ -> [\d.]+ ms/step \([+-][\d.]+%\)", out), out
+    # each backend also runs with telemetry=True, and the cost is printed
+    for algo in ("agd", "adam"):
+        assert re.search(rf"shapes, float32, {algo}, agd_kernels\[torch\]: [\d.]+ -> [\d.]+ ms/step \([+-][\d.]+%\)",
+                         out), out
 
     rows = read_csv(tmp_path / "throughput.csv")
     assert list(rows[0]) == CSV_FIELDS
     got = {(r["algorithm"], r["provider"]): r for r in rows}
-    # agd: kernels + authors + floor; adam, sgd: kernels (+ telemetry) + foreach + fused; rmsprop: kernels
-    # (+ telemetry) + foreach
-    assert set(got) == {("agd", "agd_kernels[torch]"), ("agd", "authors"), ("agd", "floor"),
+    # agd: kernels (+ telemetry) + authors + floor; adam, sgd: kernels (+ telemetry) + foreach + fused; rmsprop:
+    # kernels (+ telemetry) + foreach
+    assert set(got) == {("agd", "agd_kernels[torch]"), ("agd", "agd_kernels[torch]+tel"), ("agd", "authors"),
+                        ("agd", "floor"),
                         ("adam", "agd_kernels[torch]"), ("adam", "agd_kernels[torch]+tel"), ("adam", "torch-foreach"),
                         ("adam", "torch-fused"), ("sgd", "agd_kernels[torch]"), ("sgd", "agd_kernels[torch]+tel"),
                         ("sgd", "torch-foreach"), ("sgd", "torch-fused"), ("rmsprop", "agd_kernels[torch]"),
@@ -139,7 +141,8 @@ def test_read_heavy_steps_are_reported_against_their_floor(tmp_path, capsys):
     assert "vs floor" in out.splitlines()[out.splitlines().index("== shapes, float32") + 1]
     assert "floor: adam (no same-bytes floor: not a read-heavy step)" in out
     rows = {(r["algorithm"], r["provider"]): r for r in read_csv(tmp_path / "throughput.csv")}
-    assert set(rows) == {(a, p) for a in ("agd", "lamb", "yellowfin") for p in ("agd_kernels[torch]", "floor")} \
+    assert set(rows) == {(a, p) for a in ("agd", "lamb", "yellowfin")
+                         for p in ("agd_kernels[torch]", "agd_kernels[torch]+tel", "floor")} \
         | {("adam", "agd_kernels[torch]"), ("adam", "agd_kernels[torch]+tel")}
     for algo, bytes_per_param in (("agd", 16), ("lamb", 44), ("yellowfin", 36)):
         floor, kernels = rows[(algo, "floor")], rows[(algo, "agd_kernels[torch]")]
