@@ -9,6 +9,7 @@
 #include "isa.h"
 #include "multi_tensor.h"
 #include "ops.h"
+#include "telemetry.h"
 
 namespace agd_kernels::cpu {
 namespace {
@@ -45,7 +46,7 @@ template <typename S>
 void agd_update(at::TensorList params, at::TensorList grads, const at::Tensor& sumsq, const at::Tensor& slice_sv,
                 at::IntArrayRef slice_start, at::IntArrayRef slice_count, int64_t depth, double gain,
                 double inv_grad_scale, at::Tensor& eta_out, at::Tensor& G_out, at::TensorList model_params,
-                at::ScalarType grad_type) {
+                at::ScalarType grad_type, const std::optional<at::Tensor>& telemetry) {
   const S* sq = sumsq.const_data_ptr<S>();
   const S* sv = slice_sv.const_data_ptr<S>();
   const int64_t slots = sumsq.numel(), sq_stride = sumsq.stride(0), sv_stride = slice_sv.stride(0);
@@ -95,21 +96,29 @@ void agd_update(at::TensorList params, at::TensorList grads, const at::Tensor& s
     const auto p = data_ptrs<scalar_t>(p_work);
     const auto g = data_ptrs<const grad_t>(g_work);
     const auto model = data_ptrs<grad_t>(model_params);
-    parallel_over_chunks(make_chunks(p_work), [&](const Chunk& c) {
+    const auto chunks = make_chunks(p_work);
+    // A worked-on copy holds the parameter's values (in tap order): its sums are the parameter's.
+    Telemetry tel(telemetry, chunks, inv_grad_scale, isa);
+    parallel_over_chunks(chunks, [&](const Chunk& c) {
       const int64_t t = c.tensor, K = num_slices(p_work[t]);
-      if (!update[t]) return;
-      if (K == 1) {
-        run_isa<AgdUniform<scalar_t, grad_t, S>>(isa, p[t] + c.begin, g[t] + c.begin, c.numel(),
-                                                 coefficients[first[t]]);
-      } else {
-        run_isa<AgdTaps<scalar_t, grad_t, S>>(isa, p[t] + c.begin, g[t] + c.begin, c.numel(),
-                                              coefficients.data() + first[t], K, c.begin % K);
+      // A tensor that is not updated still adds its w², g², w·g (and Δw = 0), as the reference does.
+      tel.before(c, p[t] + c.begin, g[t] + c.begin);
+      if (update[t]) {
+        if (K == 1) {
+          run_isa<AgdUniform<scalar_t, grad_t, S>>(isa, p[t] + c.begin, g[t] + c.begin, c.numel(),
+                                                   coefficients[first[t]]);
+        } else {
+          run_isa<AgdTaps<scalar_t, grad_t, S>>(isa, p[t] + c.begin, g[t] + c.begin, c.numel(),
+                                                coefficients.data() + first[t], K, c.begin % K);
+        }
+        // A worked-on copy's model parameter is written below, from the parameter in its own layout.
+        if (!model.empty() && p_work[t].is_same(params[t])) {
+          round_into_model(p[t] + c.begin, model[t] + c.begin, c.numel());
+        }
       }
-      // A worked-on copy's model parameter is written below, from the parameter in its own layout.
-      if (!model.empty() && p_work[t].is_same(params[t])) {
-        round_into_model(p[t] + c.begin, model[t] + c.begin, c.numel());
-      }
+      tel.after(c, p[t] + c.begin);
     });
+    tel.finish();
   });
   for (size_t i = 0; i < params.size(); ++i) {
     if (p_work[i].is_same(params[i])) continue;
@@ -124,10 +133,10 @@ std::tuple<at::Tensor, at::Tensor> agd_step_cpu(at::TensorList params, at::Tenso
                                                 const at::Tensor& slice_sv, at::IntArrayRef slice_start,
                                                 at::IntArrayRef slice_count, int64_t depth, double gain,
                                                 const std::optional<at::Tensor>& grad_scale,
-                                                const std::optional<at::Tensor>& found_inf, at::TensorList model_params, const std::optional<at::Tensor>& telemetry) {
+                                                const std::optional<at::Tensor>& found_inf, at::TensorList model_params,
+                                                const std::optional<at::Tensor>& telemetry) {
   constexpr const char* op = "agd_step_";
   check_telemetry(kCpu, op, params, telemetry);
-  TORCH_CHECK(!telemetry.has_value(), op, ": telemetry is not implemented in this backend yet");  // TEL-TODO
   check_params(kCpu, op, params);
   const at::ScalarType grad_type = check_grads_and_model_params(kCpu, op, params, grads, model_params);
   TORCH_CHECK_VALUE(sumsq.device().is_cpu() && sumsq.dim() == 1 &&
@@ -139,11 +148,11 @@ std::tuple<at::Tensor, at::Tensor> agd_step_cpu(at::TensorList params, at::Tenso
   at::Tensor eta = at::zeros({}, sumsq.options()), G = at::zeros({}, sumsq.options());
   if (found_inf_set(op, found_inf)) return {eta, G};  // skipped step: nothing written, eta = G = 0
   if (sumsq.scalar_type() == at::kFloat) {
-    agd_update<float>(params, grads, sumsq, slice_sv, slice_start, slice_count, depth, gain, inv_scale, eta, G, model_params,
-                      grad_type);
+    agd_update<float>(params, grads, sumsq, slice_sv, slice_start, slice_count, depth, gain, inv_scale, eta, G,
+                      model_params, grad_type, telemetry);
   } else {
-    agd_update<double>(params, grads, sumsq, slice_sv, slice_start, slice_count, depth, gain, inv_scale, eta, G, model_params,
-                      grad_type);
+    agd_update<double>(params, grads, sumsq, slice_sv, slice_start, slice_count, depth, gain, inv_scale, eta, G,
+                       model_params, grad_type, telemetry);
   }
   return {eta, G};
 }

@@ -14,6 +14,7 @@
 #include "isa.h"
 #include "multi_tensor.h"
 #include "ops.h"
+#include "telemetry.h"
 
 namespace agd_kernels::cpu {
 namespace {
@@ -146,10 +147,10 @@ void lamb_moments_cpu(at::TensorList params, at::TensorList grads, at::TensorLis
                       at::TensorList exp_avg_sqs, at::TensorList state_steps, const at::Tensor& grad_sumsq,
                       const at::Tensor& norms, double max_grad_norm, double beta1, double beta2, double eps,
                       double weight_decay, bool bias_correction, bool grad_averaging, bool adam_w_mode,
-                      const std::optional<at::Tensor>& grad_scale, const std::optional<at::Tensor>& found_inf, const std::optional<at::Tensor>& telemetry) {
+                      const std::optional<at::Tensor>& grad_scale, const std::optional<at::Tensor>& found_inf,
+                      const std::optional<at::Tensor>& telemetry) {
   constexpr const char* op = "lamb_moments_";
   check_telemetry(kCpu, op, params, telemetry);
-  TORCH_CHECK(!telemetry.has_value(), op, ": telemetry is not implemented in this backend yet");  // TEL-TODO
   at::ScalarType grad_type;
   const double scale = check_lamb(op, params, grads, exp_avgs, exp_avg_sqs, state_steps, grad_sumsq, norms,
                                   grad_scale, nullptr, &grad_type);
@@ -158,6 +159,9 @@ void lamb_moments_cpu(at::TensorList params, at::TensorList grads, at::TensorLis
   const Isa isa = active_isa();
   const auto chunks = make_chunks(params);
   std::vector<double> partials(2 * chunks.size());
+  // w_sq, g_sq, w_g (no weight is written here); w_sq is the chunk's Σp² partial of the norms, g the
+  // gradient unscaled but not clipped.
+  Telemetry tel(telemetry, chunks, 1.0 / scale, isa, TelemetryColumns::kRead);
   const std::vector<double> steps = advance_steps(state_steps);
   dispatch_param_grad(params[0].scalar_type(), grad_type, [&](auto types) {
     using scalar_t = typename decltype(types)::Param;
@@ -173,11 +177,14 @@ void lamb_moments_cpu(at::TensorList params, at::TensorList grads, at::TensorLis
       parallel_over_chunks(chunks, [&](const Chunk& c) {
         const int64_t t = c.tensor, i = c.begin;
         const int64_t k = &c - chunks.data();  // c is chunks[k]: its two partials sit at 2k, 2k + 1
+        tel.before(c, p[t] + i, g[t] + i);
         run_isa<Kernel>(isa, p[t] + i, g[t] + i, MomentPtr<scalar_t>(m[t] + i), MomentPtr<scalar_t>(v[t] + i),
                         c.numel(), scalars[t], partials.data() + 2 * k);
+        tel.add_w_sq(c, partials[2 * k]);
       });
     });
   });
+  tel.finish();
   // A tensor's chunks are consecutive, so this adds its partials in chunk order.
   std::vector<double> sums(2 * params.size(), 0.0);
   for (size_t k = 0; k < chunks.size(); ++k) {
@@ -195,10 +202,10 @@ void lamb_apply_cpu(at::TensorList params, at::TensorList grads, at::TensorList 
                     const at::Tensor& norms, double max_grad_norm, double beta1, double beta2, double eps,
                     double weight_decay, bool bias_correction, bool grad_averaging, bool adam_w_mode,
                     bool use_trust_ratio, double phi_min, double phi_max, const std::optional<at::Tensor>& grad_scale,
-                    const std::optional<at::Tensor>& found_inf, at::TensorList model_params, const std::optional<at::Tensor>& telemetry) {
+                    const std::optional<at::Tensor>& found_inf, at::TensorList model_params,
+                    const std::optional<at::Tensor>& telemetry) {
   constexpr const char* op = "lamb_apply_";
   check_telemetry(kCpu, op, params, telemetry);
-  TORCH_CHECK(!telemetry.has_value(), op, ": telemetry is not implemented in this backend yet");  // TEL-TODO
   at::ScalarType grad_type;
   const double scale = check_lamb(op, params, grads, exp_avgs, exp_avg_sqs, state_steps, grad_sumsq, norms,
                                   grad_scale, &model_params, &grad_type);
@@ -207,6 +214,7 @@ void lamb_apply_cpu(at::TensorList params, at::TensorList grads, at::TensorList 
   const double clip = clip_divisor(grad_sumsq, max_grad_norm, scale);  // used by the 16-bit (deferred) path
   const Isa isa = active_isa();
   const auto chunks = make_chunks(params);
+  Telemetry tel(telemetry, chunks, 1.0, isa, TelemetryColumns::kUpdate);  // d_sq, w_d: reads no gradient
   const std::vector<double> steps = read_steps(state_steps);
   std::vector<double> sums(norms.numel());
   AT_DISPATCH_FLOATING_TYPES(norms.scalar_type(), "lamb_norms_in", [&] {
@@ -233,11 +241,14 @@ void lamb_apply_cpu(at::TensorList params, at::TensorList grads, at::TensorList 
       using Kernel = LambApply<scalar_t, grad_t, decltype(l2)::value, decltype(decoupled)::value>;
       parallel_over_chunks(chunks, [&](const Chunk& c) {
         const int64_t t = c.tensor, i = c.begin;
+        tel.before(c, p[t] + i, g[t] + i);
         run_isa<Kernel>(isa, p[t] + i, g[t] + i, m[t] + i, v[t] + i, c.numel(), scalars[t], step_size[t]);
         if (!model.empty()) round_into_model(p[t] + i, model[t] + i, c.numel());
+        tel.after(c, p[t] + i);
       });
     });
   });
+  tel.finish();
 }
 
 TORCH_LIBRARY_IMPL(agd_kernels, CPU, m) {

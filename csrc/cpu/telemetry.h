@@ -3,7 +3,9 @@
 // parallel pass. Before a chunk's update its weights are copied into a per-thread snapshot (16K elements,
 // 64 KiB in fp32) and summed with the gradient; after it Δw is summed against the snapshot. The chunk is
 // still in L2 both times, so memory traffic stays the update's own. Per-chunk sums are added per tensor
-// in chunk order: the same bits for any thread count, like every CPU kernel here.
+// in chunk order: the same bits for any thread count, like every CPU kernel here. LAMB splits the sums
+// over its two ops (reference.telemetry READ_SUMS, UPDATE_SUMS): lamb_moments_ reads w and g and writes no
+// weight (no snapshot, its own Σp² for w_sq), lamb_apply_ only snapshots w (its fp32 path reads no g).
 #pragma once
 #include <ATen/core/Tensor.h>
 
@@ -25,8 +27,13 @@ namespace agd_kernels::cpu {
 // vectorised itself took 1.0 (each add waited on the last).
 constexpr int64_t kTelemetryBlock = 512;
 
-// Before the update: w (into the snapshot `w`), Σ w², Σ g², Σ w·g with g = grad · inv_scale.
-template <typename P, typename G>
+// Which columns an op adds (reference.telemetry ALL_SUMS, READ_SUMS, UPDATE_SUMS); the others are never
+// written. kRead takes w_sq from the op (Telemetry::add_w_sq).
+enum class TelemetryColumns { kAll, kRead, kUpdate };
+
+// Before the update: w (into the snapshot `w`), Σ w², Σ g², Σ w·g with g = grad · inv_scale. Without
+// kAll (kRead): Σ g², Σ w·g only, no snapshot.
+template <typename P, typename G, bool kAll = true>
 struct TelemetryBefore {
   template <Isa I>
   static void run(const P* __restrict__ p, const G* __restrict__ g, math_t<P>* __restrict__ w, int64_t n,
@@ -39,15 +46,28 @@ struct TelemetryBefore {
       for (int64_t i = b; i < end; ++i) {
         const M wi = static_cast<M>(p[i]);
         const M gi = static_cast<M>(static_cast<math_t<G>>(g[i])) * inv_scale;
-        w[i] = wi;
-        ww += wi * wi;
+        if constexpr (kAll) {
+          w[i] = wi;
+          ww += wi * wi;
+        }
         gg += gi * gi;
         wg += wi * gi;
       }
-      sums[0] += ww;
+      if constexpr (kAll) sums[0] += ww;
       sums[1] += gg;
       sums[2] += wg;
     }
+  }
+};
+
+// Before the update, kUpdate: only the snapshot (lamb_apply_'s fp32 path reads no gradient).
+template <typename P>
+struct TelemetrySnapshot {
+  template <Isa I>
+  static void run(const P* __restrict__ p, math_t<P>* __restrict__ w, int64_t n) {
+    using M = math_t<P>;
+#pragma omp simd
+    for (int64_t i = 0; i < n; ++i) w[i] = static_cast<M>(p[i]);
   }
 };
 
@@ -76,40 +96,62 @@ class Telemetry {
  public:
   // `chunks`: the op's make_chunks(params); `grad_mul`: the op's factor for raw gradients (1/grad_scale,
   // negated when maximizing: the sums take the loss's gradient, so its sign is dropped).
-  Telemetry(const std::optional<at::Tensor>& telemetry, const std::vector<Chunk>& chunks, double grad_mul, Isa isa)
+  // `columns`: the sums this op adds (kUpdate ignores grad_mul and the gradient).
+  Telemetry(const std::optional<at::Tensor>& telemetry, const std::vector<Chunk>& chunks, double grad_mul, Isa isa,
+            TelemetryColumns columns = TelemetryColumns::kAll)
       : out_(telemetry.has_value() ? telemetry->data_ptr<float>() : nullptr),
         chunks_(chunks),
         inv_scale_(std::abs(grad_mul)),
         isa_(isa),
+        columns_(columns),
         sums_(out_ != nullptr ? chunks.size() : 0) {}
 
-  // Before chunk c's update: snapshot its weights, sum w², g², w·g.
+  // Before chunk c's update: snapshot its weights, sum w², g², w·g (what `columns` asks of the two).
   template <typename P, typename G>
   void before(const Chunk& c, const P* p, const G* g) {
     if (out_ == nullptr) return;
     using M = math_t<P>;
-    run_isa<TelemetryBefore<P, G>>(isa_, p, g, snapshot<M>(c.numel()), c.numel(), static_cast<M>(inv_scale_),
-                                   sums_[index(c)].data());
+    M* w = snapshot<M>(c.numel());
+    double* sums = sums_[index(c)].data();
+    switch (columns_) {
+      case TelemetryColumns::kAll:
+        run_isa<TelemetryBefore<P, G>>(isa_, p, g, w, c.numel(), static_cast<M>(inv_scale_), sums);
+        break;
+      case TelemetryColumns::kRead:
+        run_isa<TelemetryBefore<P, G, false>>(isa_, p, g, w, c.numel(), static_cast<M>(inv_scale_), sums);
+        break;
+      case TelemetryColumns::kUpdate:
+        run_isa<TelemetrySnapshot<P>>(isa_, p, w, c.numel());
+        break;
+    }
+  }
+
+  // kRead: chunk c's Σ w², which the op has formed itself (lamb_moments_ sums p² for its norms).
+  void add_w_sq(const Chunk& c, double w_sq) {
+    if (out_ != nullptr) sums_[index(c)][0] += w_sq;
   }
 
   // After chunk c's update wrote p: sum Δw², w·Δw.
   template <typename P>
   void after(const Chunk& c, const P* p) {
-    if (out_ == nullptr) return;
+    if (out_ == nullptr || columns_ == TelemetryColumns::kRead) return;
     run_isa<TelemetryAfter<P>>(isa_, p, static_cast<const math_t<P>*>(snapshot<math_t<P>>(c.numel())), c.numel(),
                                sums_[index(c)].data());
   }
 
-  // After the parallel pass: each tensor's chunk sums, in chunk order, added into its row.
+  // After the parallel pass: each tensor's chunk sums, in chunk order, added into its row (the op's
+  // columns only: the others keep every bit, -0.0 and NaN included).
   void finish() {
     if (out_ == nullptr) return;
+    const int first = columns_ == TelemetryColumns::kUpdate ? 3 : 0;
+    const int last = columns_ == TelemetryColumns::kRead ? 3 : kTelemetrySums;
     for (size_t k = 0; k < chunks_.size();) {
       const int64_t t = chunks_[k].tensor;
       double row[kTelemetrySums] = {};
       for (; k < chunks_.size() && chunks_[k].tensor == t; ++k) {
         for (int j = 0; j < kTelemetrySums; ++j) row[j] += sums_[k][j];
       }
-      for (int j = 0; j < kTelemetrySums; ++j) out_[t * kTelemetrySums + j] += static_cast<float>(row[j]);
+      for (int j = first; j < last; ++j) out_[t * kTelemetrySums + j] += static_cast<float>(row[j]);
     }
   }
 
@@ -127,6 +169,7 @@ class Telemetry {
   const std::vector<Chunk>& chunks_;
   double inv_scale_;
   Isa isa_;
+  TelemetryColumns columns_;
   std::vector<std::array<double, kTelemetrySums>> sums_;
 };
 

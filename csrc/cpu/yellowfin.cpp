@@ -14,6 +14,7 @@
 #include "isa.h"
 #include "multi_tensor.h"
 #include "ops.h"
+#include "telemetry.h"
 
 namespace agd_kernels::cpu {
 namespace {
@@ -137,10 +138,10 @@ std::tuple<at::Tensor, at::Tensor> yellowfin_tune_cpu(
 
 void yellowfin_apply_cpu(at::TensorList params, at::TensorList grads, at::TensorList grad_avgs,
                          at::TensorList momentum_buffers, const at::Tensor& tuner, const at::Tensor& stats,
-                         double beta, double weight_decay, const std::optional<at::Tensor>& found_inf, at::TensorList model_params, const std::optional<at::Tensor>& telemetry) {
+                         double beta, double weight_decay, const std::optional<at::Tensor>& found_inf,
+                         at::TensorList model_params, const std::optional<at::Tensor>& telemetry) {
   constexpr const char* op = "yellowfin_apply_";
   check_telemetry(kCpu, op, params, telemetry);
-  TORCH_CHECK(!telemetry.has_value(), op, ": telemetry is not implemented in this backend yet");  // TEL-TODO
   check_lists(kCpu, op, params, {{"grad_avgs", grad_avgs}, {"momentum_buffers", momentum_buffers}});
   const at::ScalarType grad_type = check_grads_and_model_params(kCpu, op, params, grads, model_params);
   check_fp64_cpu(op, "tuner", tuner);
@@ -164,16 +165,21 @@ void yellowfin_apply_cpu(at::TensorList params, at::TensorList grads, at::Tensor
     const auto b = data_ptrs<scalar_t>(momentum_buffers);
     const auto model = data_ptrs<grad_t>(model_params);
     const auto chunks = make_chunks(params);
+    // g of the sums is the loss's gradient: the raw one times the 1/grad_scale yellowfin_tune_ stored.
+    Telemetry tel(telemetry, chunks, state[kYfGradUnscale], isa);
     dispatch_bool(weight_decay != 0.0, [&](auto wd) {
       dispatch_bool(state[kYfMuT] != 0.0, [&](auto heavy) {
         using Kernel = YellowfinApply<scalar_t, grad_t, decltype(wd)::value, decltype(heavy)::value>;
         parallel_over_chunks(chunks, [&](const Chunk& c) {
           const int64_t t = c.tensor, i = c.begin;
+          tel.before(c, p[t] + i, g[t] + i);
           run_isa<Kernel>(isa, p[t] + i, g[t] + i, a[t] + i, b[t] + i, c.numel(), s);
           if (!model.empty()) round_into_model(p[t] + i, model[t] + i, c.numel());
+          tel.after(c, p[t] + i);
         });
       });
     });
+    tel.finish();
   });
 }
 

@@ -139,6 +139,21 @@ def test_same_bits_for_one_and_two_threads_and_every_run(op, restore_threads):
         _assert_same_bits(result, results[0], f"{op} run {i}")
 
 
+@pytest.mark.parametrize("op", ["agd_step_", "lamb_moments_", "lamb_apply_", "yellowfin_apply_"])
+def test_telemetry_same_bits_for_one_and_two_threads(op, restore_threads):
+    """Telemetry sums per chunk and adds a tensor's chunks in chunk order (csrc/cpu/telemetry.h), so its
+    sums do not depend on which thread ran which chunk."""
+    args = make_args(op, shapes_for(op, [1_000_003, 70_001, 3]), torch.float32, "telemetry")
+    results = []
+    for threads in (1, 2, 2, 1):
+        torch.set_num_threads(threads)
+        work = _clone_args(args)
+        run(op, "cpu", work)
+        results.append([work[-1]])
+    for i, result in enumerate(results[1:], 1):
+        _assert_same_bits(result, results[0], f"{op} telemetry run {i}")
+
+
 @pytest.mark.parametrize("op, variant", [(op, v) for op in OPS for v, hp in VARIANTS[op].items()
                                          if hp.get("found_inf") or v == "non-finite"])
 def test_skipped_step_changes_no_bit(op, variant):
@@ -217,6 +232,14 @@ BAD_INPUT = [
      r"rmsprop_step_: telemetry must be a contiguous float32 tensor"),
     ("adagrad_step_", "telemetry", _replace(-1, lambda t: t[:2]), ValueError,
      r"adagrad_step_: telemetry must be a contiguous float32 tensor of shape \(3, 5\).*got Float of shape \[2, 5\]"),
+    ("agd_step_", "telemetry", _replace(-1, lambda t: t[:, :4]), ValueError,
+     r"agd_step_: telemetry must be a contiguous float32 tensor of shape \(7, 5\).*got Float of shape \[7, 4\]"),
+    ("lamb_moments_", "telemetry", _replace(-1, lambda t: t.half()), ValueError,
+     r"lamb_moments_: telemetry must be a contiguous float32 tensor of shape \(3, 5\).*got Half"),
+    ("lamb_apply_", "telemetry", _replace(-1, lambda t: t.reshape(-1)), ValueError,
+     r"lamb_apply_: telemetry must be a contiguous float32 tensor of shape \(3, 5\).*got Float of shape \[15\]"),
+    ("yellowfin_apply_", "telemetry", _replace(-1, lambda t: torch.zeros(4, 5)), ValueError,
+     r"yellowfin_apply_: telemetry must be a contiguous float32 tensor of shape \(3, 5\).*got Float of shape \[4, 5\]"),
 ]
 
 
