@@ -187,5 +187,9 @@ def test_sharded_telemetry_equals_one_process(jobs, topology, case):
         assert got.keys() == expected.keys()
         for layer, stats in expected.items():
             for stat, want in stats.items():
-                assert got[layer][stat] == pytest.approx(want, rel=1e-4, abs=1e-9, nan_ok=True), (
+                # The angle comes from w_sq·d_sq − w_d², which cancels for near-parallel w and Δw (a 1-element
+                # bias is exactly parallel): fp32 sums bound its error by ~√(2·eps32)·update_ratio = 5e-4·ratio
+                # (docs/telemetry.md, "Statistics"), however the sums were added up.
+                floor = 5e-4 * stats["update_ratio"] if stat == "angular_update" else 0.0
+                assert got[layer][stat] == pytest.approx(want, rel=1e-4, abs=1e-9 + floor, nan_ok=True), (
                     f"{case} on {topology}, rank {rank}: {layer} {stat} = {got[layer][stat]}, one process: {want}")
