@@ -12,6 +12,7 @@
 #include <array>
 #include <cmath>
 #include <optional>
+#include <tuple>
 #include <vector>
 
 #include "isa.h"
@@ -92,6 +93,47 @@ struct TelemetryAfter {
   }
 };
 
+// The five sums folded into an update's own element loop (the loop of isa.h map_elements, non-tiled path):
+// streams p (written), g, then the rest, as map_elements takes them. Each element's five terms go into
+// kBlock fp32 lanes per sum (lane = position in its 16-element block: no dependence between the elements
+// of a block, so it vectorises with the update), and each kTelemetryBlock's lanes are added into double in
+// lane order: one fixed order, 32 terms per lane. Δw is taken from the value stored into p.
+template <Isa I, typename Fn, typename P, typename G, typename... R>
+inline void map_elements_summed(int64_t n, Fn&& fn, double* sums, math_t<P> inv_scale, P* __restrict p,
+                                const G* __restrict g, R* __restrict... rest) {
+  using M = math_t<P>;
+  for (int64_t b = 0; b < n; b += kTelemetryBlock) {
+    const int64_t end = b + kTelemetryBlock < n ? b + kTelemetryBlock : n;
+    M acc[kTelemetrySums][kBlock] = {};
+    const auto element = [&](int64_t i, int k) {
+      std::tuple<M, math_t<G>, math_t<R>...> x{agd_kernels::load(p, i), agd_kernels::load(g, i),
+                                               agd_kernels::load(rest, i)...};
+      const M w = std::get<0>(x), gi = static_cast<M>(std::get<1>(x)) * inv_scale;
+      std::apply(fn, x);
+      std::apply([&](M pv, auto, auto... v) {
+        agd_kernels::store(p, i, pv);
+        (store_if_mutable(rest, i, v), ...);
+      }, x);
+      const M d = agd_kernels::load(p, i) - w;
+      acc[0][k] += w * w;
+      acc[1][k] += gi * gi;
+      acc[2][k] += w * gi;
+      acc[3][k] += d * d;
+      acc[4][k] += w * d;
+    };
+    int64_t i = b;
+    for (; i + kBlock <= end; i += kBlock) {
+      prefetch(p + i, kBlock);
+      prefetch(g + i, kBlock);
+      (prefetch(rest + i, kBlock), ...);
+      for (int k = 0; k < kBlock; ++k) element(i + k, k);
+    }
+    for (int k = 0; i < end; ++i, ++k) element(i, k);
+    for (int j = 0; j < kTelemetrySums; ++j)
+      for (int k = 0; k < kBlock; ++k) sums[j] += acc[j][k];
+  }
+}
+
 class Telemetry {
  public:
   // `chunks`: the op's make_chunks(params); `grad_mul`: the op's factor for raw gradients (1/grad_scale,
@@ -125,6 +167,13 @@ class Telemetry {
         break;
     }
   }
+
+  bool on() const { return out_ != nullptr; }
+
+  // For an update that sums in its own loop (map_elements_summed): chunk c's five sums and the factor
+  // for raw gradients.
+  double* sums(const Chunk& c) { return sums_[index(c)].data(); }
+  double inv_scale() const { return inv_scale_; }
 
   // kRead: chunk c's Σ w², which the op has formed itself (lamb_moments_ sums p² for its norms).
   void add_w_sq(const Chunk& c, double w_sq) {
