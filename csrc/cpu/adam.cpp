@@ -3,8 +3,6 @@
 // per element.
 #include <torch/library.h>
 
-#include <type_traits>
-
 #include "agd_kernels/adam.h"
 #include "isa.h"
 #include "multi_tensor.h"
@@ -14,48 +12,24 @@
 namespace agd_kernels::cpu {
 namespace {
 
+// `loop`: PlainLoop, or SummedLoop with telemetry (telemetry.h).
 template <typename T, typename G, bool kL2, bool kAmsgrad, bool kLerpFromEnd>
 struct AdamChunk {
-  template <Isa I>
-  static void run(T* p, const G* g, T* m, T* v, T* vmax, int64_t n, AdamScalars<math_t<T>> s) {
+  template <Isa I, class Loop>
+  static void run(T* p, const G* g, T* m, T* v, T* vmax, int64_t n, AdamScalars<math_t<T>> s, Loop loop) {
     using M = math_t<T>;
     if constexpr (kAmsgrad) {
-      map_elements<I>(n, [&](M& pv, M gv, M& mv, M& vv, M& xv) {
+      loop.template run<I>(n, [&](M& pv, M gv, M& mv, M& vv, M& xv) {
         adam_element<kL2, true, kLerpFromEnd>(pv, gv, mv, vv, xv, s);
       }, p, g, m, v, vmax);
     } else {
-      map_elements<I>(n, [&](M& pv, M gv, M& mv, M& vv) {
+      loop.template run<I>(n, [&](M& pv, M gv, M& mv, M& vv) {
         M unused = 0;
         adam_element<kL2, false, kLerpFromEnd>(pv, gv, mv, vv, unused, s);
       }, p, g, m, v);
     }
   }
 };
-
-// AdamChunk with the telemetry sums in its own element loop (map_elements_summed): one pass over the
-// chunk instead of three. GPT-2 small, fp32, 2 cores: telemetry costs +2% instead of +30% (docs/telemetry.md).
-// Not for fp16, whose AVX2 loop goes through tiles: it keeps Telemetry's before/after passes.
-template <typename T, typename G, bool kL2, bool kAmsgrad, bool kLerpFromEnd>
-struct AdamChunkSummed {
-  template <Isa I>
-  static void run(T* p, const G* g, T* m, T* v, T* vmax, int64_t n, AdamScalars<math_t<T>> s, double* sums,
-                  math_t<T> inv_scale) {
-    using M = math_t<T>;
-    if constexpr (kAmsgrad) {
-      map_elements_summed<I>(n, [&](M& pv, M gv, M& mv, M& vv, M& xv) {
-        adam_element<kL2, true, kLerpFromEnd>(pv, gv, mv, vv, xv, s);
-      }, sums, inv_scale, p, g, m, v, vmax);
-    } else {
-      map_elements_summed<I>(n, [&](M& pv, M gv, M& mv, M& vv) {
-        M unused = 0;
-        adam_element<kL2, false, kLerpFromEnd>(pv, gv, mv, vv, unused, s);
-      }, sums, inv_scale, p, g, m, v);
-    }
-  }
-};
-
-template <typename T, typename G>
-constexpr bool kSumsInLoop = !std::is_same_v<T, c10::Half> && !std::is_same_v<G, c10::Half>;
 
 }  // namespace
 
@@ -98,22 +72,13 @@ void adam_step_cpu(at::TensorList params, at::TensorList grads, at::TensorList e
         dispatch_bool(lerp_from_end(1.0 - beta1), [&](auto from_end) {
           constexpr bool kL2 = decltype(l2)::value, kAmsgrad = decltype(ams)::value;
           using Kernel = AdamChunk<scalar_t, grad_t, kL2, kAmsgrad, decltype(from_end)::value>;
-          using Summed = AdamChunkSummed<scalar_t, grad_t, kL2, kAmsgrad, decltype(from_end)::value>;
           parallel_over_chunks(chunks, [&](const Chunk& c) {
             const int64_t t = c.tensor, i = c.begin;
-            if constexpr (kSumsInLoop<scalar_t, grad_t>) {
-              if (tel.on()) {
-                run_isa<Summed>(isa, p[t] + i, g[t] + i, m[t] + i, v[t] + i, kAmsgrad ? x[t] + i : nullptr,
-                                c.numel(), scalars[t], tel.sums(c), static_cast<M>(tel.inv_scale()));
-                if (!model.empty()) round_into_model(p[t] + i, model[t] + i, c.numel());
-                return;
-              }
-            }
-            tel.before(c, p[t] + i, g[t] + i);
-            run_isa<Kernel>(isa, p[t] + i, g[t] + i, m[t] + i, v[t] + i, kAmsgrad ? x[t] + i : nullptr, c.numel(),
-                            scalars[t]);
+            tel.update(c, p[t] + i, g[t] + i, [&](auto loop) {
+              run_isa<Kernel>(isa, p[t] + i, g[t] + i, m[t] + i, v[t] + i, kAmsgrad ? x[t] + i : nullptr,
+                              c.numel(), scalars[t], loop);
+            });
             if (!model.empty()) round_into_model(p[t] + i, model[t] + i, c.numel());
-            tel.after(c, p[t] + i);
           });
           tel.finish();
         });
