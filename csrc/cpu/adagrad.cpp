@@ -11,12 +11,13 @@
 namespace agd_kernels::cpu {
 namespace {
 
+// `loop`: PlainLoop, or SummedLoop with telemetry (telemetry.h).
 template <typename T, typename G, bool kWeightDecay>
 struct AdagradChunk {
-  template <Isa I>
-  static void run(T* p, const G* g, T* sum, int64_t n, AdagradScalars<math_t<T>> s) {
+  template <Isa I, class Loop>
+  static void run(T* p, const G* g, T* sum, int64_t n, AdagradScalars<math_t<T>> s, Loop loop) {
     using M = math_t<T>;
-    map_elements<I>(n, [&](M& pv, M gv, M& sv) { adagrad_element<kWeightDecay>(pv, gv, sv, s); }, p, g, sum);
+    loop.template run<I>(n, [&](M& pv, M gv, M& sv) { adagrad_element<kWeightDecay>(pv, gv, sv, s); }, p, g, sum);
   }
 };
 
@@ -55,10 +56,11 @@ void adagrad_step_cpu(at::TensorList params, at::TensorList grads, at::TensorLis
       constexpr bool kWeightDecay = decltype(wd)::value;
       parallel_over_chunks(chunks, [&](const Chunk& c) {
         const int64_t t = c.tensor, i = c.begin;
-        tel.before(c, p[t] + i, g[t] + i);
-        run_isa<AdagradChunk<scalar_t, grad_t, kWeightDecay>>(isa, p[t] + i, g[t] + i, sum[t] + i, c.numel(), scalars[t]);
+        tel.update(c, p[t] + i, g[t] + i, [&](auto loop) {
+          run_isa<AdagradChunk<scalar_t, grad_t, kWeightDecay>>(isa, p[t] + i, g[t] + i, sum[t] + i, c.numel(),
+                                                                scalars[t], loop);
+        });
         if (!model.empty()) round_into_model(p[t] + i, model[t] + i, c.numel());
-        tel.after(c, p[t] + i);
       });
       tel.finish();
     });

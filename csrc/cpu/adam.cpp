@@ -12,17 +12,18 @@
 namespace agd_kernels::cpu {
 namespace {
 
+// `loop`: PlainLoop, or SummedLoop with telemetry (telemetry.h).
 template <typename T, typename G, bool kL2, bool kAmsgrad, bool kLerpFromEnd>
 struct AdamChunk {
-  template <Isa I>
-  static void run(T* p, const G* g, T* m, T* v, T* vmax, int64_t n, AdamScalars<math_t<T>> s) {
+  template <Isa I, class Loop>
+  static void run(T* p, const G* g, T* m, T* v, T* vmax, int64_t n, AdamScalars<math_t<T>> s, Loop loop) {
     using M = math_t<T>;
     if constexpr (kAmsgrad) {
-      map_elements<I>(n, [&](M& pv, M gv, M& mv, M& vv, M& xv) {
+      loop.template run<I>(n, [&](M& pv, M gv, M& mv, M& vv, M& xv) {
         adam_element<kL2, true, kLerpFromEnd>(pv, gv, mv, vv, xv, s);
       }, p, g, m, v, vmax);
     } else {
-      map_elements<I>(n, [&](M& pv, M gv, M& mv, M& vv) {
+      loop.template run<I>(n, [&](M& pv, M gv, M& mv, M& vv) {
         M unused = 0;
         adam_element<kL2, false, kLerpFromEnd>(pv, gv, mv, vv, unused, s);
       }, p, g, m, v);
@@ -73,11 +74,11 @@ void adam_step_cpu(at::TensorList params, at::TensorList grads, at::TensorList e
           using Kernel = AdamChunk<scalar_t, grad_t, kL2, kAmsgrad, decltype(from_end)::value>;
           parallel_over_chunks(chunks, [&](const Chunk& c) {
             const int64_t t = c.tensor, i = c.begin;
-            tel.before(c, p[t] + i, g[t] + i);
-            run_isa<Kernel>(isa, p[t] + i, g[t] + i, m[t] + i, v[t] + i, kAmsgrad ? x[t] + i : nullptr, c.numel(),
-                            scalars[t]);
+            tel.update(c, p[t] + i, g[t] + i, [&](auto loop) {
+              run_isa<Kernel>(isa, p[t] + i, g[t] + i, m[t] + i, v[t] + i, kAmsgrad ? x[t] + i : nullptr,
+                              c.numel(), scalars[t], loop);
+            });
             if (!model.empty()) round_into_model(p[t] + i, model[t] + i, c.numel());
-            tel.after(c, p[t] + i);
           });
           tel.finish();
         });

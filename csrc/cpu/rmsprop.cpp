@@ -11,28 +11,29 @@
 namespace agd_kernels::cpu {
 namespace {
 
+// `loop`: PlainLoop, or SummedLoop with telemetry (telemetry.h).
 template <typename T, typename G, bool kWeightDecay, int kCentering, bool kMomentum>
 struct RmspropChunk {
-  template <Isa I>
-  static void run(T* p, const G* g, T* v, T* gavg, T* buf, int64_t n, RmspropScalars<math_t<T>> s) {
+  template <Isa I, class Loop>
+  static void run(T* p, const G* g, T* v, T* gavg, T* buf, int64_t n, RmspropScalars<math_t<T>> s, Loop loop) {
     using M = math_t<T>;
     constexpr auto element = rmsprop_element<kWeightDecay, kCentering, kMomentum, M>;
     constexpr bool kCentered = kCentering != kNotCentered;
     if constexpr (kCentered && kMomentum) {
-      map_elements<I>(n, [&](M& pv, M gv, M& vv, M& av, M& bv) { element(pv, gv, vv, av, bv, s); },
+      loop.template run<I>(n, [&](M& pv, M gv, M& vv, M& av, M& bv) { element(pv, gv, vv, av, bv, s); },
                       p, g, v, gavg, buf);
     } else if constexpr (kCentered) {
-      map_elements<I>(n, [&](M& pv, M gv, M& vv, M& av) {
+      loop.template run<I>(n, [&](M& pv, M gv, M& vv, M& av) {
         M unused = 0;
         element(pv, gv, vv, av, unused, s);
       }, p, g, v, gavg);
     } else if constexpr (kMomentum) {
-      map_elements<I>(n, [&](M& pv, M gv, M& vv, M& bv) {
+      loop.template run<I>(n, [&](M& pv, M gv, M& vv, M& bv) {
         M unused = 0;
         element(pv, gv, vv, unused, bv, s);
       }, p, g, v, buf);
     } else {
-      map_elements<I>(n, [&](M& pv, M gv, M& vv) {
+      loop.template run<I>(n, [&](M& pv, M gv, M& vv) {
         M unused = 0, unused2 = 0;
         element(pv, gv, vv, unused, unused2, s);
       }, p, g, v);
@@ -89,11 +90,11 @@ void rmsprop_step_cpu(at::TensorList params, at::TensorList grads, at::TensorLis
           using Kernel = RmspropChunk<scalar_t, grad_t, decltype(wd)::value, decltype(cen)::value, decltype(mom)::value>;
           parallel_over_chunks(chunks, [&](const Chunk& c) {
             const int64_t t = c.tensor, i = c.begin;
-            tel.before(c, p[t] + i, g[t] + i);
-            run_isa<Kernel>(isa, p[t] + i, g[t] + i, v[t] + i, a[t] ? a[t] + i : nullptr, b[t] ? b[t] + i : nullptr,
-                            c.numel(), s);
+            tel.update(c, p[t] + i, g[t] + i, [&](auto loop) {
+              run_isa<Kernel>(isa, p[t] + i, g[t] + i, v[t] + i, a[t] ? a[t] + i : nullptr,
+                              b[t] ? b[t] + i : nullptr, c.numel(), s, loop);
+            });
             if (!model.empty()) round_into_model(p[t] + i, model[t] + i, c.numel());
-            tel.after(c, p[t] + i);
           });
           tel.finish();
         });

@@ -3,7 +3,9 @@
 // parallel pass. Before a chunk's update its weights are copied into a per-thread snapshot (16K elements,
 // 64 KiB in fp32) and summed with the gradient; after it Δw is summed against the snapshot. The chunk is
 // still in L2 both times, so memory traffic stays the update's own. Per-chunk sums are added per tensor
-// in chunk order: the same bits for any thread count, like every CPU kernel here. LAMB splits the sums
+// in chunk order: the same bits for any thread count, like every CPU kernel here. Where the types and the
+// loop allow (Adam, RMSprop, Adagrad, yellowfin_apply_; not fp16), Telemetry::update has the update's own
+// element loop add the terms instead (SummedLoop): one pass over the chunk, not three. LAMB splits the sums
 // over its two ops (reference.telemetry READ_SUMS, UPDATE_SUMS): lamb_moments_ reads w and g and writes no
 // weight (no snapshot, its own Σp² for w_sq), lamb_apply_ only snapshots w (its fp32 path reads no g).
 #pragma once
@@ -12,6 +14,8 @@
 #include <array>
 #include <cmath>
 #include <optional>
+#include <tuple>
+#include <type_traits>
 #include <vector>
 
 #include "isa.h"
@@ -92,6 +96,69 @@ struct TelemetryAfter {
   }
 };
 
+// The five sums folded into an update's own element loop (the loop of isa.h map_elements, non-tiled path):
+// streams p (written), g, then the rest, as map_elements takes them. Each element's five terms go into
+// kBlock fp32 lanes per sum (lane = position in its 16-element block: no dependence between the elements
+// of a block, so it vectorises with the update), and each kTelemetryBlock's lanes are added into double in
+// lane order: one fixed order, 32 terms per lane. Δw is taken from the value stored into p.
+template <Isa I, typename Fn, typename P, typename G, typename... R>
+inline void map_elements_summed(int64_t n, Fn&& fn, double* sums, math_t<P> inv_scale, P* __restrict p,
+                                const G* __restrict g, R* __restrict... rest) {
+  using M = math_t<P>;
+  for (int64_t b = 0; b < n; b += kTelemetryBlock) {
+    const int64_t end = b + kTelemetryBlock < n ? b + kTelemetryBlock : n;
+    M acc[kTelemetrySums][kBlock] = {};
+    const auto element = [&](int64_t i, int k) {
+      std::tuple<M, math_t<G>, math_t<R>...> x{agd_kernels::load(p, i), agd_kernels::load(g, i),
+                                               agd_kernels::load(rest, i)...};
+      const M w = std::get<0>(x), gi = static_cast<M>(std::get<1>(x)) * inv_scale;
+      std::apply(fn, x);
+      std::apply([&](M pv, auto, auto... v) {
+        agd_kernels::store(p, i, pv);
+        (store_if_mutable(rest, i, v), ...);
+      }, x);
+      const M d = agd_kernels::load(p, i) - w;
+      acc[0][k] += w * w;
+      acc[1][k] += gi * gi;
+      acc[2][k] += w * gi;
+      acc[3][k] += d * d;
+      acc[4][k] += w * d;
+    };
+    int64_t i = b;
+    for (; i + kBlock <= end; i += kBlock) {
+      prefetch(p + i, kBlock);
+      prefetch(g + i, kBlock);
+      (prefetch(rest + i, kBlock), ...);
+      for (int k = 0; k < kBlock; ++k) element(i + k, k);
+    }
+    for (int k = 0; i < end; ++i, ++k) element(i, k);
+    for (int j = 0; j < kTelemetrySums; ++j)
+      for (int k = 0; k < kBlock; ++k) sums[j] += acc[j][k];
+  }
+}
+
+// How an update kernel runs its element loop (its last argument): PlainLoop is map_elements; SummedLoop
+// also adds the chunk's five sums (map_elements_summed). Not for fp16, whose AVX2 loop goes through tiles.
+struct PlainLoop {
+  template <Isa I, typename Fn, typename... P>
+  void run(int64_t n, Fn&& fn, P*... ptrs) const {
+    map_elements<I>(n, fn, ptrs...);
+  }
+};
+
+template <typename M>
+struct SummedLoop {
+  double* sums;
+  M inv_scale;
+  template <Isa I, typename Fn, typename P, typename G, typename... R>
+  void run(int64_t n, Fn&& fn, P* p, const G* g, R*... rest) const {
+    map_elements_summed<I>(n, fn, sums, inv_scale, p, g, rest...);
+  }
+};
+
+template <typename P, typename G>
+constexpr bool kSumsInLoop = !std::is_same_v<P, c10::Half> && !std::is_same_v<G, c10::Half>;
+
 class Telemetry {
  public:
   // `chunks`: the op's make_chunks(params); `grad_mul`: the op's factor for raw gradients (1/grad_scale,
@@ -124,6 +191,20 @@ class Telemetry {
         run_isa<TelemetrySnapshot<P>>(isa_, p, w, c.numel());
         break;
     }
+  }
+
+  // Chunk c's update, `update(loop)` running the op's kernel with `loop`: with telemetry on, a SummedLoop
+  // where the types allow (one pass over the chunk instead of three: GPT-2 small, fp32 Adam, 2 cores,
+  // +2% instead of +30%, docs/telemetry.md), else before() and after() around a PlainLoop.
+  template <typename P, typename G, class Update>
+  void update(const Chunk& c, const P* p, const G* g, const Update& update) {
+    using M = math_t<P>;
+    if constexpr (kSumsInLoop<P, G>) {
+      if (out_ != nullptr) return update(SummedLoop<M>{sums_[index(c)].data(), static_cast<M>(inv_scale_)});
+    }
+    before(c, p, g);
+    update(PlainLoop{});
+    after(c, p);
   }
 
   // kRead: chunk c's Σ w², which the op has formed itself (lamb_moments_ sums p² for its norms).

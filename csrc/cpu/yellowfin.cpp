@@ -46,16 +46,18 @@ struct YellowfinStats {
   }
 };
 
+// `loop`: PlainLoop, or SummedLoop with telemetry (telemetry.h).
 template <typename T, typename G, bool kWeightDecay, bool kHeavy>
 struct YellowfinApply {
-  template <Isa I>
-  static void run(T* p, const G* g, T* gbar, T* buf, int64_t n, YellowfinScalars<math_t<T>> s) {
+  template <Isa I, class Loop>
+  static void run(T* p, const G* g, T* gbar, T* buf, int64_t n, YellowfinScalars<math_t<T>> s, Loop loop) {
     using M = math_t<T>;
     if constexpr (kHeavy) {
-      map_elements<I>(n, [&](M& pv, M gv, M& av, M& bv) { yellowfin_element<kWeightDecay, true>(pv, gv, av, bv, s); },
-                      p, g, gbar, buf);
+      loop.template run<I>(n, [&](M& pv, M gv, M& av, M& bv) {
+        yellowfin_element<kWeightDecay, true>(pv, gv, av, bv, s);
+      }, p, g, gbar, buf);
     } else {
-      map_elements<I>(n, [&](M& pv, M gv, M& av) {
+      loop.template run<I>(n, [&](M& pv, M gv, M& av) {
         M unused = 0;
         yellowfin_element<kWeightDecay, false>(pv, gv, av, unused, s);
       }, p, g, gbar);
@@ -172,10 +174,10 @@ void yellowfin_apply_cpu(at::TensorList params, at::TensorList grads, at::Tensor
         using Kernel = YellowfinApply<scalar_t, grad_t, decltype(wd)::value, decltype(heavy)::value>;
         parallel_over_chunks(chunks, [&](const Chunk& c) {
           const int64_t t = c.tensor, i = c.begin;
-          tel.before(c, p[t] + i, g[t] + i);
-          run_isa<Kernel>(isa, p[t] + i, g[t] + i, a[t] + i, b[t] + i, c.numel(), s);
+          tel.update(c, p[t] + i, g[t] + i, [&](auto loop) {
+            run_isa<Kernel>(isa, p[t] + i, g[t] + i, a[t] + i, b[t] + i, c.numel(), s, loop);
+          });
           if (!model.empty()) round_into_model(p[t] + i, model[t] + i, c.numel());
-          tel.after(c, p[t] + i);
         });
       });
     });
