@@ -110,14 +110,21 @@ def _add5(a0, a1, a2, a3, a4, b0, b1, b2, b3, b4):
 
 
 @triton.jit
+def _delta(w, new, p, mask):
+    """Δw: `new` rounded as it is stored into p, minus w; 0 in masked lanes (an update of zeros need not be 0)."""
+    d = new.to(p.dtype.element_ty).to(tl.float32) - w
+    if mask is not None:
+        d = tl.where(mask, d, 0.0)
+    return d
+
+
+@triton.jit
 def add_tile_sums(sums, w, g, new, p, mask, TELEMETRY: tl.constexpr):
     """`sums` plus one tile's five sums: w the weights before the update, g the gradient divided by grad_scale
     (not negated by maximize, before weight decay), Δw = `new` rounded as it is stored into p, minus w.
     Masked lanes loaded w = g = 0; their Δw is zeroed too (an update of zeros need not be zero)."""
     if TELEMETRY:
-        d = new.to(p.dtype.element_ty).to(tl.float32) - w
-        if mask is not None:
-            d = tl.where(mask, d, 0.0)
+        d = _delta(w, new, p, mask)
         t = tl.reduce((w * w, g * g, w * g, d * d, w * d), 0, _add5)
         return sums[0] + t[0], sums[1] + t[1], sums[2] + t[2], sums[3] + t[3], sums[4] + t[4]
     else:
@@ -125,20 +132,50 @@ def add_tile_sums(sums, w, g, new, p, mask, TELEMETRY: tl.constexpr):
 
 
 @triton.jit
-def store_sums(sums, scratch, block):
-    """This program's sums as partial row `block` (fp64 slots) of the launch's scratch."""
+def _add2(a0, a1, b0, b1):
+    return a0 + b0, a1 + b1
+
+
+@triton.jit
+def add_read_sums(sums, w, g, TELEMETRY: tl.constexpr):
+    """`sums` plus one tile's g_sq and w_g, for lamb_moments_ (READ_SUMS: it writes no weight, and its w_sq is
+    the Σp² it reduces for `norms` anyway). Masked lanes loaded w = g = 0."""
+    if TELEMETRY:
+        t = tl.reduce((g * g, w * g), 0, _add2)
+        return sums[0], sums[1] + t[0], sums[2] + t[1], sums[3], sums[4]
+    else:
+        return sums
+
+
+@triton.jit
+def add_update_sums(sums, w, new, p, mask, TELEMETRY: tl.constexpr):
+    """`sums` plus one tile's d_sq and w_d, for lamb_apply_ (UPDATE_SUMS: its fp32 path reads no gradient);
+    w, Δw as in add_tile_sums."""
+    if TELEMETRY:
+        d = _delta(w, new, p, mask)
+        t = tl.reduce((d * d, w * d), 0, _add2)
+        return sums[0], sums[1], sums[2], sums[3] + t[0], sums[4] + t[1]
+    else:
+        return sums
+
+
+@triton.jit
+def store_sums(sums, scratch, block, FIRST: tl.constexpr = 0, END: tl.constexpr = NUM_SUMS):
+    """This program's sums as partial row `block` (fp64 slots) of the launch's scratch: columns FIRST .. END
+    (an op that adds only some columns stores only those)."""
     row = scratch + block.to(tl.int64) * NUM_SUMS
-    for c in tl.static_range(NUM_SUMS):
+    for c in tl.static_range(FIRST, END):
         tl.store(row + c, sums[c].to(tl.float64))
 
 
 @triton.jit
-def add_tensor_sums(scratch, first_block, n_blocks, out):
-    """out[0:5] (fp32, one tensor's telemetry row) += the sums of partial rows first_block .. + n_blocks, in
-    that order: SUM_ROWS rows at a time by tl.sum's fixed tree, then in sequence, in fp64. Runs in the
-    tensor's last program (last_to_arrive), which sees every sibling's row; .cg reads them from L2."""
+def add_tensor_sums(scratch, first_block, n_blocks, out, FIRST: tl.constexpr = 0, END: tl.constexpr = NUM_SUMS):
+    """out[FIRST:END] (fp32, of one tensor's telemetry row) += the sums of partial rows first_block .. +
+    n_blocks, in that order: SUM_ROWS rows at a time by tl.sum's fixed tree, then in sequence, in fp64; the
+    other columns of out are not touched. Runs in the tensor's last program (last_to_arrive), which sees every
+    sibling's row; .cg reads them from L2."""
     k = tl.arange(0, SUM_ROWS)
-    for c in tl.static_range(NUM_SUMS):
+    for c in tl.static_range(FIRST, END):
         total = tl.zeros([], dtype=tl.float64)
         for b in range(first_block, first_block + n_blocks, SUM_ROWS):
             rows = b + k

@@ -210,39 +210,34 @@ def model_pointers(model_params: Sequence[Tensor], grad_ptrs: Tensor, device: to
     return pointers(model_params, device) if model_params else grad_ptrs
 
 
-#: `telemetry` of a launch_elementwise whose kernels take no telemetry arguments (YellowFin's apply).
-NO_TELEMETRY = object()
+def telemetry_meta(cfg: Config, on: bool) -> dict:
+    """The launch meta-parameters of a kernel with a TELEMETRY constexpr: TELEMETRY, and ptxas' register cap
+    for the telemetry variants (Config.telemetry_maxnreg)."""
+    return dict(TELEMETRY=on, **({"maxnreg": cfg.telemetry_maxnreg} if on and cfg.telemetry_maxnreg else {}))
 
 
 def launch_elementwise(op: str, kernel, tensor_kernel, params: Sequence[Tensor], grads: Sequence[Tensor],
                        states: Sequence[Sequence[Tensor] | None], steps: Sequence[Tensor] | None,
-                       hyper: Sequence, model_params: Sequence[Tensor] = (), telemetry=NO_TELEMETRY) -> None:
+                       hyper: Sequence, model_params: Sequence[Tensor] = (), telemetry: Tensor | None = None) -> None:
     """The launch of an elementwise optimizer op: `kernel` once over the pointer table (arguments rows, gradient
-    pointers, model-param pointers, blocks, arrival counters when there are step counters, then `hyper`), or
-    while tracing `tensor_kernel` once per tensor (the arguments of tensor_launches, then `hyper`). Kernels are
-    specialised on COPY (model_params given: store each updated master into its model param) and, in the table
-    kernel, GDTYPE (the gradients' and model params' dtype): (T, T, no copy) and (fp32, 16-bit, copy).
+    pointers, model-param pointers, blocks, arrival counters, then `hyper`), or while tracing `tensor_kernel`
+    once per tensor (the arguments of tensor_launches, then `hyper`). Kernels are specialised on COPY
+    (model_params given: store each updated master into its model param) and, in the table kernel, GDTYPE (the
+    gradients' and model params' dtype): (T, T, no copy) and (fp32, 16-bit, copy).
 
-    The telemetry ops (adam, sgd, rmsprop, adagrad) pass `telemetry`, None or the buffer: their kernels also
-    take the arrival counters (SGD has no step counters: they then serve telemetry only), a scratch of 5 fp64
-    slots per program and the buffer (per tensor: the scratch, the buffer and the tensor's row), and TELEMETRY:
-    each program stores its five sums as a scratch row and the tensor's last program adds the rows into its
-    telemetry row (_common.py), in the same launch. Without a buffer, scratch and buffer are stand-ins, never
-    read, and TELEMETRY=False compiles to the kernel without telemetry."""
+    Telemetry (adam, sgd, rmsprop, adagrad, yellowfin_apply_): the kernels also take, after the arrival
+    counters (ops without step counters, SGD and YellowFin, use them for telemetry only), a scratch of 5 fp64
+    slots per program and the `telemetry` buffer (per tensor: the scratch, the buffer and the tensor's row),
+    and TELEMETRY: each program stores its five sums as a scratch row and the tensor's last program adds the
+    rows into its telemetry row (_common.py), in the same launch. Without a buffer, scratch and buffer are
+    stand-ins, never read, and TELEMETRY=False compiles to the kernel without telemetry."""
     cfg = config(params[0].device)
-    meta = dict(BLOCK=cfg.block, CHUNK=cfg.chunk, num_warps=cfg.num_warps, COPY=bool(model_params))
-    takes = telemetry is not NO_TELEMETRY
-    on = takes and telemetry is not None
-    if takes:
-        meta["TELEMETRY"] = on
-    if on and cfg.telemetry_maxnreg:
-        meta["maxnreg"] = cfg.telemetry_maxnreg
+    on = telemetry is not None
+    meta = dict(BLOCK=cfg.block, CHUNK=cfg.chunk, num_warps=cfg.num_warps, COPY=bool(model_params),
+                **telemetry_meta(cfg, on))
     if traced(params[0]):
         for i, (grid, args) in enumerate(tensor_launches(params, grads, states, steps, cfg.chunk, model_params,
                                                          counter=on)):
-            if not takes:
-                wrap_triton(tensor_kernel)[grid](*args, *hyper, **meta)
-                continue
             if steps is None and not on:  # the counter's place (p stands in, never read)
                 args = (*args[:-1], args[0], args[-1])
             scratch = torch.empty(grid[0] * 5, dtype=torch.float64, device=params[0].device) if on else args[0]
@@ -250,8 +245,7 @@ def launch_elementwise(op: str, kernel, tensor_kernel, params: Sequence[Tensor],
         return
     tab, grad_ptrs, align = elementwise_table(op, params, grads, states, steps, cfg.chunk,
                                               scratch_per_block=5 if on else 0, model_params=model_params)
-    extra = ((tab.counters,) if steps is not None or takes else ()) + (
-        (tab.scratch if on else grad_ptrs, telemetry if on else grad_ptrs) if takes else ())
+    extra = (tab.counters, tab.scratch if on else grad_ptrs, telemetry if on else grad_ptrs)
     wrap_triton(kernel)[(tab.n_blocks,)](tab.rows, grad_ptrs, model_pointers(model_params, grad_ptrs, params[0].device),
                                          tab.blocks, *extra, *hyper, DTYPE=TL_DTYPE[params[0].dtype],
                                          GDTYPE=TL_DTYPE[grads[0].dtype], ALIGN=align, **meta)

@@ -15,10 +15,12 @@ import triton.language as tl
 from torch import Tensor
 from torch.library import wrap_triton
 
+from agd_kernels.reference import telemetry as _telemetry
 from agd_kernels.reference.yellowfin import EPS, SLOT, SLOTS, X_MAX
 
 from . import multi_tensor as mt
-from ._common import last_to_arrive, load, pow_f64, program_chunk, row_pointer, scalar, store_param
+from ._common import (add_tensor_sums, add_tile_sums, last_to_arrive, load, no_sums, pow_f64, program_chunk,
+                      row_pointer, scalar, store_param, store_sums)
 
 # rows payload columns (stats reads the gradient averages; apply writes params, averages and buffers)
 _AVG = tl.constexpr(mt.HEAD + 0)
@@ -378,8 +380,8 @@ def _check_stats(op: str, stats: Tensor, device: torch.device) -> None:
 
 # ------------------------------------------------------------------------------------------ apply
 @triton.jit
-def _yellowfin_apply_tile(p, g, model, a, buf, offs, mask, lr, mu, heavy, beta, avg_coef, step_coef, weight_decay,
-                          COPY: tl.constexpr):
+def _yellowfin_apply_tile(p, g, model, a, buf, offs, mask, sums, lr, mu, heavy, beta, avg_coef, step_coef,
+                          weight_decay, unscale, COPY: tl.constexpr, TELEMETRY: tl.constexpr):
     gv = load(g + offs, mask)
     pv = load(p + offs, mask)
     tl.store(a + offs, (load(a + offs, mask) * beta + avg_coef * gv).to(a.dtype.element_ty), mask=mask)
@@ -390,43 +392,61 @@ def _yellowfin_apply_tile(p, g, model, a, buf, offs, mask, lr, mu, heavy, beta, 
         # buffers start at zero: the first step with μ ≠ 0 gives μ·0 + d = d, torch's clone(d)
         d = mu * load(buf + offs, mask) + d
         tl.store(buf + offs, d.to(buf.dtype.element_ty), mask=mask)
-    store_param(p, model, offs, mask, pv - lr * d, COPY)
+    new = pv - lr * d
+    store_param(p, model, offs, mask, new, COPY)
+    # the loss's gradient: the raw one times the tune's 1/grad_scale
+    return add_tile_sums(sums, pv, gv * unscale, new, p, mask, TELEMETRY)
 
 
 @triton.jit
-def _yellowfin_apply_chunk(p, g, model, a, buf, numel, start, tuner, stats, n_rows, inf_ptr, beta, weight_decay,
-                           COPY: tl.constexpr, BLOCK: tl.constexpr, CHUNK: tl.constexpr):
+def _yellowfin_apply_chunk(p, g, model, a, buf, counter, numel, start, block, first_block, n_blocks, scratch, tel_row,
+                           tuner, stats, n_rows, inf_ptr, beta, weight_decay, COPY: tl.constexpr,
+                           TELEMETRY: tl.constexpr, BLOCK: tl.constexpr, CHUNK: tl.constexpr):
     beta = scalar(beta, tl.float64)
     mu = tl.load(tuner + _MU_T)
     scalars = (tl.load(tuner + _APPLIED_LR).to(tl.float32), mu.to(tl.float32), mu != 0, beta.to(tl.float32),
                ((1.0 - beta) * tl.load(tuner + _STATS_COEF)).to(tl.float32),
                tl.load(tuner + _STEP_COEF).to(tl.float32), scalar(weight_decay, tl.float32))
-    limit = tl.where(_skipped(stats, n_rows, inf_ptr), 0, numel)  # a skipped step: every element masked
+    unscale = tl.load(tuner + _GRAD_UNSCALE).to(tl.float32) if TELEMETRY else 1.0
+    skipped = _skipped(stats, n_rows, inf_ptr)
+    limit = tl.where(skipped, 0, numel)  # a skipped step: every element masked, nothing added
+    sums = no_sums()
     for off in range(0, CHUNK, BLOCK):
         offs = start + off + tl.arange(0, BLOCK)
         if start + off + BLOCK <= limit:
-            _yellowfin_apply_tile(p, g, model, a, buf, offs, None, *scalars, COPY)
+            sums = _yellowfin_apply_tile(p, g, model, a, buf, offs, None, sums, *scalars, unscale, COPY, TELEMETRY)
         else:
-            _yellowfin_apply_tile(p, g, model, a, buf, offs, offs < limit, *scalars, COPY)
+            sums = _yellowfin_apply_tile(p, g, model, a, buf, offs, offs < limit, sums, *scalars, unscale, COPY,
+                                         TELEMETRY)
+    if TELEMETRY:  # apply has no step counter: its arrival counters serve telemetry only
+        store_sums(sums, scratch, block)
+        if last_to_arrive(counter, n_blocks, ~skipped):
+            add_tensor_sums(scratch, first_block, n_blocks, tel_row)
 
 
 @triton.jit
-def _yellowfin_apply_kernel(rows, grads, models, blocks, tuner, stats, n_rows, inf_ptr, beta: "fp64", weight_decay,
-                            DTYPE: tl.constexpr, GDTYPE: tl.constexpr, ALIGN: tl.constexpr, COPY: tl.constexpr,
-                            BLOCK: tl.constexpr, CHUNK: tl.constexpr):
+def _yellowfin_apply_kernel(rows, grads, models, blocks, counters, scratch, telemetry, tuner, stats, n_rows, inf_ptr,
+                            beta: "fp64", weight_decay, DTYPE: tl.constexpr, GDTYPE: tl.constexpr,
+                            ALIGN: tl.constexpr, COPY: tl.constexpr, TELEMETRY: tl.constexpr, BLOCK: tl.constexpr,
+                            CHUNK: tl.constexpr):
     t, start = program_chunk(blocks, CHUNK)
     row = rows + t * _APPLY_NCOL
     _yellowfin_apply_chunk(row_pointer(row, _P, DTYPE, ALIGN), row_pointer(grads, t, GDTYPE, ALIGN),
                            row_pointer(models, t, GDTYPE, ALIGN), row_pointer(row, _APPLY_AVG, DTYPE, ALIGN),
-                           row_pointer(row, _BUF, DTYPE, ALIGN), tl.load(row + mt.NUMEL), start, tuner, stats,
-                           n_rows, inf_ptr, beta, weight_decay, COPY, BLOCK, CHUNK)
+                           row_pointer(row, _BUF, DTYPE, ALIGN), counters + t, tl.load(row + mt.NUMEL), start,
+                           tl.program_id(0), tl.load(row + mt.FIRST), tl.load(row + mt.NBLOCKS), scratch,
+                           telemetry + t * 5, tuner, stats, n_rows, inf_ptr, beta, weight_decay, COPY, TELEMETRY,
+                           BLOCK, CHUNK)
 
 
 @triton.jit
-def _yellowfin_apply_tensor_kernel(p, g, model, a, buf, numel, tuner, stats, n_rows, inf_ptr, beta: "fp64",
-                                   weight_decay, COPY: tl.constexpr, BLOCK: tl.constexpr, CHUNK: tl.constexpr):
-    _yellowfin_apply_chunk(p, g, model, a, buf, numel, tl.program_id(0).to(tl.int64) * CHUNK, tuner, stats, n_rows,
-                           inf_ptr, beta, weight_decay, COPY, BLOCK, CHUNK)
+def _yellowfin_apply_tensor_kernel(p, g, model, a, buf, counter, numel, scratch, telemetry, tensor, tuner, stats,
+                                   n_rows, inf_ptr, beta: "fp64", weight_decay, COPY: tl.constexpr,
+                                   TELEMETRY: tl.constexpr, BLOCK: tl.constexpr, CHUNK: tl.constexpr):
+    block = tl.program_id(0)
+    _yellowfin_apply_chunk(p, g, model, a, buf, counter, numel, block.to(tl.int64) * CHUNK, block, 0,
+                           tl.num_programs(0), scratch, telemetry + tensor * 5, tuner, stats, n_rows, inf_ptr, beta,
+                           weight_decay, COPY, TELEMETRY, BLOCK, CHUNK)
 
 
 def yellowfin_apply_triton(params: list[Tensor], grads: list[Tensor], grad_avgs: list[Tensor],
@@ -434,11 +454,10 @@ def yellowfin_apply_triton(params: list[Tensor], grads: list[Tensor], grad_avgs:
                            weight_decay: float, found_inf: Tensor | None,
                            model_params: list[Tensor], telemetry: Tensor | None = None) -> None:
     """Triton `yellowfin_apply_` (see agd_kernels.ops.yellowfin_apply_)."""
-    if telemetry is not None:  # TEL-TODO
-        raise NotImplementedError("yellowfin_apply_: telemetry is not implemented in the triton backend yet")
+    op = "yellowfin_apply_"
+    _telemetry.check(op, telemetry, params)
     if not params:
         return
-    op = "yellowfin_apply_"
     mt.check_lists(op, params, {"grad_avgs": grad_avgs, "momentum_buffers": momentum_buffers}, grads=grads,
                    model_params=model_params)
     device = params[0].device
@@ -450,4 +469,4 @@ def yellowfin_apply_triton(params: list[Tensor], grads: list[Tensor], grad_avgs:
     _, inf = mt.amp_scalars(None, found_inf, device, op)
     hyper = (tuner, stats, stats.numel() // 4, inf, beta, weight_decay)
     mt.launch_elementwise(op, _yellowfin_apply_kernel, _yellowfin_apply_tensor_kernel, params, grads,
-                          [grad_avgs, momentum_buffers], None, hyper, model_params)
+                          [grad_avgs, momentum_buffers], None, hyper, model_params, telemetry)
