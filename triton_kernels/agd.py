@@ -80,8 +80,7 @@ def _agd_update_chunk(p, g, model, counter, numel, start, block, first_block, n_
         m = k < n_slots
         norm = tl.sqrt_rn(tl.load(sumsq + k, mask=m, other=0.0))
         acc += tl.load(slice_sv + k, mask=m, other=0.0).to(tl.float64) * norm.to(tl.float64)
-    scale = tl.load(scale_ptr).to(tl.float32)
-    big_g = tl.div_rn((tl.sum(acc, axis=0) / depth).to(tl.float32), scale)
+    big_g = tl.div_rn((tl.sum(acc, axis=0) / depth).to(tl.float32), tl.load(scale_ptr).to(tl.float32))
     # eta = log1p(G/(½ + √(¼ + G))), in fp64: no overflow of 4G and no cancellation for small G
     g64 = big_g.to(tl.float64)
     eta = log1p_f64(g64 / (0.5 + tl.sqrt(0.25 + g64))).to(tl.float32)
@@ -96,6 +95,7 @@ def _agd_update_chunk(p, g, model, counter, numel, start, block, first_block, n_
     pooled_norm = tl.sqrt(pooled).to(tl.float32)
     owner_sv = tl.load(slice_sv + slot, mask=count > 0, other=0.0)
     follower_coef = tl.where(pooled_norm == 0, 0.0, tl.div_rn(step * owner_sv, tl.where(pooled_norm == 0, 1.0, pooled_norm)))
+    scale = tl.load(scale_ptr).to(tl.float32)  # for the sums' g = g/grad_scale only (unused without TELEMETRY)
     # found_inf set, or no slots (a zero-size kernel dim): every element masked, nothing read or written
     limit = tl.where(live & (count > 0), numel, 0)
     sums = no_sums()
@@ -132,10 +132,12 @@ def _agd_update_kernel(rows, grads, models, blocks, counters, scratch, telemetry
 
 
 @triton.jit
-def _agd_update_tensor_kernel(p, g, model, counter, numel, scratch, telemetry, tensor, taps, slot, count, follower,
-                              sumsq, slice_sv, n_slots, depth, gain, scale_ptr, inf_ptr, eta_out, g_out, write_out,
+def _agd_update_tensor_kernel(p, g, model, numel, taps, slot, count, follower, sumsq, slice_sv, n_slots, depth, gain,
+                              scale_ptr, inf_ptr, eta_out, g_out, write_out, counter, scratch, telemetry, tensor,
                               COPY: tl.constexpr, TELEMETRY: tl.constexpr, SLOTS: tl.constexpr, BLOCK: tl.constexpr,
                               CHUNK: tl.constexpr):
+    # the telemetry arguments last, so that the others keep their places: placed before `taps`, they made
+    # ptxas schedule 7 of the 20 kernels without TELEMETRY differently (same instructions, other order)
     block = tl.program_id(0)
     _agd_update_chunk(p, g, model, counter, numel, block.to(tl.int64) * CHUNK, block, 0, tl.num_programs(0), scratch,
                       telemetry + tensor * 5, taps, slot, count, follower, sumsq, slice_sv, n_slots, depth, gain,
@@ -180,10 +182,11 @@ def agd_step_triton(params: list[Tensor], grads: list[Tensor], sumsq: Tensor, sl
         for i, (p, g, model, row) in enumerate(zip(params, grads, models, rows) if params
                                                else [(empty, empty, empty, (1, 0, 0, 0))]):
             grid = (mt.n_programs(p.numel(), cfg.chunk),)
-            tel = ((torch.zeros(1, dtype=torch.int32, device=device), p.numel(),
+            tel = ((torch.zeros(1, dtype=torch.int32, device=device),
                     torch.empty(grid[0] * 5, dtype=torch.float64, device=device), telemetry) if on
-                   else (sumsq, p.numel(), sumsq, sumsq))
-            wrap_triton(_agd_update_tensor_kernel)[grid](p, g, model, *tel, i, *row, *scalars, int(i == 0), **meta)
+                   else (sumsq, sumsq, sumsq))
+            wrap_triton(_agd_update_tensor_kernel)[grid](p, g, model, p.numel(), *row, *scalars, int(i == 0), *tel, i,
+                                                         **meta)
         return eta, big_g
     tab = mt.table("agd_step_", device, [p.numel() for p in params],
                    [(p.data_ptr(), *row) for p, row in zip(params, rows)], cfg.chunk, scratch_per_block=5 if on else 0)

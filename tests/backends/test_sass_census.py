@@ -142,6 +142,33 @@ def test_master_weights_kernels_use_128_bit_accesses(census):
     assert checked == set(MIXED_STREAMS), f"no master-weights launch of {sorted(set(MIXED_STREAMS) - checked)}"
 
 
+#: Triton kernels with a TELEMETRY constexpr (triton_kernels/_common.py, "telemetry"): the census bounds above
+#: hold for both variants of each, so both must be compiled, for every dtype (telemetry launches: under
+#: ptxas' register cap multi_tensor.GPU.telemetry_maxnreg, MAX_TELEMETRY_STACK_BYTES).
+TELEMETRY_TRITON_KERNELS = {f"{mod}.{name}" for mod, names in {
+    "adam": ("_adam",), "sgd": ("_sgd",), "rmsprop": ("_rmsprop",), "adagrad": ("_adagrad",),
+    "agd": ("_agd_update",), "lamb": ("_lamb_moments", "_lamb_apply"), "yellowfin": ("_yellowfin_apply",),
+}.items() for base in names for name in (f"{base}_kernel", f"{base}_tensor_kernel")}
+
+
+def test_telemetry_kernels_compiled_with_and_without_telemetry(census):
+    from agd_kernels.triton_kernels.multi_tensor import GPU
+    from tests.backends.triton_aot import DTYPES, MIXED
+
+    flagged = {job["kernel"] for job, _, _ in census if "TELEMETRY" in job["args"]}
+    assert flagged == TELEMETRY_TRITON_KERNELS, f"kernels with TELEMETRY: {sorted(flagged)}"
+    seen = {(job["kernel"], job["dtype"], job["args"]["TELEMETRY"]["value"]) for job, _, _ in census
+            if "TELEMETRY" in job["args"]}
+    missing = [f"{kernel} {dtype} TELEMETRY={on}" for kernel in sorted(TELEMETRY_TRITON_KERNELS)
+               for dtype in (*DTYPES.values(), *MIXED.values()) for on in (False, True)
+               if (kernel, dtype, on) not in seen]
+    assert not missing, "not compiled:\n" + "\n".join(missing)
+    capped = [_label(job, arch) for job, arch, _ in census if "TELEMETRY" in job["args"]
+              and job["options"].get("maxnreg") != (GPU.telemetry_maxnreg if job["args"]["TELEMETRY"]["value"]
+                                                     else None)]
+    assert not capped, "maxnreg must be telemetry_maxnreg exactly for the telemetry launches:\n" + "\n".join(capped)
+
+
 def test_census_file_is_current(triton_aot):
     from scripts.sass_census import CENSUS, render
 

@@ -211,6 +211,20 @@ def test_agd_followers_zero_taps_and_nan(nan):
     check_agd_edge_case(nan)
 
 
+def test_agd_telemetry_sums_the_unmoved_follower():
+    """The reference sums every tensor, also the follower (2,) of the slot-less weight (2, 3, 0), which the op
+    does not move: its w_sq, g_sq and w_g are added, its d_sq and w_d are 0 (agd.py _agd_still_sums)."""
+    args, _, _ = agd_edge_case(False)
+    buffers = []
+    for backend in ("triton", "torch"):
+        call = _clone_args(args)
+        buffers.append(torch.full((len(args[0]), 5), 0.25))
+        run("agd_step_", backend, (*call, buffers[-1]))
+    got, ref = buffers
+    assert (ref[5, :3] != 0.25).all() and (ref[5, 3:] == 0.25).all()
+    torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-6)
+
+
 # ------------------------------------------------------------------------------ interpreter rounding
 def test_interpreter_truncates_bf16():
     """SGD with lr 1 from p = 1 by g = 2^-10: the exact result 1 − 2^-10 lies a quarter bf16 ulp below 1.
@@ -292,16 +306,16 @@ def test_launches_per_step(name, monkeypatch):
     assert counter.count == OPTIMIZERS[name][1]
 
 
-@pytest.mark.parametrize("name", ["Adam", "AdamW", "SGD", "RMSprop", "Adagrad"])
+@pytest.mark.parametrize("name", list(OPTIMIZERS))
 def test_telemetry_adds_no_launch(name, monkeypatch):
     """telemetry=True: the tensors' last programs add the sums in the update's own launch (_common.py), so a step
-    is still one launch."""
+    makes the launches it makes without telemetry."""
     model = make_model(edge_cases=True)
     opt = OPTIMIZERS[name][0](list(model.parameters()), "triton", telemetry=True)
     compute_grads(model, 0)
     counter = _LaunchCounter(monkeypatch)
     opt.step()
-    assert counter.count == 1
+    assert counter.count == OPTIMIZERS[name][1]
     assert opt.telemetry().layers["grad_norm"].isfinite().all()
 
 
@@ -453,6 +467,26 @@ def _master_args():
         "fp16-beside-bf16"])
 def test_bad_mixed_input_raises_and_changes_nothing(corrupt, match):
     _assert_refused(_master_args(), corrupt, match)
+
+
+TELEMETRY_OPS = ["agd_step_", "lamb_moments_", "lamb_apply_", "yellowfin_apply_"]
+
+
+@pytest.mark.parametrize("bad", [lambda n: torch.zeros(n + 1, 5), lambda n: torch.zeros(n, 5, dtype=torch.float64),
+                                 lambda n: torch.zeros(5, n).t()], ids=["shape", "dtype", "strided"])
+@pytest.mark.parametrize("op", TELEMETRY_OPS)
+def test_bad_telemetry_raises_and_changes_nothing(op, bad):
+    """The other telemetry ops refuse a bad buffer as adam_step_ does (reference.telemetry.check), before
+    anything is written."""
+    args = list(make_args(op, shapes_for(op, [3, 5]), torch.float32, "telemetry"))
+    n = len(args[0])
+    args[-1] = bad(n)
+    before = _clone_args(args)
+    with pytest.raises(ValueError, match=rf"{op}: telemetry must be a contiguous float32 tensor of shape \({n}, 5\)"):
+        run(op, "triton", tuple(args))
+    for pos in mutated_positions(op):
+        for a, b in zip(_flat(args[pos]), _flat(before[pos])):
+            assert torch.equal(a.isnan(), b.isnan()) and torch.equal(a.nan_to_num(), b.nan_to_num())
 
 
 @pytest.mark.parametrize("op, pos", [("lamb_moments_", 6), ("lamb_apply_", 7)])
