@@ -489,6 +489,19 @@ def test_bad_telemetry_raises_and_changes_nothing(op, bad):
             assert torch.equal(a.isnan(), b.isnan()) and torch.equal(a.nan_to_num(), b.nan_to_num())
 
 
+def test_yellowfin_skipped_step_adds_no_telemetry():
+    """A step skipped for a non-finite Σg² (found_inf clear: op_cases' telemetry-found-inf covers the other
+    skip) adds nothing, as the reference's step_skipped says."""
+    op = "yellowfin_apply_"
+    args = list(make_args(op, shapes_for(op, SIZES), torch.float32, "non-finite"))
+    assert ref_yellowfin.step_skipped(args[5], args[8]).item()  # the variant skips
+    args[-1] = buffer = torch.full((len(args[0]), 5), 0.25)  # telemetry, the last argument
+    before = _clone_args(args)
+    run(op, "triton", tuple(args))
+    assert torch.equal(buffer, torch.full_like(buffer, 0.25))
+    assert all(torch.equal(a, b) for a, b in zip(args[0], before[0]))
+
+
 @pytest.mark.parametrize("op, pos", [("lamb_moments_", 6), ("lamb_apply_", 7)])
 @pytest.mark.parametrize("norms", [torch.zeros(5, dtype=torch.float64), torch.zeros(6, dtype=torch.bfloat16),
                                    torch.zeros(12, dtype=torch.float64)[::2]], ids=["numel", "dtype", "strided"])
