@@ -9,8 +9,9 @@
                  overwritten), p ← p − lr·ratio·u.
 With the grad-norm pass (`slice_sumsq_`, run by the optimizer over every group) that is 3 launches per step.
 Bytes per fp32 element: 16 read + 8 written, then 12 read + 4 written (apex: 6 reads + 4 writes + the
-‖p‖ and ‖u‖ passes). Both launches walk one cached pointer table (lamb_apply_ ignores its counters and
-scratch), so a step whose tensors did not move uploads nothing.
+‖p‖ and ‖u‖ passes). Both launches walk one cached pointer table (lamb_apply_ uses its counters and scratch
+for telemetry only), so a step whose tensors did not move uploads nothing. Telemetry (_common.py): lamb_moments_
+adds w_sq (the Σp² of `norms`), g_sq and w_g, lamb_apply_ d_sq and w_d, in their own launches.
 
 16-bit parameters (DEFER) leave m and v alone in lamb_moments_ and recompute them in lamb_apply_ from the old
 m, v and the gradient, then store them, as the reference's deferred-moments rule says: u must come from the
