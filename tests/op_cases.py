@@ -553,13 +553,16 @@ def check_telemetry(op: str, name: str, before: tuple, after: tuple) -> None:
     the cross sums) plus an fp32 ulp of the result (the add to the fill)."""
     grad_scale, found_inf = _amp_of(op, before)
     got = after[-1].double().cpu()
-    expected = torch.full_like(got, TELEMETRY_FILL)
-    cols = list(TELEMETRY_COLUMNS.get(op, ALL_SUMS))  # the columns this op adds; the others keep the fill
+    # All five sums, also where the op adds only some (LAMB): lamb_apply_'s w_d is scaled by w_sq, which
+    # lamb_moments_ adds.
+    sums = torch.zeros_like(got)
     if not (found_inf is not None and found_inf.item() != 0):
         for i, (w, g, w_new) in enumerate(zip(before[0], before[1], after[0])):
-            expected[i, cols] += telemetry_sums(w, g, w_new, grad_scale).cpu()[cols]
-    sums = (expected - TELEMETRY_FILL).clamp_min(0)
-    w_sq, g_sq, _, d_sq, _ = sums.unbind(1)
+            sums[i] = telemetry_sums(w, g, w_new, grad_scale).cpu()
+    expected = torch.full_like(got, TELEMETRY_FILL)
+    cols = list(TELEMETRY_COLUMNS.get(op, ALL_SUMS))  # the columns this op adds; the others keep the fill
+    expected[:, cols] += sums[:, cols]
+    w_sq, g_sq, _, d_sq, _ = sums.clamp_min(0).unbind(1)
     scale = torch.stack([w_sq, g_sq, (w_sq * g_sq).sqrt(), d_sq, (w_sq * d_sq).sqrt()], dim=1)
     bad = (got - expected).abs() > 1e-5 * scale + 2 * EPS32 * expected.abs()  # + the fp32 add to the fill
     assert not bad.any(), (
