@@ -128,6 +128,9 @@ struct LambMomentsKernel {
     if constexpr (kTelemetry) telemetry_block<kTelemetryGSq, kTelemetryDSq>(ctx, shared, sums, a.tel);
     const int64_t blocks = blocks_of(tab.numel(c.tensor));
     if (!last_block(ctx, tab.counters + c.tensor, blocks, shared.last)) return;
+    // Telemetry's g_sq and w_g first: after the norms' trees, ptxas reloaded the thread index from the stack
+    // inside this tree's loop (fp32, no weight decay, sm_80 and sm_90); here the reload stays outside loops.
+    if constexpr (kTelemetry) telemetry_tensor<kTelemetryGSq, kTelemetryDSq>(ctx, shared, a.tel, c, blocks);
     // A tensor's blocks are consecutive in the block map: the first is this block minus its chunk index.
     const volatile double* partials = a.partials + 2 * (ctx.block() - c.begin / kChunk);
     double part_p = 0.0, part_u = 0.0;
@@ -137,14 +140,13 @@ struct LambMomentsKernel {
     }
     const double norm_p = block_sum(ctx, shared.scratch, part_p);
     const double norm_u = block_sum(ctx, shared.scratch, part_u);
-    if constexpr (kTelemetry) {
-      telemetry_tensor<kTelemetryGSq, kTelemetryDSq>(ctx, shared, a.tel, c, blocks);
-      if (ctx.thread() == 0) a.tel.rows[c.tensor * kTelemetryColumns] += static_cast<float>(norm_p);  // w_sq
-    }
     if (ctx.thread() == 0) {
       a.norms.set(2 * c.tensor, norm_p);
       a.norms.set(2 * c.tensor + 1, norm_u);
       store_step(tab.ptr<void>(kLambStep, c.tensor), a.h.steps_fp64, shared.step);
+    }
+    if constexpr (kTelemetry) {
+      if (ctx.thread() == 0) a.tel.rows[c.tensor * kTelemetryColumns] += static_cast<float>(norm_p);  // w_sq
     }
   }
 };
