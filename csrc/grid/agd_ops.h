@@ -16,15 +16,15 @@ std::tuple<at::Tensor, at::Tensor> agd_step(Device& dev, at::TensorList params, 
                                             const at::Tensor& sumsq, const at::Tensor& slice_sv,
                                             at::IntArrayRef slice_start, at::IntArrayRef slice_count, int64_t depth,
                                             double gain, const OptionalTensor& grad_scale,
-                                            const OptionalTensor& found_inf, at::TensorList model_params) {
+                                            const OptionalTensor& found_inf, at::TensorList model_params,
+                                            const OptionalTensor& telemetry) {
   constexpr const char* op = "agd_step_";
   check_telemetry(dev, op, params, telemetry);
-  TORCH_CHECK(!telemetry.has_value(), op, ": telemetry is not implemented in this backend yet");  // TEL-TODO
   check_params(dev, op, params);
   const at::ScalarType grad_dtype = check_grads_and_model_params(dev, op, params, grads, model_params);
   check_device(dev, op, "sumsq", sumsq);
   check_device(dev, op, "slice_sv", slice_sv);
-  TORCH_CHECK_VALUE(sumsq.dim(, const OptionalTensor& telemetry) == 1 && sumsq.scalar_type() == at::kFloat, op,
+  TORCH_CHECK_VALUE(sumsq.dim() == 1 && sumsq.scalar_type() == at::kFloat, op,
                     ": sumsq must be a 1-D float32 tensor on the ", dev.backend(), " backend; got ",
                     sumsq.scalar_type(), " of shape ", sumsq.sizes());
   check_agd_slots(op, params, sumsq, slice_sv, slice_start, slice_count, depth);
@@ -50,7 +50,7 @@ std::tuple<at::Tensor, at::Tensor> agd_step(Device& dev, at::TensorList params, 
       if (!m_work.empty()) m_work[i] = model_params[i].contiguous();  // copied back whole: keep found_inf's no-op
     }
   }
-  using K0 = AgdUpdateKernel<float, float>;
+  using K0 = AgdUpdateKernel<float, float, false>;
   const int64_t n = static_cast<int64_t>(params.size());
   std::vector<int64_t> words(K0::kLists * n), numels(n);
   std::vector<bool> vector_ok(n);
@@ -67,11 +67,15 @@ std::tuple<at::Tensor, at::Tensor> agd_step(Device& dev, at::TensorList params, 
   }
   const int64_t blocks = finish_table(words, K0::kLists, numels, vector_ok);
   const Table table = dev.table(std::move(words), n, K0::kLists);
+  const TelemetryOut tel_out = telemetry_out(dev, telemetry, blocks);
   dispatch_dtypes(params[0].scalar_type(), grad_dtype, [&](auto tag, auto grad_tag) {
-    using K = AgdUpdateKernel<typename decltype(tag)::type, typename decltype(grad_tag)::type>;
-    dev.template launch<K>(blocks, typename K::Args{table, sumsq.const_data_ptr<float>(),
-                                                    slice_sv.const_data_ptr<float>(), sumsq.stride(0),
-                                                    slice_sv.stride(0), step.const_data_ptr<float>(), inf_s});
+    dispatch_bool(telemetry.has_value(), [&](auto tel) {
+      using K = AgdUpdateKernel<typename decltype(tag)::type, typename decltype(grad_tag)::type, decltype(tel)::value>;
+      const auto tel_args = agd_telemetry_args<decltype(tel)::value>(tel_out, scale_s);
+      dev.template launch<K>(blocks, typename K::Args{tel_args, table, sumsq.const_data_ptr<float>(),
+                                                      slice_sv.const_data_ptr<float>(), sumsq.stride(0),
+                                                      slice_sv.stride(0), step.const_data_ptr<float>(), inf_s});
+    });
   });
   for (size_t i = 0; i < params.size(); ++i) {
     if (!p_work[i].is_same(params[i])) params[i].copy_(p_work[i]);

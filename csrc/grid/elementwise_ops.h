@@ -10,13 +10,6 @@
 
 namespace agd_kernels::grid {
 
-// The kernels' telemetry arguments: per-block scratch slots and the op's buffer, or nulls without one.
-template <class Device>
-TelemetryOut telemetry_out(Device& dev, const OptionalTensor& telemetry, int64_t blocks) {
-  if (!telemetry.has_value()) return TelemetryOut{nullptr, nullptr};
-  return TelemetryOut{dev.scratch_doubles(blocks * kTelemetryColumns), telemetry->mutable_data_ptr<float>()};
-}
-
 template <class Device>
 void adam_step(Device& dev, at::TensorList params, at::TensorList grads, at::TensorList exp_avgs,
                at::TensorList exp_avg_sqs, at::TensorList max_exp_avg_sqs, at::TensorList state_steps,

@@ -18,6 +18,7 @@
 
 #include "../checks.h"
 #include "agd_kernels/grid/block.h"
+#include "agd_kernels/grid/telemetry.h"
 
 namespace agd_kernels::grid {
 
@@ -115,6 +116,13 @@ Table make_table(Device& dev, at::TensorList params, std::initializer_list<at::T
   std::vector<int64_t> words = table_words(params, element_lists, steps, blocks);
   return dev.table(std::move(words), static_cast<int64_t>(params.size()),
                    static_cast<int32_t>(element_lists.size()) + 1);
+}
+
+// The kernels' telemetry arguments: per-block scratch slots and the op's buffer, or nulls without one.
+template <class Device>
+TelemetryOut telemetry_out(Device& dev, const OptionalTensor& telemetry, int64_t blocks) {
+  if (!telemetry.has_value()) return TelemetryOut{nullptr, nullptr};
+  return TelemetryOut{dev.scratch_doubles(blocks * kTelemetryColumns), telemetry->mutable_data_ptr<float>()};
 }
 
 template <typename T>

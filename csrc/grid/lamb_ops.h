@@ -46,27 +46,30 @@ void lamb_moments(Device& dev, at::TensorList params, at::TensorList grads, at::
                   at::TensorList exp_avg_sqs, at::TensorList state_steps, const at::Tensor& grad_sumsq,
                   const at::Tensor& norms, double max_grad_norm, double beta1, double beta2, double eps,
                   double weight_decay, bool bias_correction, bool grad_averaging, bool adam_w_mode,
-                  const OptionalTensor& grad_scale, const OptionalTensor& found_inf) {
+                  const OptionalTensor& grad_scale, const OptionalTensor& found_inf, const OptionalTensor& telemetry) {
   constexpr const char* op = "lamb_moments_";
   check_telemetry(dev, op, params, telemetry);
-  TORCH_CHECK(!telemetry.has_value(), op, ": telemetry is not implemented in this backend yet");  // TEL-TODO
   const bool steps_fp64 = check_lamb(dev, op, params, exp_avgs, exp_avg_sqs, state_steps, grad_sumsq, norms);
   const at::ScalarType grad_dtype = check_grads(dev, op, params, grads);
   const Scalar scale_s = device_scalar(dev, op, "grad_scale", grad_scale);
   const Scalar inf_s = device_scalar(dev, op, "found_inf", found_inf);
-  if (params.empty(, const OptionalTensor& telemetry)) return;
+  if (params.empty()) return;
   int64_t blocks = 0;
   const Table table = make_table(dev, params, {params, grads, exp_avgs, exp_avg_sqs, at::TensorList()}, state_steps,
                                  &blocks);
   double* partials = dev.scratch_doubles(2 * blocks);
+  const TelemetryOut tel_out = telemetry_out(dev, telemetry, blocks);
   const LambHyper h{max_grad_norm, beta1, beta2, eps, weight_decay, bias_correction, grad_averaging, steps_fp64};
   dispatch_dtypes(params[0].scalar_type(), grad_dtype, [&](auto tag, auto grad_tag) {
     using T = typename decltype(tag)::type;
     using G = typename decltype(grad_tag)::type;
     dispatch_lamb_decay(adam_w_mode, weight_decay, [&](auto l2, auto decoupled) {
-      using K = LambMomentsKernel<T, G, decltype(l2)::value, decltype(decoupled)::value>;
-      dev.template launch<K>(blocks, typename K::Args{table, vector_of(grad_sumsq), vector_of(norms), partials,
-                                                      scale_s, inf_s, h});
+      dispatch_bool(telemetry.has_value(), [&](auto tel) {
+        using K = LambMomentsKernel<T, G, decltype(l2)::value, decltype(decoupled)::value, decltype(tel)::value>;
+        const auto tel_args = telemetry_args<decltype(tel)::value>(tel_out);
+        dev.template launch<K>(blocks, typename K::Args{tel_args, table, vector_of(grad_sumsq), vector_of(norms),
+                                                        partials, scale_s, inf_s, h});
+      });
     });
   });
 }
@@ -77,27 +80,31 @@ void lamb_apply(Device& dev, at::TensorList params, at::TensorList grads, at::Te
                 const at::Tensor& grad_sumsq, const at::Tensor& norms, double max_grad_norm, double beta1,
                 double beta2, double eps, double weight_decay, bool bias_correction, bool grad_averaging,
                 bool adam_w_mode, bool use_trust_ratio, double phi_min, double phi_max,
-                const OptionalTensor& grad_scale, const OptionalTensor& found_inf, at::TensorList model_params) {
+                const OptionalTensor& grad_scale, const OptionalTensor& found_inf, at::TensorList model_params,
+                const OptionalTensor& telemetry) {
   constexpr const char* op = "lamb_apply_";
   check_telemetry(dev, op, params, telemetry);
-  TORCH_CHECK(!telemetry.has_value(), op, ": telemetry is not implemented in this backend yet");  // TEL-TODO
   const bool steps_fp64 = check_lamb(dev, op, params, exp_avgs, exp_avg_sqs, state_steps, grad_sumsq, norms);
   const at::ScalarType grad_dtype = check_grads_and_model_params(dev, op, params, grads, model_params);
   const Scalar lr_s = device_scalar(dev, op, "lr", lr);
   const Scalar scale_s = device_scalar(dev, op, "grad_scale", grad_scale);
   const Scalar inf_s = device_scalar(dev, op, "found_inf", found_inf);
-  if (params.empty(, const OptionalTensor& telemetry)) return;
+  if (params.empty()) return;
   int64_t blocks = 0;
   const Table table = make_table(dev, params, {params, grads, exp_avgs, exp_avg_sqs, model_params}, state_steps,
                                  &blocks);
+  const TelemetryOut tel_out = telemetry_out(dev, telemetry, blocks);
   const LambHyper h{max_grad_norm, beta1, beta2, eps, weight_decay, bias_correction, grad_averaging, steps_fp64};
   dispatch_dtypes(params[0].scalar_type(), grad_dtype, [&](auto tag, auto grad_tag) {
     using T = typename decltype(tag)::type;
     using G = typename decltype(grad_tag)::type;
     dispatch_lamb_decay(adam_w_mode, weight_decay, [&](auto l2, auto decoupled) {
-      using K = LambApplyKernel<T, G, decltype(l2)::value, decltype(decoupled)::value>;
-      dev.template launch<K>(blocks, typename K::Args{table, vector_of(grad_sumsq), vector_of(norms), lr_s, scale_s,
-                                                      inf_s, h, use_trust_ratio, phi_min, phi_max});
+      dispatch_bool(telemetry.has_value(), [&](auto tel) {
+        using K = LambApplyKernel<T, G, decltype(l2)::value, decltype(decoupled)::value, decltype(tel)::value>;
+        const auto tel_args = telemetry_args<decltype(tel)::value>(tel_out);
+        dev.template launch<K>(blocks, typename K::Args{tel_args, table, vector_of(grad_sumsq), vector_of(norms), lr_s,
+                                                        scale_s, inf_s, h, use_trust_ratio, phi_min, phi_max});
+      });
     });
   });
 }

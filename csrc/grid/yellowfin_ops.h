@@ -77,14 +77,14 @@ std::tuple<at::Tensor, at::Tensor> yellowfin_tune(
 template <class Device>
 void yellowfin_apply(Device& dev, at::TensorList params, at::TensorList grads, at::TensorList grad_avgs,
                      at::TensorList momentum_buffers, const at::Tensor& tuner, const at::Tensor& stats, double beta,
-                     double weight_decay, const OptionalTensor& found_inf, at::TensorList model_params) {
+                     double weight_decay, const OptionalTensor& found_inf, at::TensorList model_params,
+                     const OptionalTensor& telemetry) {
   constexpr const char* op = "yellowfin_apply_";
   check_telemetry(dev, op, params, telemetry);
-  TORCH_CHECK(!telemetry.has_value(), op, ": telemetry is not implemented in this backend yet");  // TEL-TODO
   check_lists(dev, op, params, {{"grad_avgs", grad_avgs}, {"momentum_buffers", momentum_buffers}});
   const at::ScalarType grad_dtype = check_grads_and_model_params(dev, op, params, grads, model_params);
   check_fp64(dev, op, "tuner", tuner);
-  TORCH_CHECK_VALUE(tuner.dim(, const OptionalTensor& telemetry) == 1 && tuner.is_contiguous() && tuner.numel() > kYfSlots, op,
+  TORCH_CHECK_VALUE(tuner.dim() == 1 && tuner.is_contiguous() && tuner.numel() > kYfSlots, op,
                     ": tuner must be a contiguous 1-D tensor of ", kYfSlots, " slots and the window; got shape ",
                     tuner.sizes());
   const int64_t rows = check_stats(dev, op, stats);
@@ -93,13 +93,17 @@ void yellowfin_apply(Device& dev, at::TensorList params, at::TensorList grads, a
   int64_t blocks = 0;
   const Table table = make_table(dev, params, {params, grads, grad_avgs, momentum_buffers, model_params},
                                  at::TensorList(), &blocks);
+  const TelemetryOut tel_out = telemetry_out(dev, telemetry, blocks);
   dispatch_dtypes(params[0].scalar_type(), grad_dtype, [&](auto tag, auto grad_tag) {
     dispatch_bool(weight_decay != 0.0, [&](auto wd) {
-      using K = YellowfinApplyKernel<typename decltype(tag)::type, typename decltype(grad_tag)::type,
-                                     decltype(wd)::value>;
-      dev.template launch<K>(blocks, typename K::Args{table, tuner.const_data_ptr<double>(),
-                                                      stats.const_data_ptr<double>(), rows, inf_s, beta,
-                                                      weight_decay});
+      dispatch_bool(telemetry.has_value(), [&](auto tel) {
+        using K = YellowfinApplyKernel<typename decltype(tag)::type, typename decltype(grad_tag)::type,
+                                       decltype(wd)::value, decltype(tel)::value>;
+        const auto tel_args = telemetry_args<decltype(tel)::value>(tel_out);
+        dev.template launch<K>(blocks, typename K::Args{tel_args, table, tuner.const_data_ptr<double>(),
+                                                        stats.const_data_ptr<double>(), rows, inf_s, beta,
+                                                        weight_decay});
+      });
     });
   });
 }

@@ -18,8 +18,8 @@ import torch
 from agd_kernels import _backends, _ext
 from tests.backends import emulated
 from tests.backends.test_triton import check_yellowfin_tune
-from tests.op_cases import (MANY_SMALL, SIZES, VARIANTS, _clone_args, _flat, check_backend, make_args,
-                            mutated_positions, op_dtypes, run, shapes_for)
+from tests.op_cases import (MANY_SMALL, SIZES, TELEMETRY_OPS, VARIANTS, _clone_args, _flat, check_backend,
+                            check_telemetry, make_args, mutated_positions, op_dtypes, run, shapes_for)
 from tests.tolerance import DTYPE_IDS, assert_within_2x_reference
 
 DTYPES = [torch.float32, torch.bfloat16, torch.float16]
@@ -103,16 +103,36 @@ def test_found_inf_changes_no_bit(op):
     before = [t.clone() for t in mutated]
     emulated.kernel(op)(*args)
     for t, b in zip(mutated, before):
-        assert torch.equal(t.reshape(-1).view(torch.uint8), b.reshape(-1).view(torch.uint8))
+        assert torch.equal(_bits(t), _bits(b))
+
+
+def _bits(t: torch.Tensor) -> torch.Tensor:
+    return t.reshape(-1).view(torch.uint8)
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS.get)
-@pytest.mark.parametrize("op", ["adam_step_", "sgd_step_", "rmsprop_step_", "adagrad_step_"])
+@pytest.mark.parametrize("op", sorted(TELEMETRY_OPS))
 def test_telemetry_of_multi_block_tensors(op, dtype):
-    """The 1M-element tensor spans 31 blocks: each block's five sums go to its scratch slots and whichever
-    block arrives last adds them in block order (grid/telemetry.h); also 300 tensors in one launch."""
+    """The 1M-element tensor spans 31 blocks: each block's sums (all five, or LAMB's phase's columns) go to
+    its scratch slots and whichever block arrives last adds them in block order (grid/telemetry.h); also 300
+    tensors in one launch."""
     for sizes in (SIZES, MANY_SMALL):
         _check(op, shapes_for(op, sizes), dtype, "telemetry")
+
+
+def test_agd_telemetry_counts_tensors_without_slots():
+    """A weight with a zero-size kernel dim has no slots, and neither has its rank-1 follower: nothing moves,
+    yet the follower's sums count (Δw = 0), here over the 3 blocks of a 70,001-element follower."""
+    args = list(make_args("agd_step_", [(5, 3), (70_001, 3, 0), (70_001, 1), (6, 1)], torch.float32, "telemetry"))
+    for pos in (0, 1):  # (70_001, 1) becomes the rank-1 follower of the weight before it: its (empty) slots
+        args[pos][2] = args[pos][2].reshape(-1)
+    args[4][2], args[5][2] = args[4][1], 0
+    got, ref = _clone_args(tuple(args)), _clone_args(tuple(args))
+    emulated.kernel("agd_step_")(*got)
+    run("agd_step_", "torch", ref)
+    assert torch.equal(got[0][2], args[0][2]) and torch.equal(ref[0][2], args[0][2]), "the follower moved"
+    assert not torch.equal(got[0][3], args[0][3])
+    check_telemetry("agd_step_", "agd_step_ without slots (emulated cuda)", args, got)
 
 
 def test_step_counters_advance_once_per_call():
@@ -142,6 +162,14 @@ BAD_INPUT = [
      r"sgd_step_: telemetry must be a contiguous float32 tensor of shape \(3, 5\)"),
     ("adam_step_", "telemetry", lambda a: a.__setitem__(-1, a[-1].half()), ValueError,
      r"adam_step_: telemetry must be a contiguous float32 tensor of shape \(3, 5\).*got Half"),
+    ("agd_step_", "telemetry", lambda a: a.__setitem__(-1, torch.zeros(3, 5)), ValueError,
+     r"agd_step_: telemetry must be a contiguous float32 tensor of shape \(7, 5\)"),
+    ("lamb_moments_", "telemetry", lambda a: a.__setitem__(-1, torch.zeros(5, 3).t()), ValueError,
+     r"lamb_moments_: telemetry must be a contiguous float32 tensor of shape \(3, 5\)"),
+    ("lamb_apply_", "telemetry", lambda a: a.__setitem__(-1, torch.zeros(3, 4)), ValueError,
+     r"lamb_apply_: telemetry must be a contiguous float32 tensor of shape \(3, 5\)"),
+    ("yellowfin_apply_", "telemetry", lambda a: a.__setitem__(-1, a[-1].double()), ValueError,
+     r"yellowfin_apply_: telemetry must be a contiguous float32 tensor of shape \(3, 5\).*got Double"),
 ]
 
 
@@ -154,7 +182,7 @@ def test_bad_input_raises_naming_the_argument_and_changes_nothing(op, variant, c
     before = [t.clone() for t in mutated]
     with pytest.raises(error, match=match):
         emulated.kernel(op)(*args)
-    assert all(torch.equal(t, b) for t, b in zip(mutated, before))
+    assert all(torch.equal(_bits(t), _bits(b)) for t, b in zip(mutated, before))  # lamb's norms start NaN
 
 
 def test_a_barrier_not_all_threads_reach_is_reported():

@@ -251,17 +251,19 @@ def _template_flags(symbol: str) -> list[int]:
 
 
 #: fp32 grid kernels: (streams read, streams written) by 128-bit accesses on the vector path, from the
-#: template flags (csrc/include/agd_kernels/grid/*.h): one vector per stream per copy of the vector loop.
+#: template flags (csrc/include/agd_kernels/grid/*.h): one vector per stream per copy of the vector loop; a
+#: third value counts the 128-bit loads of a loop that only reads (AGD with telemetry: the sums of a tensor
+#: without slots, p and g).
 CUDA_STREAMS = {
-    # kTelemetry (the last flag of these four) adds no stream: the sums ride on the values already loaded.
+    # kTelemetry (the last flag of TELEMETRY_KERNELS) adds no stream: the sums ride on the values already loaded.
     "AdamKernel": lambda l2, ams, end, tel: (4 + ams, 3 + ams),  # p g m v [vmax] / p m v [vmax]
     "SgdKernel": lambda wd, mom, tel: (2 + mom, 1 + mom),  # p g [buf]
     "RmspropKernel": lambda wd, centering, mom, tel: (3 + (centering > 0) + mom, 2 + (centering > 0) + mom),
     "AdagradKernel": lambda wd, tel: (3, 2),  # p g sum / p sum
-    "AgdUpdateKernel": lambda: (2, 1),  # p g / p
-    "LambMomentsKernel": lambda l2, dec: (4, 2),  # p g m v / m v
-    "LambApplyKernel": lambda l2, dec: (3, 1),  # p m v / p
-    "YellowfinApplyKernel": lambda wd: (4, 3),  # p g avg buf / p avg buf
+    "AgdUpdateKernel": lambda tel: (2, 1, 2 * tel),  # p g / p
+    "LambMomentsKernel": lambda l2, dec, tel: (4, 2),  # p g m v / m v
+    "LambApplyKernel": lambda l2, dec, tel: (3, 1),  # p m v / p
+    "YellowfinApplyKernel": lambda wd, tel: (4, 3),  # p g avg buf / p avg buf
     "YellowfinStatsKernel": lambda: (2, 0),  # g avg
     "SliceSumsqKernel": lambda: (1, 0),
 }
@@ -269,16 +271,17 @@ CUDA_STREAMS = {
 
 #: Master-weights kernels (fp32 params, 16-bit grads and model params, grid/block.h kCopies): (fp32 streams
 #: read, written) by 128-bit accesses and (16-bit streams read, written) by 64-bit ones, 4 elements per
-#: thread for both. LAMB apply reads no gradient (fp32 moments are stored by lamb_moments_).
+#: thread for both. LAMB apply reads no gradient (fp32 moments are stored by lamb_moments_). Two more values:
+#: the 128-bit and 64-bit loads of a loop that only reads (as in CUDA_STREAMS).
 CUDA_MIXED_STREAMS = {
     "AdamKernel": lambda l2, ams, end, tel: (3 + ams, 3 + ams, 1, 1),  # p m v [vmax] / g / model
     "SgdKernel": lambda wd, mom, tel: (1 + mom, 1 + mom, 1, 1),  # p [buf]
     "RmspropKernel": lambda wd, centering, mom, tel: (2 + (centering > 0) + mom, 2 + (centering > 0) + mom, 1, 1),
     "AdagradKernel": lambda wd, tel: (2, 2, 1, 1),  # p sum
-    "AgdUpdateKernel": lambda: (1, 1, 1, 1),  # p
-    "LambMomentsKernel": lambda l2, dec: (3, 2, 1, 0),  # p m v / m v / g
-    "LambApplyKernel": lambda l2, dec: (3, 1, 0, 1),  # p m v / p / model
-    "YellowfinApplyKernel": lambda wd: (3, 3, 1, 1),  # p avg buf
+    "AgdUpdateKernel": lambda tel: (1, 1, 1, 1, tel, tel),  # p; with telemetry, the read-only loop's p and g
+    "LambMomentsKernel": lambda l2, dec, tel: (3, 2, 1, 0),  # p m v / m v / g
+    "LambApplyKernel": lambda l2, dec, tel: (3, 1, 0, 1),  # p m v / p / model
+    "YellowfinApplyKernel": lambda wd, tel: (3, 3, 1, 1),  # p avg buf
     "YellowfinStatsKernel": lambda: (1, 0, 1, 0),  # avg / g
 }
 #: The 16-bit grad type right after `If` in a master-weights kernel's symbol: AdamKernel<float,
@@ -307,8 +310,8 @@ def test_extension_fp32_kernels_use_128_bit_global_accesses():
         if not _fp32(k.name) or name not in CUDA_STREAMS or _fp32_twin(k.name):
             continue
         checked.add(name)
-        reads, writes = CUDA_STREAMS[name](*_template_flags(k.name))
-        got = (k.loads[128], k.stores[128])
+        reads, writes, *read_only = CUDA_STREAMS[name](*_template_flags(k.name))
+        got = (k.loads[128] - sum(read_only), k.stores[128])
         copies = got[0] // reads  # nvcc may version a loop (AGD: conv taps vs one coefficient): 2 copies
         if copies < 1 or got != (copies * reads, copies * writes):
             bad.append(f"{k.arch} {k.name}: 128-bit loads/stores {got}, expected a multiple of {(reads, writes)}")
@@ -335,9 +338,11 @@ def test_extension_master_weights_kernels_use_128_bit_fp32_and_64_bit_16_bit_acc
         if twin is None:
             bad.append(f"{k.arch} {k.name}: no fp32 twin {twin_symbol}")
             continue
-        r32, w32, r16, w16 = CUDA_MIXED_STREAMS[name](*_template_flags(k.name))
-        copies = k.loads[128] // r32
-        got = (k.loads[128], k.stores[128], k.loads[64] - twin.loads[64] - w16, k.stores[64] - twin.stores[64])
+        r32, w32, r16, w16, *read_only = CUDA_MIXED_STREAMS[name](*_template_flags(k.name))
+        ro32, ro16 = read_only or (0, 0)
+        copies = (k.loads[128] - ro32) // r32
+        got = (k.loads[128] - ro32, k.stores[128], k.loads[64] - twin.loads[64] - w16 - ro16,
+               k.stores[64] - twin.stores[64])
         if copies < 1 or got != (copies * r32, copies * w32, copies * r16, copies * w16):
             bad.append(f"{k.arch} {k.name}: 128-bit loads/stores, 64-bit loads/stores beyond the fp32 twin's "
                        f"{got}, expected a multiple of {(r32, w32, r16, w16)}")
@@ -346,29 +351,34 @@ def test_extension_master_weights_kernels_use_128_bit_fp32_and_64_bit_16_bit_acc
 
 
 #: The grid kernels with a kTelemetry flag (grid/telemetry.h), always their last template argument, and the
-#: shared memory of its block reduction: 5 sums x 256 threads x 8 bytes.
-TELEMETRY_KERNELS = {"AdamKernel", "SgdKernel", "RmspropKernel", "AdagradKernel"}
-TELEMETRY_SHARED = 5 * 256 * 8
+#: shared memory of its block reduction: the sums it carries x 256 threads x 8 bytes (LAMB's phases carry two
+#: each: lamb_moments_'s w_sq is its norms' Σp², reduced already).
+TELEMETRY_SHARED = {"AdamKernel": 5 * 256 * 8, "SgdKernel": 5 * 256 * 8, "RmspropKernel": 5 * 256 * 8,
+                    "AdagradKernel": 5 * 256 * 8, "AgdUpdateKernel": 5 * 256 * 8, "YellowfinApplyKernel": 5 * 256 * 8,
+                    "LambMomentsKernel": 2 * 256 * 8, "LambApplyKernel": 2 * 256 * 8}
+TELEMETRY_KERNELS = set(TELEMETRY_SHARED)
 
 
 def test_extension_telemetry_is_a_separate_instantiation():
     """Each telemetry kernel comes in pairs that differ in kTelemetry only: the off one has none of the
-    reduction's shared memory (its Args and Shared are today's: grid/telemetry.h), the on one has it."""
+    reduction's shared memory (its Args and Shared are today's: grid/telemetry.h), the on one has it besides
+    the off one's."""
     path, _ = _extension()
     kernels = sass_tools.inspect(path)
     by_symbol = {(k.arch, k.name): k for k in kernels}
-    bad, pairs = [], 0
+    bad, pairs = [], set()
     for k in kernels:
-        if _grid_kernel(k.name) not in TELEMETRY_KERNELS or not _template_flags(k.name)[-1]:
+        name = _grid_kernel(k.name)
+        if name not in TELEMETRY_KERNELS or not _template_flags(k.name)[-1]:
             continue
         off_symbol = k.name[::-1].replace("E1bL", "E0bL", 1)[::-1]  # the last flag, Lb1E -> Lb0E
         off = by_symbol.get((k.arch, off_symbol))
-        if off is None or off.shared >= TELEMETRY_SHARED or k.shared < TELEMETRY_SHARED:
+        if off is None or k.shared - off.shared < TELEMETRY_SHARED[name]:
             bad.append(f"{k.arch} {k.name}: {k.shared} B shared; twin {off_symbol}: "
                        f"{off.shared if off else 'missing'} B")
-        pairs += 1
+        pairs.add(name)
     assert not bad, "\n".join(bad)
-    assert pairs, "no kernel instantiated with kTelemetry = true"
+    assert pairs == TELEMETRY_KERNELS, f"no kernel instantiated with kTelemetry = true: {TELEMETRY_KERNELS - pairs}"
 
 
 # ------------------------------------------------------------------------------------- the tool itself

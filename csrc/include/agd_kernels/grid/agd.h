@@ -5,11 +5,14 @@
 //                     outputs) and step (for the update). found_inf: eta = G = 0 and nothing else.
 //   AgdUpdateKernel   p ← p − c·g per element, c from ../agd.h's agd_coefficient: one per tensor for a
 //                     one-tap matrix or a follower (pooled owner slots), per tap (element index mod K) for a
-//                     matrix with K > 1 taps. 12 B per fp32 element.
+//                     matrix with K > 1 taps. 12 B per fp32 element. kTelemetry: the five sums of
+//                     grid/telemetry.h, g divided by grad_scale (the update itself never needs it); a tensor
+//                     without slots still walks its elements for them (Δw = 0) but stores nothing.
 // Rounding follows the CPU backend: G and eta in fp64, rounded to fp32 once; step = fp32(gain·eta_fp32/depth).
 #pragma once
 #include "agd_kernels/agd.h"
 #include "agd_kernels/grid/block.h"
+#include "agd_kernels/grid/telemetry.h"
 
 namespace agd_kernels::grid {
 
@@ -51,7 +54,28 @@ struct AgdScalarsKernel {
   }
 };
 
-template <typename T, typename G>
+// AgdUpdateKernel's telemetry arguments: its Args have no grad_scale of their own, telemetry's g needs it.
+template <bool kOn>
+struct AgdTelemetryArgs : TelemetryArgs<kOn> {};
+template <>
+struct AgdTelemetryArgs<true> : TelemetryArgs<true> {
+  Scalar grad_scale;
+};
+template <bool kOn>
+AGDK_HOST_DEVICE AgdTelemetryArgs<kOn> agd_telemetry_args(const TelemetryOut& out, const Scalar& grad_scale) {
+  if constexpr (kOn) return AgdTelemetryArgs<true>{{out}, grad_scale};
+  else return AgdTelemetryArgs<false>{};
+}
+template <typename M>
+AGDK_DEVICE M agd_telemetry_inv_scale(const AgdTelemetryArgs<false>&) {
+  return M(1);
+}
+template <typename M>
+AGDK_DEVICE M agd_telemetry_inv_scale(const AgdTelemetryArgs<true>& a) {
+  return telemetry_inv_scale<true, M>(a.grad_scale);
+}
+
+template <typename T, typename G, bool kTelemetry>
 struct AgdUpdateKernel {
   using M = math_t<T>;
   static constexpr bool kCopy = kCopies<T, G>;
@@ -60,7 +84,7 @@ struct AgdUpdateKernel {
   // follower).
   enum List { kParam, kGrad, kModelParam, kStart, kCount, kTaps, kLists };
 
-  struct Args {
+  struct Args : AgdTelemetryArgs<kTelemetry> {
     Table table;
     const float* sumsq;
     const float* slice_sv;
@@ -68,7 +92,7 @@ struct AgdUpdateKernel {
     const float* step;
     Scalar found_inf;
   };
-  struct Shared {
+  struct Shared : TelemetryShared<kTelemetry> {
     float coefficient;
   };
 
@@ -79,7 +103,10 @@ struct AgdUpdateKernel {
     const Chunk c = chunk_of(tab, ctx.block());
     const int64_t start = tab.word(kStart, c.tensor), count = tab.word(kCount, c.tensor);
     const int64_t taps = tab.word(kTaps, c.tensor);
-    if (count == 0) return;  // no slots (a zero-size kernel dim, or its follower): nothing moves
+    if (count == 0) {  // no slots (a zero-size kernel dim, or its follower): nothing moves
+      if constexpr (kTelemetry) unmoved_sums(ctx, shared, a, c);
+      return;
+    }
     const float step = *a.step;
     const float* sq = a.sumsq;
     const float* sv = a.slice_sv;
@@ -97,11 +124,17 @@ struct AgdUpdateKernel {
     T* p = tab.ptr<T>(kParam, c.tensor);
     const G* g = tab.ptr<const G>(kGrad, c.tensor);
     G* model = tab.ptr<G>(kModelParam, c.tensor);
+    TelemetrySums<kTelemetry, T> sums;
+    const M inv_scale = agd_telemetry_inv_scale<M>(a);
     for_each_vector<T>(ctx, tab, c, [&](auto width, int64_t i) {
       constexpr int W = decltype(width)::value;
-      M pv[W], gv[W];
+      M pv[W], gv[W], w[W];
       load_pack<W>(p, i, pv);
       load_pack<W>(g, i, gv);
+      if constexpr (kTelemetry) {  // the weights before the update
+#pragma unroll
+        for (int k = 0; k < W; ++k) w[k] = pv[k];
+      }
 #pragma unroll
       for (int k = 0; k < W; ++k) {
         // Row-major (rows x K): element i + k belongs to tap (i + k) mod K. Recomputed per element rather
@@ -112,9 +145,29 @@ struct AgdUpdateKernel {
                      : uniform;
         agd_element(pv[k], gv[k], static_cast<M>(coefficient));
       }
+      if constexpr (kTelemetry) sums.template add<W>(w, gv, pv, inv_scale);
       store_pack<W>(p, i, pv);
       if (kCopy) store_pack<W>(model, i, pv);
     });
+    if constexpr (kTelemetry) finish_block(ctx, shared, sums, a, tab, c, shared.arrived_last);
+  }
+
+  // Telemetry of a tensor without slots: its weights do not move (Δw = 0), their sums count all the same.
+  template <class Ctx>
+  AGDK_DEVICE static void unmoved_sums(Ctx& ctx, Shared& shared, const Args& a, const Chunk& c) {
+    const Table& tab = a.table;
+    const T* p = tab.ptr<const T>(kParam, c.tensor);
+    const G* g = tab.ptr<const G>(kGrad, c.tensor);
+    TelemetrySums<true, T> sums;
+    const M inv_scale = agd_telemetry_inv_scale<M>(a);
+    for_each_vector<T>(ctx, tab, c, [&](auto width, int64_t i) {
+      constexpr int W = decltype(width)::value;
+      M pv[W], gv[W];
+      load_pack<W>(p, i, pv);
+      load_pack<W>(g, i, gv);
+      sums.template add<W>(pv, gv, pv, inv_scale);
+    });
+    finish_block(ctx, shared, sums, a, tab, c, shared.arrived_last);
   }
 };
 

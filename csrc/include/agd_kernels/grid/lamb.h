@@ -8,8 +8,12 @@
 //                      p ← p − lr·ratio·u, u recomputed from the stored (or, 16-bit, recomputed) moments.
 // Both form the global clip divisor from grad_sumsq in every block (a few hundred slots: a strided read and
 // one fixed tree, the same value in every block) rather than in one more launch.
+// kTelemetry (grid/telemetry.h) splits the five sums as the reference does: the moments kernel adds w_sq (the
+// tensor's Σp² it computes for `norms`, fp64 per element), g_sq and w_g (g divided by grad_scale, before the
+// clip); the apply kernel d_sq and w_d. Neither writes the other's columns.
 #pragma once
 #include "agd_kernels/grid/block.h"
+#include "agd_kernels/grid/telemetry.h"
 #include "agd_kernels/lamb.h"
 
 namespace agd_kernels::grid {
@@ -52,20 +56,20 @@ AGDK_DEVICE double lamb_grad_mul(Ctx& ctx, double* scratch, const Vector& grad_s
   return 1.0 / (scale * lamb_clip_divisor(total, h.max_grad_norm, scale));
 }
 
-template <typename T, typename G, bool kL2, bool kDecoupled>
+template <typename T, typename G, bool kL2, bool kDecoupled, bool kTelemetry>
 struct LambMomentsKernel {
   using M = math_t<T>;
   static constexpr int kThreads = grid::kThreads;
   static constexpr bool kDefer = kLambDeferMoments<T>;
 
-  struct Args {
+  struct Args : TelemetryArgs<kTelemetry> {
     Table table;
     Vector grad_sumsq, norms;
     double* partials;  // two per block
     Scalar grad_scale, found_inf;
     LambHyper h;
   };
-  struct Shared {
+  struct Shared : TelemetryShared<kTelemetry, kTelemetryDSq - kTelemetryGSq> {
     double scratch[kThreads];
     LambScalars<M> scalars;
     double step;
@@ -93,6 +97,8 @@ struct LambMomentsKernel {
     T* m = tab.ptr<T>(kLambExpAvg, c.tensor);
     T* v = tab.ptr<T>(kLambExpAvgSq, c.tensor);
     double acc_p = 0.0, acc_u = 0.0;
+    TelemetrySums<kTelemetry, T> sums;
+    const M inv_scale = telemetry_inv_scale<kTelemetry, M>(a.grad_scale);
     for_each_vector<T>(ctx, tab, c, [&](auto width, int64_t i) {
       constexpr int W = decltype(width)::value;
       M pv[W], gv[W], mv[W], vv[W];
@@ -100,6 +106,7 @@ struct LambMomentsKernel {
       load_pack<W>(g, i, gv);
       load_pack<W>(m, i, mv);
       load_pack<W>(v, i, vv);
+      if constexpr (kTelemetry) sums.template add_grad<W>(pv, gv, inv_scale);
 #pragma unroll
       for (int k = 0; k < W; ++k) {
         agd_kernels::lamb_moments<kL2>(pv[k], gv[k], mv[k], vv[k], s);
@@ -118,8 +125,12 @@ struct LambMomentsKernel {
       a.partials[2 * ctx.block()] = sum_p;
       a.partials[2 * ctx.block() + 1] = sum_u;
     }
+    if constexpr (kTelemetry) telemetry_block<kTelemetryGSq, kTelemetryDSq>(ctx, shared, sums, a.tel);
     const int64_t blocks = blocks_of(tab.numel(c.tensor));
     if (!last_block(ctx, tab.counters + c.tensor, blocks, shared.last)) return;
+    // Telemetry's g_sq and w_g first: after the norms' trees, ptxas reloaded the thread index from the stack
+    // inside this tree's loop (fp32, no weight decay, sm_80 and sm_90); here the reload stays outside loops.
+    if constexpr (kTelemetry) telemetry_tensor<kTelemetryGSq, kTelemetryDSq>(ctx, shared, a.tel, c, blocks);
     // A tensor's blocks are consecutive in the block map: the first is this block minus its chunk index.
     const volatile double* partials = a.partials + 2 * (ctx.block() - c.begin / kChunk);
     double part_p = 0.0, part_u = 0.0;
@@ -134,17 +145,20 @@ struct LambMomentsKernel {
       a.norms.set(2 * c.tensor + 1, norm_u);
       store_step(tab.ptr<void>(kLambStep, c.tensor), a.h.steps_fp64, shared.step);
     }
+    if constexpr (kTelemetry) {
+      if (ctx.thread() == 0) a.tel.rows[c.tensor * kTelemetryColumns] += static_cast<float>(norm_p);  // w_sq
+    }
   }
 };
 
-template <typename T, typename G, bool kL2, bool kDecoupled>
+template <typename T, typename G, bool kL2, bool kDecoupled, bool kTelemetry>
 struct LambApplyKernel {
   using M = math_t<T>;
   static constexpr bool kCopy = kCopies<T, G>;
   static constexpr int kThreads = grid::kThreads;
   static constexpr bool kDefer = kLambDeferMoments<T>;
 
-  struct Args {
+  struct Args : TelemetryArgs<kTelemetry> {
     Table table;
     Vector grad_sumsq, norms;
     Scalar lr, grad_scale, found_inf;
@@ -152,7 +166,7 @@ struct LambApplyKernel {
     bool use_trust_ratio;
     double phi_min, phi_max;
   };
-  struct Shared {
+  struct Shared : TelemetryShared<kTelemetry, kTelemetryColumns - kTelemetryDSq> {
     double scratch[kThreads];
     LambScalars<M> scalars;
     M step_size;
@@ -185,18 +199,24 @@ struct LambApplyKernel {
     T* m = tab.ptr<T>(kLambExpAvg, c.tensor);
     T* v = tab.ptr<T>(kLambExpAvgSq, c.tensor);
     G* model = tab.ptr<G>(kLambModelParam, c.tensor);
+    TelemetrySums<kTelemetry, T> sums;
     for_each_vector<T>(ctx, tab, c, [&](auto width, int64_t i) {
       constexpr int W = decltype(width)::value;
-      M pv[W], gv[W], mv[W], vv[W];
+      M pv[W], gv[W], mv[W], vv[W], w[W];
       load_pack<W>(p, i, pv);
       if (kDefer) load_pack<W>(g, i, gv);
       load_pack<W>(m, i, mv);
       load_pack<W>(v, i, vv);
+      if constexpr (kTelemetry) {  // the weights before the update
+#pragma unroll
+        for (int k = 0; k < W; ++k) w[k] = pv[k];
+      }
 #pragma unroll
       for (int k = 0; k < W; ++k) {
         if (kDefer) agd_kernels::lamb_moments<kL2>(pv[k], gv[k], mv[k], vv[k], s);
         agd_kernels::lamb_apply(pv[k], lamb_direction<kDecoupled>(pv[k], mv[k], vv[k], s), step_size);
       }
+      if constexpr (kTelemetry) sums.template add_update<W>(w, pv);
       store_pack<W>(p, i, pv);
       if (kCopy) store_pack<W>(model, i, pv);
       if (kDefer) {
@@ -204,6 +224,7 @@ struct LambApplyKernel {
         store_pack<W>(v, i, vv);
       }
     });
+    if constexpr (kTelemetry) finish_block<kTelemetryDSq>(ctx, shared, sums, a, tab, c, shared.arrived_last);
   }
 };
 

@@ -6,8 +6,11 @@
 //   YellowfinTuneKernel   one thread: the stats rows summed in row order, then yellowfin_tune in fp64.
 //   YellowfinApplyKernel  skip test (found_inf, non-finite Σg²) and μ ≠ 0 read on the device per block (a
 //                         block-uniform branch, not a launch-time choice), then the element update.
+//                         kTelemetry: the five sums of grid/telemetry.h, g = grad · tuner[kYfGradUnscale]
+//                         (1/grad_scale, written by the tune step); a skipped step adds nothing.
 #pragma once
 #include "agd_kernels/grid/block.h"
+#include "agd_kernels/grid/telemetry.h"
 #include "agd_kernels/yellowfin.h"
 
 namespace agd_kernels::grid {
@@ -99,14 +102,21 @@ struct YellowfinTuneKernel {
   }
 };
 
-template <typename T, typename G, bool kWeightDecay>
+// Telemetry's g: the raw gradient times the tuner's 1/grad_scale; unread with telemetry off.
+template <bool kOn, typename M>
+AGDK_DEVICE M yf_telemetry_unscale(const double* tuner) {
+  if constexpr (kOn) return static_cast<M>(tuner[kYfGradUnscale]);
+  else return M(1);
+}
+
+template <typename T, typename G, bool kWeightDecay, bool kTelemetry>
 struct YellowfinApplyKernel {
   using M = math_t<T>;
   static constexpr bool kCopy = kCopies<T, G>;
   static constexpr int kThreads = grid::kThreads;
   enum List { kParam, kGrad, kGradAvg, kMomentumBuffer, kModelParam, kLists };
 
-  struct Args {
+  struct Args : TelemetryArgs<kTelemetry> {
     Table table;
     const double* tuner;
     const double* stats;
@@ -114,7 +124,7 @@ struct YellowfinApplyKernel {
     Scalar found_inf;
     double beta, weight_decay;
   };
-  struct Shared {
+  struct Shared : TelemetryShared<kTelemetry> {
     YellowfinScalars<M> scalars;
     int32_t skip, heavy;
   };
@@ -138,12 +148,18 @@ struct YellowfinApplyKernel {
     T* buf = tab.ptr<T>(kMomentumBuffer, c.tensor);
     G* model = tab.ptr<G>(kModelParam, c.tensor);
     const bool heavy = shared.heavy != 0;
+    TelemetrySums<kTelemetry, T> sums;
+    const M unscale = yf_telemetry_unscale<kTelemetry, M>(a.tuner);
     for_each_vector<T>(ctx, tab, c, [&](auto width, int64_t i) {
       constexpr int W = decltype(width)::value;
-      M pv[W], gv[W], av[W], bv[W] = {};
+      M pv[W], gv[W], av[W], bv[W] = {}, w[W];
       load_pack<W>(p, i, pv);
       load_pack<W>(g, i, gv);
       load_pack<W>(avg, i, av);
+      if constexpr (kTelemetry) {  // the weights before the update
+#pragma unroll
+        for (int k = 0; k < W; ++k) w[k] = pv[k];
+      }
       if (heavy) {
         load_pack<W>(buf, i, bv);
 #pragma unroll
@@ -153,10 +169,12 @@ struct YellowfinApplyKernel {
 #pragma unroll
         for (int k = 0; k < W; ++k) yellowfin_element<kWeightDecay, false>(pv[k], gv[k], av[k], bv[k], s);
       }
+      if constexpr (kTelemetry) sums.template add<W>(w, gv, pv, unscale);
       store_pack<W>(p, i, pv);
       store_pack<W>(avg, i, av);
       if (kCopy) store_pack<W>(model, i, pv);
     });
+    if constexpr (kTelemetry) finish_block(ctx, shared, sums, a, tab, c, shared.arrived_last);
   }
 };
 
