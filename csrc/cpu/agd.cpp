@@ -14,14 +14,15 @@
 namespace agd_kernels::cpu {
 namespace {
 
-// Elements [0, n) of a tensor with one coefficient (a matrix with one tap, or a follower).
+// Elements [0, n) of a tensor with one coefficient (a matrix with one tap, or a follower). `loop`: PlainLoop,
+// or SummedLoop with telemetry (telemetry.h), here and in AgdTaps.
 template <typename T, typename G, typename S>
 struct AgdUniform {
-  template <Isa I>
-  static void run(T* p, const G* g, int64_t n, S coefficient) {
+  template <Isa I, class Loop>
+  static void run(T* p, const G* g, int64_t n, S coefficient, Loop loop) {
     using M = math_t<T>;
     const M c = static_cast<M>(coefficient);
-    map_elements<I, true>(n, [&](M& pv, M gv) { agd_element(pv, gv, c); }, p, g);
+    loop.template run<I, true>(n, [&](M& pv, M gv) { agd_element(pv, gv, c); }, p, g);
   }
 };
 
@@ -29,13 +30,13 @@ struct AgdUniform {
 // coefficients[(j0 + e) % K], walked one (partial) row at a time.
 template <typename T, typename G, typename S>
 struct AgdTaps {
-  template <Isa I>
-  static void run(T* p, const G* g, int64_t n, const S* coefficients, int64_t K, int64_t j0) {
+  template <Isa I, class Loop>
+  static void run(T* p, const G* g, int64_t n, const S* coefficients, int64_t K, int64_t j0, Loop loop) {
     using M = math_t<T>;
     for (int64_t i = 0, j = j0; i < n; j = 0) {
       const int64_t len = std::min(n - i, K - j);
-      map_elements<I, true>(len, [&](M& pv, M gv, math_t<S> c) { agd_element(pv, gv, static_cast<M>(c)); },
-                      p + i, g + i, coefficients + j);
+      loop.template run<I, true>(len, [&](M& pv, M gv, math_t<S> c) { agd_element(pv, gv, static_cast<M>(c)); },
+                                 p + i, g + i, coefficients + j);
       i += len;
     }
   }
@@ -101,22 +102,23 @@ void agd_update(at::TensorList params, at::TensorList grads, const at::Tensor& s
     Telemetry tel(telemetry, chunks, inv_grad_scale, isa);
     parallel_over_chunks(chunks, [&](const Chunk& c) {
       const int64_t t = c.tensor, K = num_slices(p_work[t]);
-      // A tensor that is not updated still adds its w², g², w·g (and Δw = 0), as the reference does.
-      tel.before(c, p[t] + c.begin, g[t] + c.begin);
-      if (update[t]) {
-        if (K == 1) {
-          run_isa<AgdUniform<scalar_t, grad_t, S>>(isa, p[t] + c.begin, g[t] + c.begin, c.numel(),
-                                                   coefficients[first[t]]);
-        } else {
-          run_isa<AgdTaps<scalar_t, grad_t, S>>(isa, p[t] + c.begin, g[t] + c.begin, c.numel(),
-                                                coefficients.data() + first[t], K, c.begin % K);
-        }
-        // A worked-on copy's model parameter is written below, from the parameter in its own layout.
-        if (!model.empty() && p_work[t].is_same(params[t])) {
-          round_into_model(p[t] + c.begin, model[t] + c.begin, c.numel());
-        }
+      scalar_t* pc = p[t] + c.begin;
+      const grad_t* gc = g[t] + c.begin;
+      if (!update[t]) {  // still adds its w², g², w·g (and Δw = 0), as the reference does
+        tel.before(c, pc, gc);
+        tel.after(c, pc);
+        return;
       }
-      tel.after(c, p[t] + c.begin);
+      tel.update(c, pc, gc, [&](auto loop) {
+        if (K == 1) {
+          run_isa<AgdUniform<scalar_t, grad_t, S>>(isa, pc, gc, c.numel(), coefficients[first[t]], loop);
+        } else {
+          run_isa<AgdTaps<scalar_t, grad_t, S>>(isa, pc, gc, c.numel(), coefficients.data() + first[t], K,
+                                                c.begin % K, loop);
+        }
+      });
+      // A worked-on copy's model parameter is written below, from the parameter in its own layout.
+      if (!model.empty() && p_work[t].is_same(params[t])) round_into_model(pc, model[t] + c.begin, c.numel());
     });
     tel.finish();
   });

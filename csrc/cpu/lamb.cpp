@@ -25,47 +25,73 @@ using MomentPtr = std::conditional_t<kLambDeferMoments<T>, const T*, T*>;
 template <typename T, typename G, bool kL2, bool kDecoupled>
 struct LambMoments {
   // n elements: the moments (stored unless deferred) and sum p^2, sum u^2 into sums[0..1], in fp64 (exact
-  // squares of fp32 values) with a fixed pairwise combine: deterministic.
-  template <Isa I>
+  // squares of fp32 values) with a fixed pairwise combine: deterministic. `tel`: NoSums, or ReadSums with
+  // telemetry (telemetry.h): the same loop then also forms g = grad · inv_scale in a third tile and adds
+  // Σp², Σg², Σp·g (fp64 lanes, as the norms) to the chunk's w_sq, g_sq, w_g.
+  template <Isa I, class Tel>
   static void run(const T* p, const G* g, MomentPtr<T> m, MomentPtr<T> v, int64_t n, LambScalars<math_t<T>> s,
-                  double* sums) {
+                  double* sums, Tel tel) {
     using M = math_t<T>;
-    double acc_p[kLanes] = {}, acc_u[kLanes] = {};
-    M p_tile[kTile], u_tile[kTile];
+    constexpr bool kTelemetry = !std::is_same_v<Tel, NoSums>;
+    double acc_p[kLanes] = {}, acc_u[kLanes] = {}, acc_g[kLanes] = {}, acc_wg[kLanes] = {};
+    M p_tile[kTile], u_tile[kTile], g_tile[kTile];
+    const auto moments = [&](M pv, M gv, M& mv, M& vv, M& p_out, M& u_out) {
+      lamb_moments<kL2>(pv, gv, mv, vv, s);
+      p_out = pv;
+      u_out = lamb_direction<kDecoupled>(pv, mv, vv, s);
+    };
     for (int64_t i = 0; i < n; i += kTile) {
       const int64_t len = n - i < kTile ? n - i : kTile;
-      map_elements<I>(len, [&](M pv, M gv, M& mv, M& vv, M& p_out, M& u_out) {
-        lamb_moments<kL2>(pv, gv, mv, vv, s);
-        p_out = pv;
-        u_out = lamb_direction<kDecoupled>(pv, mv, vv, s);
-      }, p + i, g + i, m + i, v + i, p_tile, u_tile);
-      for (int64_t k = len; k < kTile; ++k) p_tile[k] = u_tile[k] = M(0);  // the tail adds nothing
+      if constexpr (kTelemetry) {
+        map_elements<I>(len, [&](M pv, M gv, M& mv, M& vv, M& p_out, M& u_out, M& g_out) {
+          g_out = gv * tel.inv_scale;
+          moments(pv, gv, mv, vv, p_out, u_out);
+        }, p + i, g + i, m + i, v + i, p_tile, u_tile, g_tile);
+      } else {
+        map_elements<I>(len, moments, p + i, g + i, m + i, v + i, p_tile, u_tile);
+      }
+      for (int64_t k = len; k < kTile; ++k) {  // the tail adds nothing
+        p_tile[k] = u_tile[k] = M(0);
+        if constexpr (kTelemetry) g_tile[k] = M(0);
+      }
       for (int j = 0; j < kTile; j += kLanes) {
         for (int l = 0; l < kLanes; ++l) {
           const double pd = p_tile[j + l], ud = u_tile[j + l];
           acc_p[l] += pd * pd;
           acc_u[l] += ud * ud;
+          if constexpr (kTelemetry) {
+            const double gd = g_tile[j + l];
+            acc_g[l] += gd * gd;
+            acc_wg[l] += pd * gd;
+          }
         }
       }
     }
     sums[0] = sum_lanes(acc_p);
     sums[1] = sum_lanes(acc_u);
+    if constexpr (kTelemetry) {
+      tel.sums[0] += sums[0];
+      tel.sums[1] += sum_lanes(acc_g);
+      tel.sums[2] += sum_lanes(acc_wg);
+    }
   }
 };
 
 template <typename T, typename G, bool kL2, bool kDecoupled>
 struct LambApply {
-  // p <- p - step_size * u (step_size = lr * this tensor's trust ratio).
-  template <Isa I>
-  static void run(T* p, const G* g, T* m, T* v, int64_t n, LambScalars<math_t<T>> s, math_t<T> step_size) {
+  // p <- p - step_size * u (step_size = lr * this tensor's trust ratio). `loop`: PlainLoop, or SummedLoop
+  // with telemetry (telemetry.h, kUpdate: Δw², w·Δw only).
+  template <Isa I, class Loop>
+  static void run(T* p, const G* g, T* m, T* v, int64_t n, LambScalars<math_t<T>> s, math_t<T> step_size,
+                  Loop loop) {
     using M = math_t<T>;
     if constexpr (kLambDeferMoments<T>) {
-      map_elements<I>(n, [&](M& pv, M gv, M& mv, M& vv) {
+      loop.template run<I>(n, [&](M& pv, M gv, M& mv, M& vv) {
         lamb_moments<kL2>(pv, gv, mv, vv, s);
         lamb_apply(pv, lamb_direction<kDecoupled>(pv, mv, vv, s), step_size);
       }, p, g, m, v);
     } else {
-      map_elements<I>(n, [&](M& pv, M mv, M vv) {
+      loop.template run<I>(n, [&](M& pv, M mv, M vv) {
         lamb_apply(pv, lamb_direction<kDecoupled>(pv, mv, vv, s), step_size);
       }, p, static_cast<const T*>(m), static_cast<const T*>(v));
     }
@@ -161,7 +187,7 @@ void lamb_moments_cpu(at::TensorList params, at::TensorList grads, at::TensorLis
   std::vector<double> partials(2 * chunks.size());
   // w_sq, g_sq, w_g (no weight is written here); w_sq is the chunk's Σp² partial of the norms, g the
   // gradient unscaled but not clipped.
-  Telemetry tel(telemetry, chunks, 1.0 / scale, isa, TelemetryColumns::kRead);
+  Telemetry<TelemetryColumns::kRead> tel(telemetry, chunks, 1.0 / scale, isa);
   const std::vector<double> steps = advance_steps(state_steps);
   dispatch_param_grad(params[0].scalar_type(), grad_type, [&](auto types) {
     using scalar_t = typename decltype(types)::Param;
@@ -177,10 +203,10 @@ void lamb_moments_cpu(at::TensorList params, at::TensorList grads, at::TensorLis
       parallel_over_chunks(chunks, [&](const Chunk& c) {
         const int64_t t = c.tensor, i = c.begin;
         const int64_t k = &c - chunks.data();  // c is chunks[k]: its two partials sit at 2k, 2k + 1
-        tel.before(c, p[t] + i, g[t] + i);
-        run_isa<Kernel>(isa, p[t] + i, g[t] + i, MomentPtr<scalar_t>(m[t] + i), MomentPtr<scalar_t>(v[t] + i),
-                        c.numel(), scalars[t], partials.data() + 2 * k);
-        tel.add_w_sq(c, partials[2 * k]);
+        tel.template read<math_t<scalar_t>>(c, [&](auto sums) {
+          run_isa<Kernel>(isa, p[t] + i, g[t] + i, MomentPtr<scalar_t>(m[t] + i), MomentPtr<scalar_t>(v[t] + i),
+                          c.numel(), scalars[t], partials.data() + 2 * k, sums);
+        });
       });
     });
   });
@@ -214,7 +240,7 @@ void lamb_apply_cpu(at::TensorList params, at::TensorList grads, at::TensorList 
   const double clip = clip_divisor(grad_sumsq, max_grad_norm, scale);  // used by the 16-bit (deferred) path
   const Isa isa = active_isa();
   const auto chunks = make_chunks(params);
-  Telemetry tel(telemetry, chunks, 1.0, isa, TelemetryColumns::kUpdate);  // d_sq, w_d: reads no gradient
+  Telemetry<TelemetryColumns::kUpdate> tel(telemetry, chunks, 1.0, isa);  // d_sq, w_d: reads no gradient
   const std::vector<double> steps = read_steps(state_steps);
   std::vector<double> sums(norms.numel());
   AT_DISPATCH_FLOATING_TYPES(norms.scalar_type(), "lamb_norms_in", [&] {
@@ -241,10 +267,10 @@ void lamb_apply_cpu(at::TensorList params, at::TensorList grads, at::TensorList 
       using Kernel = LambApply<scalar_t, grad_t, decltype(l2)::value, decltype(decoupled)::value>;
       parallel_over_chunks(chunks, [&](const Chunk& c) {
         const int64_t t = c.tensor, i = c.begin;
-        tel.before(c, p[t] + i, g[t] + i);
-        run_isa<Kernel>(isa, p[t] + i, g[t] + i, m[t] + i, v[t] + i, c.numel(), scalars[t], step_size[t]);
+        tel.update(c, p[t] + i, g[t] + i, [&](auto loop) {
+          run_isa<Kernel>(isa, p[t] + i, g[t] + i, m[t] + i, v[t] + i, c.numel(), scalars[t], step_size[t], loop);
+        });
         if (!model.empty()) round_into_model(p[t] + i, model[t] + i, c.numel());
-        tel.after(c, p[t] + i);
       });
     });
   });

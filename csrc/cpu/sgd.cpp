@@ -10,16 +10,18 @@
 namespace agd_kernels::cpu {
 namespace {
 
-// Kernel of one chunk: 2 streams without momentum (p, g), 3 with (p, g, buf).
+// Kernel of one chunk: 2 streams without momentum (p, g), 3 with (p, g, buf). `loop`: PlainLoop, or
+// SummedLoop with telemetry (telemetry.h).
 template <typename T, typename G, bool kWeightDecay, bool kMomentum>
 struct SgdChunk {
-  template <Isa I>
-  static void run(T* p, const G* g, T* buf, int64_t n, SgdScalars<math_t<T>> s) {
+  template <Isa I, class Loop>
+  static void run(T* p, const G* g, T* buf, int64_t n, SgdScalars<math_t<T>> s, Loop loop) {
     using M = math_t<T>;
     if constexpr (kMomentum) {
-      map_elements<I, true>(n, [&](M& pv, M gv, M& bv) { sgd_element<kWeightDecay, true>(pv, gv, bv, s); }, p, g, buf);
+      loop.template run<I, true>(n, [&](M& pv, M gv, M& bv) { sgd_element<kWeightDecay, true>(pv, gv, bv, s); },
+                                 p, g, buf);
     } else {
-      map_elements<I, true>(n, [&](M& pv, M gv) {
+      loop.template run<I, true>(n, [&](M& pv, M gv) {
         M unused = 0;
         sgd_element<kWeightDecay, false>(pv, gv, unused, s);
       }, p, g);
@@ -58,11 +60,11 @@ void sgd_step_cpu(at::TensorList params, at::TensorList grads, at::TensorList mo
         constexpr bool kWeightDecay = decltype(wd)::value, kMomentum = decltype(mom)::value;
         parallel_over_chunks(chunks, [&](const Chunk& c) {
           const int64_t t = c.tensor, i = c.begin;
-          tel.before(c, p[t] + i, g[t] + i);
-          run_isa<SgdChunk<scalar_t, grad_t, kWeightDecay, kMomentum>>(isa, p[t] + i, g[t] + i,
-                                                               kMomentum ? b[t] + i : nullptr, c.numel(), s);
+          tel.update(c, p[t] + i, g[t] + i, [&](auto loop) {
+            run_isa<SgdChunk<scalar_t, grad_t, kWeightDecay, kMomentum>>(isa, p[t] + i, g[t] + i,
+                                                                 kMomentum ? b[t] + i : nullptr, c.numel(), s, loop);
+          });
           if (!model.empty()) round_into_model(p[t] + i, model[t] + i, c.numel());
-          tel.after(c, p[t] + i);
         });
         tel.finish();
       });

@@ -3,11 +3,11 @@
 // parallel pass. Before a chunk's update its weights are copied into a per-thread snapshot (16K elements,
 // 64 KiB in fp32) and summed with the gradient; after it Δw is summed against the snapshot. The chunk is
 // still in L2 both times, so memory traffic stays the update's own. Per-chunk sums are added per tensor
-// in chunk order: the same bits for any thread count, like every CPU kernel here. Where the types and the
-// loop allow (Adam, RMSprop, Adagrad, yellowfin_apply_; not fp16), Telemetry::update has the update's own
-// element loop add the terms instead (SummedLoop): one pass over the chunk, not three. LAMB splits the sums
-// over its two ops (reference.telemetry READ_SUMS, UPDATE_SUMS): lamb_moments_ reads w and g and writes no
-// weight (no snapshot, its own Σp² for w_sq), lamb_apply_ only snapshots w (its fp32 path reads no g).
+// in chunk order: the same bits for any thread count, like every CPU kernel here. Where the types allow
+// (not fp16), Telemetry::update has the update's own element loop add the terms instead (SummedLoop): one
+// pass over the chunk, not three. LAMB splits the sums over its two ops (reference.telemetry READ_SUMS,
+// UPDATE_SUMS): lamb_moments_ writes no weight and adds Σg², Σw·g in its own loop beside the Σp² of its
+// norms (w_sq; Telemetry::read, every dtype), lamb_apply_ adds Δw², w·Δw only (its fp32 path reads no g).
 #pragma once
 #include <ATen/core/Tensor.h>
 
@@ -32,12 +32,11 @@ namespace agd_kernels::cpu {
 constexpr int64_t kTelemetryBlock = 512;
 
 // Which columns an op adds (reference.telemetry ALL_SUMS, READ_SUMS, UPDATE_SUMS); the others are never
-// written. kRead takes w_sq from the op (Telemetry::add_w_sq).
+// written. kRead sums in the op's own loop (Telemetry::read), with its own Σp² for w_sq.
 enum class TelemetryColumns { kAll, kRead, kUpdate };
 
-// Before the update: w (into the snapshot `w`), Σ w², Σ g², Σ w·g with g = grad · inv_scale. Without
-// kAll (kRead): Σ g², Σ w·g only, no snapshot.
-template <typename P, typename G, bool kAll = true>
+// Before the update: w (into the snapshot `w`), Σ w², Σ g², Σ w·g with g = grad · inv_scale.
+template <typename P, typename G>
 struct TelemetryBefore {
   template <Isa I>
   static void run(const P* __restrict__ p, const G* __restrict__ g, math_t<P>* __restrict__ w, int64_t n,
@@ -50,14 +49,12 @@ struct TelemetryBefore {
       for (int64_t i = b; i < end; ++i) {
         const M wi = static_cast<M>(p[i]);
         const M gi = static_cast<M>(static_cast<math_t<G>>(g[i])) * inv_scale;
-        if constexpr (kAll) {
-          w[i] = wi;
-          ww += wi * wi;
-        }
+        w[i] = wi;
+        ww += wi * wi;
         gg += gi * gi;
         wg += wi * gi;
       }
-      if constexpr (kAll) sums[0] += ww;
+      sums[0] += ww;
       sums[1] += gg;
       sums[2] += wg;
     }
@@ -96,100 +93,111 @@ struct TelemetryAfter {
   }
 };
 
-// The five sums folded into an update's own element loop (the loop of isa.h map_elements, non-tiled path):
-// streams p (written), g, then the rest, as map_elements takes them. Each element's five terms go into
-// kBlock fp32 lanes per sum (lane = position in its 16-element block: no dependence between the elements
-// of a block, so it vectorises with the update), and each kTelemetryBlock's lanes are added into double in
-// lane order: one fixed order, 32 terms per lane. Δw is taken from the value stored into p.
-template <Isa I, typename Fn, typename P, typename G, typename... R>
+// The sums folded into an update's own element loop (the loop of isa.h map_elements, non-tiled path):
+// streams p (written), then the rest as map_elements takes them; for kAll the first of them is the
+// gradient. Each element's terms go into kBlock fp32 lanes per sum (lane = position in its 16-element
+// block: no dependence between the elements of a block, so it vectorises with the update), and each
+// kTelemetryBlock's lanes are added into double in lane order: one fixed order, 32 terms per lane. Δw is
+// taken from the value stored into p. kColumns: kAll (five sums) or kUpdate (Δw², w·Δw only).
+template <Isa I, TelemetryColumns kColumns, typename Fn, typename P, typename... R>
 inline void map_elements_summed(int64_t n, Fn&& fn, double* sums, math_t<P> inv_scale, P* __restrict p,
-                                const G* __restrict g, R* __restrict... rest) {
+                                R* __restrict... rest) {
   using M = math_t<P>;
+  constexpr bool kAll = kColumns == TelemetryColumns::kAll;
   for (int64_t b = 0; b < n; b += kTelemetryBlock) {
     const int64_t end = b + kTelemetryBlock < n ? b + kTelemetryBlock : n;
     M acc[kTelemetrySums][kBlock] = {};
     const auto element = [&](int64_t i, int k) {
-      std::tuple<M, math_t<G>, math_t<R>...> x{agd_kernels::load(p, i), agd_kernels::load(g, i),
-                                               agd_kernels::load(rest, i)...};
-      const M w = std::get<0>(x), gi = static_cast<M>(std::get<1>(x)) * inv_scale;
+      std::tuple<M, math_t<R>...> x{agd_kernels::load(p, i), agd_kernels::load(rest, i)...};
+      const M w = std::get<0>(x);
+      M gi = 0;
+      if constexpr (kAll) gi = static_cast<M>(std::get<1>(x)) * inv_scale;
       std::apply(fn, x);
-      std::apply([&](M pv, auto, auto... v) {
+      std::apply([&](M pv, auto... v) {
         agd_kernels::store(p, i, pv);
         (store_if_mutable(rest, i, v), ...);
       }, x);
       const M d = agd_kernels::load(p, i) - w;
-      acc[0][k] += w * w;
-      acc[1][k] += gi * gi;
-      acc[2][k] += w * gi;
+      if constexpr (kAll) {
+        acc[0][k] += w * w;
+        acc[1][k] += gi * gi;
+        acc[2][k] += w * gi;
+      }
       acc[3][k] += d * d;
       acc[4][k] += w * d;
     };
     int64_t i = b;
     for (; i + kBlock <= end; i += kBlock) {
       prefetch(p + i, kBlock);
-      prefetch(g + i, kBlock);
       (prefetch(rest + i, kBlock), ...);
       for (int k = 0; k < kBlock; ++k) element(i + k, k);
     }
     for (int k = 0; i < end; ++i, ++k) element(i, k);
-    for (int j = 0; j < kTelemetrySums; ++j)
+    for (int j = kAll ? 0 : 3; j < kTelemetrySums; ++j)
       for (int k = 0; k < kBlock; ++k) sums[j] += acc[j][k];
   }
 }
 
 // How an update kernel runs its element loop (its last argument): PlainLoop is map_elements; SummedLoop
-// also adds the chunk's five sums (map_elements_summed). Not for fp16, whose AVX2 loop goes through tiles.
+// also adds the chunk's sums (map_elements_summed). Not for fp16, whose AVX2 loop goes through tiles.
+// kLoadBlocks as map_elements' (SGD and AGD: whole blocks, no prefetch); SummedLoop ignores it. p -= c·g,
+// one core, fp32 (ns per element, no sums / summed block through isa.h map_block / summed element by
+// element without prefetch / with): 16K elements in L2 0.08 / 2.0 (stayed scalar) / 0.24 / 0.21; 8M
+// elements from memory 0.32 / - / 0.76 / 0.43.
 struct PlainLoop {
-  template <Isa I, typename Fn, typename... P>
+  template <Isa I, bool kLoadBlocks = false, typename Fn, typename... P>
   void run(int64_t n, Fn&& fn, P*... ptrs) const {
-    map_elements<I>(n, fn, ptrs...);
+    map_elements<I, kLoadBlocks>(n, fn, ptrs...);
   }
 };
 
-template <typename M>
+template <typename M, TelemetryColumns kColumns>
 struct SummedLoop {
   double* sums;
   M inv_scale;
-  template <Isa I, typename Fn, typename P, typename G, typename... R>
-  void run(int64_t n, Fn&& fn, P* p, const G* g, R*... rest) const {
-    map_elements_summed<I>(n, fn, sums, inv_scale, p, g, rest...);
+  template <Isa I, bool kLoadBlocks = false, typename Fn, typename P, typename... R>
+  void run(int64_t n, Fn&& fn, P* p, R*... rest) const {
+    map_elements_summed<I, kColumns>(n, fn, sums, inv_scale, p, rest...);
   }
 };
 
 template <typename P, typename G>
 constexpr bool kSumsInLoop = !std::is_same_v<P, c10::Half> && !std::is_same_v<G, c10::Half>;
 
+// kRead (lamb_moments_): what its kernel gets, its last argument. NoSums without telemetry; ReadSums: the
+// chunk's sums, which the kernel's own loop adds w², g², w·g to (g = grad · inv_scale).
+struct NoSums {};
+
+template <typename M>
+struct ReadSums {
+  double* sums;
+  M inv_scale;
+};
+
+// kColumns: the sums this op adds (kUpdate ignores grad_mul and the gradient).
+template <TelemetryColumns kColumns = TelemetryColumns::kAll>
 class Telemetry {
  public:
   // `chunks`: the op's make_chunks(params); `grad_mul`: the op's factor for raw gradients (1/grad_scale,
   // negated when maximizing: the sums take the loss's gradient, so its sign is dropped).
-  // `columns`: the sums this op adds (kUpdate ignores grad_mul and the gradient).
-  Telemetry(const std::optional<at::Tensor>& telemetry, const std::vector<Chunk>& chunks, double grad_mul, Isa isa,
-            TelemetryColumns columns = TelemetryColumns::kAll)
+  Telemetry(const std::optional<at::Tensor>& telemetry, const std::vector<Chunk>& chunks, double grad_mul, Isa isa)
       : out_(telemetry.has_value() ? telemetry->data_ptr<float>() : nullptr),
         chunks_(chunks),
         inv_scale_(std::abs(grad_mul)),
         isa_(isa),
-        columns_(columns),
         sums_(out_ != nullptr ? chunks.size() : 0) {}
 
-  // Before chunk c's update: snapshot its weights, sum w², g², w·g (what `columns` asks of the two).
+  // Before chunk c's update: snapshot its weights, sum w², g², w·g (kAll; kUpdate only snapshots).
   template <typename P, typename G>
   void before(const Chunk& c, const P* p, const G* g) {
+    static_assert(kColumns != TelemetryColumns::kRead, "kRead sums in the op's own loop: read()");
     if (out_ == nullptr) return;
     using M = math_t<P>;
     M* w = snapshot<M>(c.numel());
-    double* sums = sums_[index(c)].data();
-    switch (columns_) {
-      case TelemetryColumns::kAll:
-        run_isa<TelemetryBefore<P, G>>(isa_, p, g, w, c.numel(), static_cast<M>(inv_scale_), sums);
-        break;
-      case TelemetryColumns::kRead:
-        run_isa<TelemetryBefore<P, G, false>>(isa_, p, g, w, c.numel(), static_cast<M>(inv_scale_), sums);
-        break;
-      case TelemetryColumns::kUpdate:
-        run_isa<TelemetrySnapshot<P>>(isa_, p, w, c.numel());
-        break;
+    if constexpr (kColumns == TelemetryColumns::kAll) {
+      run_isa<TelemetryBefore<P, G>>(isa_, p, g, w, c.numel(), static_cast<M>(inv_scale_), sums_[index(c)].data());
+    } else {
+      run_isa<TelemetrySnapshot<P>>(isa_, p, w, c.numel());
     }
   }
 
@@ -200,22 +208,27 @@ class Telemetry {
   void update(const Chunk& c, const P* p, const G* g, const Update& update) {
     using M = math_t<P>;
     if constexpr (kSumsInLoop<P, G>) {
-      if (out_ != nullptr) return update(SummedLoop<M>{sums_[index(c)].data(), static_cast<M>(inv_scale_)});
+      if (out_ != nullptr) {
+        return update(SummedLoop<M, kColumns>{sums_[index(c)].data(), static_cast<M>(inv_scale_)});
+      }
     }
     before(c, p, g);
     update(PlainLoop{});
     after(c, p);
   }
 
-  // kRead: chunk c's Σ w², which the op has formed itself (lamb_moments_ sums p² for its norms).
-  void add_w_sq(const Chunk& c, double w_sq) {
-    if (out_ != nullptr) sums_[index(c)][0] += w_sq;
+  // kRead: chunk c's kernel, `update(sums)` running it with ReadSums<M> (telemetry on) or NoSums.
+  template <typename M, class Update>
+  void read(const Chunk& c, const Update& update) {
+    static_assert(kColumns == TelemetryColumns::kRead);
+    if (out_ != nullptr) return update(ReadSums<M>{sums_[index(c)].data(), static_cast<M>(inv_scale_)});
+    update(NoSums{});
   }
 
   // After chunk c's update wrote p: sum Δw², w·Δw.
   template <typename P>
   void after(const Chunk& c, const P* p) {
-    if (out_ == nullptr || columns_ == TelemetryColumns::kRead) return;
+    if (out_ == nullptr) return;
     run_isa<TelemetryAfter<P>>(isa_, p, static_cast<const math_t<P>*>(snapshot<math_t<P>>(c.numel())), c.numel(),
                                sums_[index(c)].data());
   }
@@ -224,8 +237,8 @@ class Telemetry {
   // columns only: the others keep every bit, -0.0 and NaN included).
   void finish() {
     if (out_ == nullptr) return;
-    const int first = columns_ == TelemetryColumns::kUpdate ? 3 : 0;
-    const int last = columns_ == TelemetryColumns::kRead ? 3 : kTelemetrySums;
+    constexpr int first = kColumns == TelemetryColumns::kUpdate ? 3 : 0;
+    constexpr int last = kColumns == TelemetryColumns::kRead ? 3 : kTelemetrySums;
     for (size_t k = 0; k < chunks_.size();) {
       const int64_t t = chunks_[k].tensor;
       double row[kTelemetrySums] = {};
@@ -250,7 +263,6 @@ class Telemetry {
   const std::vector<Chunk>& chunks_;
   double inv_scale_;
   Isa isa_;
-  TelemetryColumns columns_;
   std::vector<std::array<double, kTelemetrySums>> sums_;
 };
 

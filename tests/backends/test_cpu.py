@@ -139,10 +139,10 @@ def test_same_bits_for_one_and_two_threads_and_every_run(op, restore_threads):
         _assert_same_bits(result, results[0], f"{op} run {i}")
 
 
-@pytest.mark.parametrize("op", ["adam_step_", "rmsprop_step_", "adagrad_step_", "agd_step_", "lamb_moments_", "lamb_apply_",
-                                "yellowfin_apply_"])
+@pytest.mark.parametrize("op", ["adam_step_", "sgd_step_", "rmsprop_step_", "adagrad_step_", "agd_step_", "lamb_moments_",
+                                "lamb_apply_", "yellowfin_apply_"])
 def test_telemetry_same_bits_for_one_and_two_threads(op, restore_threads):
-    """Telemetry sums per chunk (most updates in their own loop) and adds a tensor's chunks in chunk order
+    """Telemetry sums per chunk (in the update's own loop where the types allow) and adds a tensor's chunks in chunk order
     (csrc/cpu/telemetry.h), so its sums do not depend on which thread ran which chunk."""
     args = make_args(op, shapes_for(op, [1_000_003, 70_001, 3]), torch.float32, "telemetry")
     results = []
