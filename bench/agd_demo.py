@@ -86,6 +86,7 @@ def train(optimizer_name: str, depth: int, data, args) -> dict:
     if optimizer_name == "AGD":
         opt = agd_kernels.AGD(model.named_parameters(), telemetry=True)
         opt.init_weights()  # orthogonal, scaled to √(out/in): the init AGD's step size is derived for
+        args.out.mkdir(parents=True, exist_ok=True)  # train() is also called without main()
         writer = TelemetryWriter(csv_path=telemetry_csv(args.out, depth), every=args.telemetry_every)
     elif optimizer_name.startswith("Adam"):
         opt = torch.optim.Adam(model.parameters(), lr=1e-3)

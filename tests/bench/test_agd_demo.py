@@ -36,9 +36,9 @@ def test_targets_are_scaled_one_hot():
     assert t.sum(1).tolist() == pytest.approx([math.sqrt(10)] * 2) and t.count_nonzero() == 2
 
 
-def test_agd_trains_a_deep_net_without_a_learning_rate(digits):
+def test_agd_trains_a_deep_net_without_a_learning_rate(digits, tmp_path):
     """Depth 16, width 128, 8 epochs: loss 1.05 -> 0.26 and 88% train accuracy measured (chance: 10%)."""
-    args = agd_demo.parser().parse_args(["--epochs", "8", "--width", "128"])
+    args = agd_demo.parser().parse_args(["--epochs", "8", "--width", "128", "--out", str(tmp_path)])
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
