@@ -4,6 +4,7 @@ Triton kernels: the AOT cubins of every launch (tests/backends/triton_aot.py, co
 Extension: the `_C*.so` nvcc built (csrc/cuda), read with the same tool; EXPECTED_CUDA_KERNELS is the one list
 to extend when a CUDA kernel lands. The tool itself is checked on a probe nvcc compiles here.
 """
+import functools
 import re
 import shutil
 import subprocess
@@ -221,10 +222,16 @@ def _extension():
     return spec.origin, archs
 
 
+@functools.lru_cache(maxsize=1)
+def _extension_kernels(path: str) -> tuple[sass_tools.Kernel, ...]:
+    """The extension's kernels, read once for the four tests below (cuobjdump and parsing take ~22 s)."""
+    return tuple(sass_tools.inspect(path))
+
+
 def test_extension_has_sass_for_its_archs_and_the_expected_kernels():
     path, archs = _extension()
     assert archs <= set(sass_tools.embedded_archs(path)), f"{path}: no cubin for {archs}"
-    kernels = sass_tools.inspect(path)
+    kernels = _extension_kernels(path)
     for arch in sorted(archs):
         found = {_grid_kernel(k.name) for k in kernels if k.arch == arch}
         assert found == EXPECTED_CUDA_KERNELS, (f"{arch}: kernels {sorted(found)}; expected "
@@ -303,7 +310,7 @@ def test_extension_fp32_kernels_use_128_bit_global_accesses():
     memory generically (LD/ST): table pointers are declared global (grid/block.h Table::ptr)."""
     path, _ = _extension()
     bad, checked = [], set()
-    for k in sass_tools.inspect(path):
+    for k in _extension_kernels(path):
         name = _grid_kernel(k.name)
         if k.generic:
             bad.append(f"{k.arch} {k.name}: {k.generic} generic LD/ST")
@@ -325,7 +332,7 @@ def test_extension_master_weights_kernels_use_128_bit_fp32_and_64_bit_16_bit_acc
     too, so those count beyond the fp32 twin's (same flags, same scalar reads), less the model-param
     pointer: one more table word, loaded once per block."""
     path, _ = _extension()
-    kernels = sass_tools.inspect(path)
+    kernels = _extension_kernels(path)
     by_symbol = {(k.arch, k.name): k for k in kernels}
     bad, checked = [], set()
     for k in kernels:
@@ -364,7 +371,7 @@ def test_extension_telemetry_is_a_separate_instantiation():
     reduction's shared memory (its Args and Shared are today's: grid/telemetry.h), the on one has it besides
     the off one's."""
     path, _ = _extension()
-    kernels = sass_tools.inspect(path)
+    kernels = _extension_kernels(path)
     by_symbol = {(k.arch, k.name): k for k in kernels}
     bad, pairs = [], set()
     for k in kernels:
