@@ -210,7 +210,8 @@ class YellowFin(FusedOptimizer):
                        "C": "grad_var", "D": "dist_to_opt"}
 
     def _telemetry_extras(self, params, device):
-        values = self.tuner[[SLOT[slot] for slot in self.TELEMETRY_SLOTS.values()]].to(device)
+        # Stacked views of the slots: one device copy, no index list to upload.
+        values = torch.stack([self.tuner[SLOT[slot]] for slot in self.TELEMETRY_SLOTS.values()]).to(device)
         return {}, dict(zip(self.TELEMETRY_SLOTS, values.unbind()))
 
     # ---------------------------------------------------------------- checkpoints
